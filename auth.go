@@ -1,0 +1,150 @@
+package main
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+const (
+	// clockLeeway absorbs clock drift between the frontend that signs and this service.
+	clockLeeway = 30 * time.Second
+	// maxTokenBytes bounds the work an unauthenticated client can ask for. Better Auth's
+	// tokens, which carry the user record, are well under 2 KiB.
+	maxTokenBytes = 8 << 10
+	// maxUserIDBytes matches the tasks_user_id_check constraint in schema.sql.
+	maxUserIDBytes = 255
+)
+
+// keyLookup finds the public key for a token signed with an asymmetric algorithm
+// (the JWKS cache in jwks.go); nil when JWT_JWKS_URL is unset.
+type keyLookup interface {
+	publicKey(kid, alg string) (any, error)
+}
+
+// Authenticator verifies bearer tokens and yields the user id they were issued for.
+type Authenticator struct {
+	parser *jwt.Parser
+	secret []byte    // HS256 key; nil when only JWKS is configured
+	keys   keyLookup // nil when only HS256 is configured
+}
+
+func newAuthenticator(secret []byte, keys keyLookup, issuer, audience string) *Authenticator {
+	var methods []string
+	if secret != nil {
+		methods = append(methods, jwt.SigningMethodHS256.Alg())
+	}
+	if keys != nil {
+		methods = append(methods, asymmetricAlgs...)
+	}
+	return &Authenticator{
+		secret: secret,
+		keys:   keys,
+		parser: jwt.NewParser(
+			// The allow-list is what stops "alg: none" and algorithm confusion: a token
+			// cannot choose a verification method the server did not configure.
+			jwt.WithValidMethods(methods),
+			jwt.WithIssuer(issuer),
+			jwt.WithAudience(audience),
+			jwt.WithExpirationRequired(),
+			jwt.WithIssuedAt(),
+			jwt.WithLeeway(clockLeeway),
+		),
+	}
+}
+
+// key is the jwt.Keyfunc. HS256 is verified only with the shared secret, never with a
+// JWKS key, so a public key can never be used as an HMAC secret.
+func (a *Authenticator) key(t *jwt.Token) (any, error) {
+	alg := t.Method.Alg()
+	if alg == jwt.SigningMethodHS256.Alg() {
+		return a.secret, nil // the parser only lets HS256 through when a secret is set
+	}
+	kid, _ := t.Header["kid"].(string)
+	return a.keys.publicKey(kid, alg)
+}
+
+var errUnauthorized = &apiError{http.StatusUnauthorized, "missing bearer token"}
+
+// authenticate returns the user id of the request's bearer token, or a 401 apiError.
+func (a *Authenticator) authenticate(r *http.Request) (string, error) {
+	header := r.Header.Get("Authorization")
+	if header == "" {
+		return "", errUnauthorized
+	}
+	scheme, token, _ := strings.Cut(header, " ")
+	token = strings.TrimSpace(token)
+	if !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return "", &apiError{http.StatusUnauthorized, "Authorization header must be: Bearer <token>"}
+	}
+	return a.verify(token)
+}
+
+// verify checks a token's signature and claims and returns its subject.
+func (a *Authenticator) verify(token string) (string, error) {
+	if len(token) > maxTokenBytes {
+		return "", &apiError{http.StatusUnauthorized, "token is too long"}
+	}
+	var claims jwt.RegisteredClaims
+	if _, err := a.parser.ParseWithClaims(token, &claims, a.key); err != nil {
+		return "", &apiError{http.StatusUnauthorized, tokenErrorDetail(err)}
+	}
+	sub := claims.Subject
+	if sub == "" || len(sub) > maxUserIDBytes || !utf8.ValidString(sub) || strings.IndexByte(sub, 0) >= 0 {
+		return "", &apiError{http.StatusUnauthorized, "token subject is not a valid user id"}
+	}
+	return sub, nil
+}
+
+// tokenErrorDetail says why a token was refused, precisely enough to debug a client
+// and without echoing anything from the token.
+func tokenErrorDetail(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return "token is malformed"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		// The parser reports a disallowed alg under the same sentinel as a bad
+		// signature; only its text tells them apart.
+		if strings.Contains(err.Error(), "signing method") {
+			return "token signing algorithm is not accepted"
+		}
+		return "token signature is invalid"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "token lacks a required claim (exp)"
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "token has expired"
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return "token is not valid yet"
+	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return "token is issued in the future"
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return "token issuer is not accepted"
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return "token audience is not accepted"
+	case errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "token cannot be verified: " + unverifiableReason(err)
+	}
+	return "token is invalid"
+}
+
+func unverifiableReason(err error) string {
+	var reason *keyError
+	if errors.As(err, &reason) {
+		return string(*reason)
+	}
+	return "its signing algorithm is not accepted"
+}
+
+// keyError is a key lookup failure whose text is safe to show the client.
+type keyError string
+
+func (e *keyError) Error() string { return string(*e) }
+
+func newKeyError(msg string) error { e := keyError(msg); return &e }
+
+// asymmetricAlgs are the algorithms accepted from JWKS keys; see jwks.go.
+var asymmetricAlgs = []string{"EdDSA", "ES256", "ES512", "RS256", "PS256"}

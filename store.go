@@ -1,0 +1,345 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// The store's callers see only these errors (or nil); writeError maps them to statuses.
+// Everything the driver says stays inside the error chain for the log.
+var (
+	ErrNotFound    = errors.New("task not found")
+	ErrUnavailable = errors.New("database unavailable")
+	ErrRejected    = errors.New("value rejected by the database")
+)
+
+//go:embed schema.sql
+var schemaSQL string
+
+// Task is one row of the tasks table, as the API returns it.
+type Task struct {
+	ID          int64
+	UserID      string
+	Title       string
+	Description *string
+	Completed   bool
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+}
+
+// TaskPatch holds the fields of a PUT; a nil pointer means "keep the stored value".
+// SetDescription distinguishes an absent description (keep) from an explicit null (clear).
+type TaskPatch struct {
+	Title          *string
+	SetDescription bool
+	Description    *string
+	Completed      *bool
+}
+
+// ListQuery is a validated list request. The string fields hold only values that
+// parseListQuery accepted; Limit 0 means no limit.
+type ListQuery struct {
+	Status string // "all", "pending" or "completed"
+	Sort   string // "created", "updated" or "title"
+	Desc   bool
+	Limit  int
+	Offset int64
+}
+
+// Store runs the service's SQL. Every statement is scoped by the caller's user id and runs
+// under its own deadline, so a hanging database turns into ErrUnavailable, not a hung request.
+type Store struct {
+	pool    *pgxpool.Pool
+	timeout time.Duration
+}
+
+// Pool defaults suited to Neon; each applies only when DATABASE_URL does not set it.
+const (
+	defaultMaxConns          = 15              // the earlier design's 5 + 10 overflow
+	defaultMaxConnIdleTime   = 60 * time.Second // well before Neon suspends an idle compute (5 min)
+	defaultHealthCheckPeriod = 30 * time.Second
+)
+
+// newPoolConfig parses databaseURL with pgx's own parser, so pgx's URL parameters
+// (pool_max_conns, default_query_exec_mode, sslmode, ...) keep working, then fills in
+// the defaults the URL left open.
+func newPoolConfig(databaseURL string, timeout time.Duration) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, err
+	}
+	set := func(param string) bool { return strings.Contains(databaseURL, param) }
+	if !set("pool_max_conns") {
+		cfg.MaxConns = defaultMaxConns
+	}
+	if !set("pool_max_conn_idle_time") {
+		cfg.MaxConnIdleTime = defaultMaxConnIdleTime
+	}
+	if !set("pool_health_check_period") {
+		cfg.HealthCheckPeriod = defaultHealthCheckPeriod
+	}
+	if !set("connect_timeout") {
+		cfg.ConnConfig.ConnectTimeout = timeout
+	}
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "taskflow-api"
+	}
+	return cfg, nil
+}
+
+// openStore connects, pings and applies schema.sql. It fails rather than starting a server
+// that could not serve a single request.
+func openStore(ctx context.Context, cfg *pgxpool.Config, timeout time.Duration) (*Store, error) {
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{pool: pool, timeout: timeout}
+	// Neon may need a few seconds to wake a suspended compute, so the start gets more
+	// time than a request does.
+	startCtx, cancel := context.WithTimeout(ctx, max(timeout, 15*time.Second))
+	defer cancel()
+	if err := pool.Ping(startCtx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("ping: %w", err)
+	}
+	if _, err := pool.Exec(startCtx, schemaSQL); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("apply schema.sql: %w", err)
+	}
+	return s, nil
+}
+
+func (s *Store) Close() { s.pool.Close() }
+
+// Ping reports whether the database answers within the store's deadline.
+func (s *Store) Ping(ctx context.Context) error {
+	return s.do(ctx, true, func(ctx context.Context) error { return s.pool.Ping(ctx) })
+}
+
+const taskColumns = `id, user_id, title, description, completed, created_at, updated_at`
+
+func scanTask(row pgx.Row, t *Task) error {
+	return row.Scan(&t.ID, &t.UserID, &t.Title, &t.Description, &t.Completed, &t.CreatedAt, &t.UpdatedAt)
+}
+
+// listSQL holds one statement per (status, sort, order) so that the query text is built
+// from fixed fragments only, never from request input, and each variant gets its own
+// prepared statement and plan.
+var listSQL = func() map[ListQuery]string {
+	where := map[string]string{"all": "", "pending": " AND NOT completed", "completed": " AND completed"}
+	sortBy := map[string]string{"created": "created_at", "updated": "updated_at", "title": "title"}
+	m := make(map[ListQuery]string)
+	for status, w := range where {
+		for sort, col := range sortBy {
+			for _, desc := range []bool{false, true} {
+				dir := "ASC"
+				if desc {
+					dir = "DESC"
+				}
+				// count(*) OVER () is computed before LIMIT/OFFSET, so the total rides along
+				// with the page in the same statement.
+				m[ListQuery{Status: status, Sort: sort, Desc: desc}] = `SELECT ` + taskColumns + `, count(*) OVER ()
+FROM tasks WHERE user_id = $1` + w + `
+ORDER BY ` + col + ` ` + dir + `, id ` + dir + `
+LIMIT $2 OFFSET $3`
+			}
+		}
+	}
+	return m
+}()
+
+var countSQL = map[string]string{
+	"all":       `SELECT count(*) FROM tasks WHERE user_id = $1`,
+	"pending":   `SELECT count(*) FROM tasks WHERE user_id = $1 AND NOT completed`,
+	"completed": `SELECT count(*) FROM tasks WHERE user_id = $1 AND completed`,
+}
+
+// ListTasks returns one page of the user's tasks and how many tasks match the filter.
+func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery) ([]Task, int64, error) {
+	query, ok := listSQL[ListQuery{Status: q.Status, Sort: q.Sort, Desc: q.Desc}]
+	if !ok {
+		return nil, 0, fmt.Errorf("list query %+v was not validated", q)
+	}
+	var limit *int
+	if q.Limit > 0 {
+		limit = &q.Limit
+	}
+	var (
+		tasks []Task
+		total int64
+	)
+	err := s.do(ctx, true, func(ctx context.Context) error {
+		tasks, total = tasks[:0], 0
+		rows, err := s.pool.Query(ctx, query, userID, limit, q.Offset)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var t Task
+			if err := rows.Scan(&t.ID, &t.UserID, &t.Title, &t.Description, &t.Completed, &t.CreatedAt, &t.UpdatedAt, &total); err != nil {
+				return err
+			}
+			tasks = append(tasks, t)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		// A page past the end has no row to carry the total; only then is it counted apart.
+		if len(tasks) == 0 && q.Offset > 0 {
+			return s.pool.QueryRow(ctx, countSQL[q.Status], userID).Scan(&total)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	if tasks == nil {
+		tasks = []Task{}
+	}
+	return tasks, total, nil
+}
+
+// CreateTask inserts a task owned by userID; the database assigns id and timestamps.
+func (s *Store) CreateTask(ctx context.Context, userID, title string, description *string) (Task, error) {
+	var t Task
+	err := s.do(ctx, false, func(ctx context.Context) error {
+		return scanTask(s.pool.QueryRow(ctx, `INSERT INTO tasks (user_id, title, description)
+VALUES ($1, $2, $3) RETURNING `+taskColumns, userID, title, description), &t)
+	})
+	return t, err
+}
+
+// GetTask returns the user's task id; another user's task is ErrNotFound, like a missing one.
+func (s *Store) GetTask(ctx context.Context, userID string, id int64) (Task, error) {
+	var t Task
+	err := s.do(ctx, true, func(ctx context.Context) error {
+		return scanTask(s.pool.QueryRow(ctx, `SELECT `+taskColumns+`
+FROM tasks WHERE id = $1 AND user_id = $2`, id, userID), &t)
+	})
+	return t, err
+}
+
+// UpdateTask applies p in one statement, so a concurrent change to a field that p does
+// not touch is never overwritten with a stale value.
+func (s *Store) UpdateTask(ctx context.Context, userID string, id int64, p TaskPatch) (Task, error) {
+	var t Task
+	err := s.do(ctx, false, func(ctx context.Context) error {
+		return scanTask(s.pool.QueryRow(ctx, `UPDATE tasks SET
+    title       = COALESCE($3, title),
+    description = CASE WHEN $4 THEN $5 ELSE description END,
+    completed   = COALESCE($6, completed),
+    updated_at  = now()
+WHERE id = $1 AND user_id = $2
+RETURNING `+taskColumns, id, userID, p.Title, p.SetDescription, p.Description, p.Completed), &t)
+	})
+	return t, err
+}
+
+// ToggleTask flips completed in the database itself: the row lock taken by UPDATE makes
+// two concurrent toggles apply one after the other, so neither is lost.
+func (s *Store) ToggleTask(ctx context.Context, userID string, id int64) (Task, error) {
+	var t Task
+	err := s.do(ctx, false, func(ctx context.Context) error {
+		return scanTask(s.pool.QueryRow(ctx, `UPDATE tasks SET completed = NOT completed, updated_at = now()
+WHERE id = $1 AND user_id = $2
+RETURNING `+taskColumns, id, userID), &t)
+	})
+	return t, err
+}
+
+// DeleteTask removes the user's task id.
+func (s *Store) DeleteTask(ctx context.Context, userID string, id int64) error {
+	return s.do(ctx, false, func(ctx context.Context) error {
+		tag, err := s.pool.Exec(ctx, `DELETE FROM tasks WHERE id = $1 AND user_id = $2`, id, userID)
+		if err == nil && tag.RowsAffected() == 0 {
+			return pgx.ErrNoRows
+		}
+		return err
+	})
+}
+
+// do runs one database call under the store's deadline and translates its error.
+//
+// A call that fails because its pooled connection had died (the server restarted, or Neon
+// or PgBouncer closed it) is tried once more, on a fresh connection: always for reads,
+// which are idempotent, and for writes only when pgconn guarantees nothing reached the
+// server, since a write that may have committed must not be applied twice.
+func (s *Store) do(ctx context.Context, idempotent bool, call func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	err := call(ctx)
+	if err != nil && ctx.Err() == nil && (pgconn.SafeToRetry(err) || idempotent && connectionLost(err)) {
+		err = call(ctx)
+	}
+	return translate(ctx, err)
+}
+
+// translate turns a driver error into one of the store's sentinels, keeping the cause
+// in the chain for the log.
+func translate(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ErrNotFound
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == "23514", // check_violation
+			pgErr.Code == "22001", // string_data_right_truncation
+			pgErr.Code == "22021": // character_not_in_repertoire
+			return fmt.Errorf("%w: %w", ErrRejected, err)
+		case unavailableCode(pgErr.Code):
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return err
+	}
+	if ctx.Err() != nil || pgconn.Timeout(err) || connectionLost(err) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return err
+}
+
+// unavailableCode reports the SQLSTATEs that mean "try again later", not "your request
+// is wrong": lost or refused connections, shutdowns, resource exhaustion, cancellation.
+func unavailableCode(code string) bool {
+	switch code {
+	case "57P01", // admin_shutdown: restart, failover, Neon closing idle connections
+		"57P02", // crash_shutdown
+		"57P03", // cannot_connect_now: starting up or in recovery
+		"57014", // query_canceled: statement_timeout
+		"40001", // serialization_failure
+		"40P01": // deadlock_detected
+		return true
+	}
+	// Class 08: connection exception. Class 53: insufficient resources (53300 too_many_connections).
+	return strings.HasPrefix(code, "08") || strings.HasPrefix(code, "53")
+}
+
+// connectionLost reports errors that mean the connection, not the statement, failed.
+func connectionLost(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02"
+	}
+	var netErr net.Error
+	var connectErr *pgconn.ConnectError
+	return errors.As(err, &netErr) || errors.As(err, &connectErr) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) ||
+		pgconn.SafeToRetry(err)
+}

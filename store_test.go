@@ -1,0 +1,315 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func mustCreate(t *testing.T, s *Store, userID, title string, description *string) Task {
+	t.Helper()
+	task, err := s.CreateTask(context.Background(), userID, title, description)
+	if err != nil {
+		t.Fatalf("CreateTask(%q): %v", title, err)
+	}
+	return task
+}
+
+func TestStoreCreateAndGet(t *testing.T) {
+	t.Parallel()
+	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+
+	before := time.Now().Add(-time.Second)
+	created := mustCreate(t, s, me, "Buy milk", ptr("2 litres"))
+	if created.ID <= 0 || created.UserID != me || created.Title != "Buy milk" || *created.Description != "2 litres" || created.Completed {
+		t.Fatalf("created %+v", created)
+	}
+	if created.CreatedAt.Before(before) || !created.UpdatedAt.Equal(created.CreatedAt) {
+		t.Errorf("timestamps created %v updated %v, want now and equal", created.CreatedAt, created.UpdatedAt)
+	}
+	got, err := s.GetTask(ctx, me, created.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(appendTask(nil, &got)) != string(appendTask(nil, &created)) {
+		t.Errorf("got %+v, want %+v", got, created)
+	}
+
+	noDesc := mustCreate(t, s, me, "No description", nil)
+	if noDesc.Description != nil {
+		t.Errorf("description %q, want nil", *noDesc.Description)
+	}
+}
+
+func TestStoreScopesEveryStatementByUser(t *testing.T) {
+	t.Parallel()
+	s, ctx := testStore(t), context.Background()
+	owner, other := newUserID(t), newUserID(t)
+	task := mustCreate(t, s, owner, "Private", nil)
+
+	if _, err := s.GetTask(ctx, other, task.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetTask by another user: %v, want ErrNotFound", err)
+	}
+	if _, err := s.UpdateTask(ctx, other, task.ID, TaskPatch{Title: ptr("Hijacked")}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("UpdateTask by another user: %v, want ErrNotFound", err)
+	}
+	if _, err := s.ToggleTask(ctx, other, task.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("ToggleTask by another user: %v, want ErrNotFound", err)
+	}
+	if err := s.DeleteTask(ctx, other, task.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("DeleteTask by another user: %v, want ErrNotFound", err)
+	}
+	if tasks, total, err := s.ListTasks(ctx, other, ListQuery{Status: "all", Sort: "created", Desc: true}); err != nil || len(tasks) != 0 || total != 0 {
+		t.Errorf("ListTasks by another user: %d tasks, total %d, err %v; want none", len(tasks), total, err)
+	}
+
+	got, err := s.GetTask(ctx, owner, task.ID)
+	if err != nil || got.Title != "Private" || got.Completed {
+		t.Errorf("after the other user's attempts the task is %+v, %v; want it unchanged", got, err)
+	}
+}
+
+func TestStoreUpdateChangesOnlyTheGivenFields(t *testing.T) {
+	t.Parallel()
+	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	task := mustCreate(t, s, me, "Original", ptr("keep me"))
+
+	tests := []struct {
+		name  string
+		patch TaskPatch
+		want  func(Task) string // "" when right
+	}{
+		{"a title alone keeps the description and state", TaskPatch{Title: ptr("Renamed")}, func(t Task) string {
+			if t.Title != "Renamed" || t.Description == nil || *t.Description != "keep me" || t.Completed {
+				return "title not applied alone"
+			}
+			return ""
+		}},
+		{"completed alone keeps title and description", TaskPatch{Completed: ptr(true)}, func(t Task) string {
+			if !t.Completed || t.Title != "Renamed" || *t.Description != "keep me" {
+				return "completed not applied alone"
+			}
+			return ""
+		}},
+		{"a new description replaces the old", TaskPatch{SetDescription: true, Description: ptr("new")}, func(t Task) string {
+			if t.Description == nil || *t.Description != "new" || t.Title != "Renamed" {
+				return "description not replaced"
+			}
+			return ""
+		}},
+		{"a null description clears it", TaskPatch{SetDescription: true}, func(t Task) string {
+			if t.Description != nil || t.Title != "Renamed" || !t.Completed {
+				return "description not cleared"
+			}
+			return ""
+		}},
+	}
+	prev := task
+	for _, tt := range tests {
+		got, err := s.UpdateTask(ctx, me, task.ID, tt.patch)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if msg := tt.want(got); msg != "" {
+			t.Errorf("%s: %s: got %+v", tt.name, msg, got)
+		}
+		if !got.CreatedAt.Equal(task.CreatedAt) {
+			t.Errorf("%s: created_at moved from %v to %v", tt.name, task.CreatedAt, got.CreatedAt)
+		}
+		if !got.UpdatedAt.After(prev.UpdatedAt) {
+			t.Errorf("%s: updated_at %v, want after %v", tt.name, got.UpdatedAt, prev.UpdatedAt)
+		}
+		prev = got
+	}
+}
+
+func TestStoreToggleIsAtomicUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	task := mustCreate(t, s, me, "Flip me", nil)
+
+	// An odd number of concurrent toggles must end flipped and an even number must end
+	// where it started: a read-modify-write toggle loses some and fails one of the two.
+	for _, n := range []int{31, 32} {
+		before, err := s.GetTask(ctx, me, task.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := s.ToggleTask(ctx, me, task.ID)
+				errs <- err
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		after, err := s.GetTask(ctx, me, task.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := before.Completed != (n%2 == 1); after.Completed != want {
+			t.Errorf("after %d concurrent toggles completed = %v, want %v", n, after.Completed, want)
+		}
+		if !after.UpdatedAt.After(before.UpdatedAt) {
+			t.Errorf("toggle did not refresh updated_at")
+		}
+	}
+}
+
+func TestStoreDelete(t *testing.T) {
+	t.Parallel()
+	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	task := mustCreate(t, s, me, "Doomed", nil)
+	if err := s.DeleteTask(ctx, me, task.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetTask(ctx, me, task.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("GetTask after delete: %v, want ErrNotFound", err)
+	}
+	if err := s.DeleteTask(ctx, me, task.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second delete: %v, want ErrNotFound", err)
+	}
+}
+
+func TestStoreConstraintsBackTheValidation(t *testing.T) {
+	t.Parallel()
+	s, me := testStore(t), newUserID(t)
+	// These bypass the handler's validation on purpose: the schema is the last line.
+	cases := map[string]struct {
+		userID, title string
+		description   *string
+	}{
+		"empty title":            {me, "", nil},
+		"blank title":            {me, "   ", nil},
+		"title of 201 chars":     {me, strings.Repeat("é", 201), nil},
+		"description of 1001":    {me, "ok", ptr(strings.Repeat("d", 1001))},
+		"empty user id":          {"", "ok", nil},
+		"user id over 255 bytes": {strings.Repeat("u", 256), "ok", nil},
+	}
+	for name, c := range cases {
+		if _, err := s.CreateTask(context.Background(), c.userID, c.title, c.description); !errors.Is(err, ErrRejected) {
+			t.Errorf("%s: %v, want ErrRejected", name, err)
+		}
+	}
+	if _, err := s.CreateTask(context.Background(), me, strings.Repeat("é", 200), ptr(strings.Repeat("d", 1000))); err != nil {
+		t.Errorf("the largest valid task: %v", err)
+	}
+}
+
+// insertTies adds n tasks in one statement, so they share created_at and updated_at
+// (now() is fixed per transaction) and, when title is fixed, the title too.
+func insertTies(t *testing.T, s *Store, userID string, n int, title string, completedEvery int) {
+	t.Helper()
+	_, err := s.pool.Exec(context.Background(), `INSERT INTO tasks (user_id, title, completed)
+SELECT $1, $2, (i % $4 = 0) FROM generate_series(1, $3) AS i`, userID, title, n, completedEvery)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStoreListPagesAreStableAndComplete(t *testing.T) {
+	t.Parallel()
+	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	insertTies(t, s, me, 23, "same", 3) // every third completed: 7 of 23
+	mustCreate(t, s, me, "alpha", nil)
+	mustCreate(t, s, me, "zulu", nil)
+	wantTotal := map[string]int64{"all": 25, "pending": 18, "completed": 7}
+
+	for _, status := range []string{"all", "pending", "completed"} {
+		for _, sort := range []string{"created", "updated", "title"} {
+			for _, desc := range []bool{false, true} {
+				q := ListQuery{Status: status, Sort: sort, Desc: desc}
+				name := fmt.Sprintf("status=%s sort=%s desc=%v", status, sort, desc)
+				whole, total, err := s.ListTasks(ctx, me, q)
+				if err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				if total != wantTotal[status] || int64(len(whole)) != total {
+					t.Errorf("%s: %d tasks, total %d; want %d", name, len(whole), total, wantTotal[status])
+				}
+				for i := 1; i < len(whole); i++ {
+					if !ordered(whole[i-1], whole[i], sort, desc) {
+						t.Errorf("%s: %+v before %+v", name, whole[i-1], whole[i])
+					}
+				}
+				for _, task := range whole {
+					if status == "pending" && task.Completed || status == "completed" && !task.Completed {
+						t.Errorf("%s: returned %+v", name, task)
+					}
+				}
+				// Pages of 4 must concatenate to exactly the whole list.
+				var paged []Task
+				for offset := int64(0); ; offset += 4 {
+					q.Limit, q.Offset = 4, offset
+					page, total, err := s.ListTasks(ctx, me, q)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if total != wantTotal[status] {
+						t.Errorf("%s offset %d: total %d, want %d", name, offset, total, wantTotal[status])
+					}
+					if len(page) == 0 {
+						break
+					}
+					paged = append(paged, page...)
+				}
+				if fmt.Sprint(ids(paged)) != fmt.Sprint(ids(whole)) {
+					t.Errorf("%s: pages %v, whole list %v", name, ids(paged), ids(whole))
+				}
+			}
+		}
+	}
+}
+
+// ordered reports whether a may precede b in a list sorted by key, ties broken by id.
+func ordered(a, b Task, key string, desc bool) bool {
+	cmp := 0
+	switch key {
+	case "created":
+		cmp = a.CreatedAt.Compare(b.CreatedAt)
+	case "updated":
+		cmp = a.UpdatedAt.Compare(b.UpdatedAt)
+	case "title":
+		cmp = strings.Compare(a.Title, b.Title) // the test database's collation is C.UTF-8
+	}
+	if cmp == 0 {
+		cmp = int(a.ID - b.ID)
+		if cmp == 0 {
+			return false
+		}
+	}
+	return (cmp < 0) != desc
+}
+
+func ids(tasks []Task) []int64 {
+	out := make([]int64, len(tasks))
+	for i, t := range tasks {
+		out[i] = t.ID
+	}
+	return out
+}
+
+func TestStoreListPastTheEndStillCounts(t *testing.T) {
+	t.Parallel()
+	s, me := testStore(t), newUserID(t)
+	insertTies(t, s, me, 3, "x", 2)
+	page, total, err := s.ListTasks(context.Background(), me, ListQuery{Status: "all", Sort: "created", Desc: true, Limit: 10, Offset: 50})
+	if err != nil || len(page) != 0 || total != 3 {
+		t.Errorf("page %v total %d err %v; want empty page, total 3", page, total, err)
+	}
+}
