@@ -43,9 +43,9 @@ type JWKS struct {
 
 // jwk is one usable key of the set.
 type jwk struct {
-	key  any    // ed25519.PublicKey, *ecdsa.PublicKey or *rsa.PublicKey
+	key  any      // ed25519.PublicKey, *ecdsa.PublicKey or *rsa.PublicKey
 	algs []string // the token algorithms this key's type can verify
-	alg  string // the JWK's own "alg", "" when absent
+	alg  string   // the JWK's own "alg", "" when absent
 }
 
 const (
@@ -215,7 +215,7 @@ func parseJWKS(body []byte) (map[string]jwk, []string, error) {
 func parseJWK(raw json.RawMessage) (string, jwk, error) {
 	var p struct {
 		Kty, Kid, Alg, Use, Crv string
-		X, Y, N, E          string
+		X, Y, N, E              string
 	}
 	if err := json.Unmarshal(raw, &p); err != nil {
 		return "", jwk{}, err

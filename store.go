@@ -66,7 +66,7 @@ type Store struct {
 
 // Pool defaults suited to Neon; each applies only when DATABASE_URL does not set it.
 const (
-	defaultMaxConns          = 15              // the earlier design's 5 + 10 overflow
+	defaultMaxConns          = 15               // the earlier design's 5 + 10 overflow
 	defaultMaxConnIdleTime   = 60 * time.Second // well before Neon suspends an idle compute (5 min)
 	defaultHealthCheckPeriod = 30 * time.Second
 )
