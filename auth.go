@@ -114,7 +114,7 @@ func tokenErrorDetail(err error) string {
 		}
 		return "token signature is invalid"
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-		return "token lacks a required claim (exp)"
+		return "token lacks a required claim (exp, iss and aud are required)"
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return "token has expired"
 	case errors.Is(err, jwt.ErrTokenNotValidYet):

@@ -77,7 +77,7 @@ func withRequestLog(base *slog.Logger, next http.Handler) http.Handler {
 			slog.String("route", info.pattern),
 			slog.Int("status", rw.status),
 			slog.Int("bytes", rw.bytes),
-			slog.Duration("duration", time.Since(start)),
+			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
 			slog.String("user_id", info.userID),
 		)
 	})

@@ -16,16 +16,14 @@ cd "$(dirname "$0")/.."
 port=${TASKFLOW_PG_PORT:-54329}
 data=${TASKFLOW_PGDATA:-$PWD/.pgdata}
 
+. scripts/lib.sh
 say() { echo "devdb: $*" >&2; }
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 
 bin=$(bindir)
 if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
   say "PostgreSQL is not installed; installing Debian's postgresql package (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  as_root apt-get install -y -q postgresql >&2 ||
-    { as_root apt-get update -q >&2 && as_root apt-get install -y -q postgresql >&2; }
+  apt_install postgresql
   bin=$(bindir)
   [ -x "$bin/initdb" ] || { say "apt-get did not provide initdb"; exit 1; }
 fi

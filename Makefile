@@ -1,0 +1,20 @@
+# The two commands a new user needs: `make run` and `make test`. See README.md.
+.PHONY: run test build fuzz db-stop
+
+run:
+	@scripts/run.sh
+
+test:
+	@scripts/test.sh
+
+build:
+	go build -ldflags "-X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/taskflow-api .
+
+# Each fuzz target for FUZZTIME; the seed corpora already run in make test.
+FUZZTIME ?= 60s
+fuzz:
+	@eval "$$(scripts/devdb.sh)" && for f in FuzzDecodeTaskBody FuzzAppendJSONString FuzzVerifyToken; do \
+		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) . || exit 1; done
+
+db-stop:
+	@scripts/devdb.sh stop

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestConfigErrorsAreOneLineNamingTheVariable(t *testing.T) {
+	base := map[string]string{"BETTER_AUTH_SECRET": testSecret}
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantVar string
+	}{
+		{"no secret and no JWKS", map[string]string{"BETTER_AUTH_SECRET": ""}, "BETTER_AUTH_SECRET"},
+		{"a short secret", map[string]string{"BETTER_AUTH_SECRET": "short"}, "BETTER_AUTH_SECRET"},
+		{"a bad port", map[string]string{"PORT": "eighty"}, "PORT"},
+		{"a wildcard origin", map[string]string{"CORS_ORIGINS": "*"}, "CORS_ORIGINS"},
+		{"an origin with a path", map[string]string{"CORS_ORIGINS": "http://localhost:3000/app"}, "CORS_ORIGINS"},
+		{"a bad JWKS URL", map[string]string{"JWT_JWKS_URL": "ftp://x"}, "JWT_JWKS_URL"},
+		{"a bad database URL", map[string]string{"DATABASE_URL": "postgres://u:hunter2@host:notaport/db"}, "DATABASE_URL"},
+		{"a bad timeout", map[string]string{"DB_TIMEOUT": "soon"}, "DB_TIMEOUT"},
+		{"a bad log format", map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{}
+			for k, v := range base {
+				env[k] = v
+			}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			err := run(context.Background(), func(k string) string { return env[k] }, io.Discard)
+			if err == nil {
+				t.Fatal("run started with a bad configuration")
+			}
+			if msg := err.Error(); !strings.Contains(msg, tt.wantVar) || strings.Contains(msg, "\n") || strings.Contains(msg, "hunter2") {
+				t.Errorf("error %q, want one line naming %s and no password", msg, tt.wantVar)
+			}
+		})
+	}
+	if _, err := loadConfig(func(k string) string {
+		return map[string]string{"JWT_JWKS_URL": "http://localhost:3000/api/auth/jwks"}[k]
+	}); err != nil {
+		t.Errorf("JWKS alone is a valid configuration: %v", err)
+	}
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+}
+
+// startRun runs the whole program as main would, and waits until /healthz answers.
+// It returns the base URL and a function that cancels the context and returns run's error.
+func startRun(t *testing.T, env map[string]string) (string, func() error) {
+	t.Helper()
+	testStore(t)
+	port := freePort(t)
+	full := map[string]string{
+		"DATABASE_URL":       os.Getenv("TEST_DATABASE_URL"),
+		"BETTER_AUTH_SECRET": testSecret,
+		"PORT":               port,
+	}
+	for k, v := range env {
+		full[k] = v
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, func(k string) string { return full[k] }, io.Discard) }()
+	base := "http://127.0.0.1:" + port
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, err := http.Get(base + "/healthz")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run returned before serving: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatal("the server did not answer /healthz within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop := func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			return fmt.Errorf("run did not return 30s after its context was cancelled")
+		}
+	}
+	t.Cleanup(func() { cancel() })
+	return base, stop
+}
+
+func httpDo(t *testing.T, method, url, token, body string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res, string(b)
+}
+
+func TestShutdownLetsRequestsInFlightFinish(t *testing.T) {
+	store := testStore(t)
+	appName := "shutdown-" + strings.ToLower(newUserID(t)[:12])
+	base, stop := startRun(t, map[string]string{
+		"DATABASE_URL": os.Getenv("TEST_DATABASE_URL") + "&application_name=" + appName,
+	})
+	me := newUserID(t)
+	token := tokenFor(t, me)
+	res, body := httpDo(t, "POST", base+"/api/"+me+"/tasks", token, `{"title":"held"}`)
+	if res.StatusCode != http.StatusCreated {
+		t.Fatalf("create: %d %s", res.StatusCode, body)
+	}
+	var id int64
+	fmt.Sscanf(body, `{"id":%d`, &id)
+
+	// Hold the task's row lock so that the toggles below are still running when the
+	// shutdown starts.
+	ctx := context.Background()
+	tx, err := store.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, id); err != nil {
+		t.Fatal(err)
+	}
+
+	const inFlight = 5
+	statuses := make(chan int, inFlight)
+	var wg sync.WaitGroup
+	for i := 0; i < inFlight; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("PATCH", fmt.Sprintf("%s/api/%s/tasks/%d/complete", base, me, id), nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				statuses <- 0
+				return
+			}
+			res.Body.Close()
+			statuses <- res.StatusCode
+		}()
+	}
+	waitFor(t, "the toggles to wait on the row lock", func() bool {
+		var n int
+		store.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, appName).Scan(&n)
+		return n == inFlight
+	})
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	time.Sleep(200 * time.Millisecond) // the shutdown is under way with the requests held
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		if s != http.StatusOK {
+			t.Errorf("a request in flight at shutdown ended with %d, want 200", s)
+		}
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("run returned %v, want nil after a clean shutdown", err)
+	}
+	if _, err := http.Get(base + "/healthz"); err == nil {
+		t.Error("the server still accepts connections after shutdown")
+	}
+}
+
+// waitFor polls cond for up to 10 seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

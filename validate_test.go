@@ -1,0 +1,232 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+func TestCreateValidation(t *testing.T) {
+	t.Parallel()
+	api := newTestAPI(t)
+	me := api.newUser()
+	é := func(n int) string { return strings.Repeat("é", n) } // 2 bytes, 1 character
+
+	tests := []struct {
+		name      string
+		body      string
+		want      int
+		wantTitle string // for 201
+	}{
+		{"a plain title", `{"title":"x"}`, 201, "x"},
+		{"title of 200 two-byte characters", `{"title":"` + é(200) + `"}`, 201, é(200)},
+		{"title of 200 four-byte characters", `{"title":"` + strings.Repeat("😀", 200) + `"}`, 201, strings.Repeat("😀", 200)},
+		{"title of 200 characters inside white space", `{"title":"  ` + é(200) + "\\t\\n" + `"}`, 201, é(200)},
+		{"title as an escaped surrogate pair", `{"title":"\ud83d\ude00"}`, 201, "😀"},
+		{"title with inner white space kept", `{"title":" a  b "}`, 201, "a  b"},
+		{"description of 1000 two-byte characters", `{"title":"x","description":"` + é(1000) + `"}`, 201, "x"},
+		{"description null", `{"title":"x","description":null}`, 201, "x"},
+		{"description empty", `{"title":"x","description":""}`, 201, "x"},
+
+		{"title of 201 two-byte characters", `{"title":"` + é(201) + `"}`, 422, ""},
+		{"empty title", `{"title":""}`, 422, ""},
+		{"blank title", `{"title":" \t\n "}`, 422, ""},
+		{"missing title", `{"description":"x"}`, 422, ""},
+		{"empty object", `{}`, 422, ""},
+		{"null title", `{"title":null}`, 422, ""},
+		{"number title", `{"title":5}`, 422, ""},
+		{"boolean title", `{"title":true}`, 422, ""},
+		{"array title", `{"title":["x"]}`, 422, ""},
+		{"object title", `{"title":{"a":1}}`, 422, ""},
+		{"description of 1001 characters", `{"title":"x","description":"` + é(1001) + `"}`, 422, ""},
+		{"number description", `{"title":"x","description":5}`, 422, ""},
+		{"NUL in title", `{"title":"a\u0000b"}`, 422, ""},
+		{"NUL in description", `{"title":"x","description":"\u0000"}`, 422, ""},
+		{"unknown field", `{"title":"x","priority":1}`, 422, ""},
+		{"field name in another case", `{"Title":"x"}`, 422, ""},
+		{"completed on create", `{"title":"x","completed":false}`, 422, ""},
+		{"an array", `[{"title":"x"}]`, 422, ""},
+		{"a string", `"x"`, 422, ""},
+		{"a number", `1`, 422, ""},
+		{"null", `null`, 422, ""},
+
+		{"invalid UTF-8", "{\"title\":\"\xff\xfe\"}", 400, ""},
+		{"overlong UTF-8", "{\"title\":\"\xc0\xaf\"}", 400, ""},
+		{"a lone high surrogate", `{"title":"\ud800"}`, 400, ""},
+		{"a lone low surrogate", `{"title":"a\udc00b"}`, 400, ""},
+		{"a reversed pair", `{"title":"\ude00\ud83d"}`, 400, ""},
+		{"a raw NUL byte", "{\"title\":\"a\x00b\"}", 400, ""},
+		{"trailing data", `{"title":"x"} x`, 400, ""},
+		{"two objects", `{"title":"x"}{"title":"y"}`, 400, ""},
+		{"a trailing comma", `{"title":"x",}`, 400, ""},
+		{"truncated", `{"title":"x"`, 400, ""},
+		{"single quotes", `{'title':'x'}`, 400, ""},
+		{"white space only", "  \n ", 400, ""},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s is %d", tt.name, tt.want), func(t *testing.T) {
+			res := api.do(request{method: "POST", path: "/api/" + me.id + "/tasks", body: tt.body, token: me.token}).wantStatus(tt.want)
+			if tt.want != http.StatusCreated {
+				res.detail()
+				return
+			}
+			if got := res.task().Title; got != tt.wantTitle {
+				t.Errorf("stored title %q, want %q", got, tt.wantTitle)
+			}
+		})
+	}
+	created := 0
+	for _, tt := range tests {
+		if tt.want == http.StatusCreated {
+			created++
+		}
+	}
+	if got := me.do("GET", "/api/{me}/tasks", "").Header().Get("X-Total-Count"); got != fmt.Sprint(created) {
+		t.Errorf("%s tasks stored, want %d: a rejected request wrote something", got, created)
+	}
+}
+
+func TestUpdateValidation(t *testing.T) {
+	t.Parallel()
+	me := newTestAPI(t).newUser()
+	task := me.create("x")
+	path := fmt.Sprintf("/api/{me}/tasks/%d", task.ID)
+	for _, c := range []struct {
+		body string
+		want int
+	}{
+		{`{"completed":"yes"}`, 422},
+		{`{"completed":null}`, 422},
+		{`{"completed":1}`, 422},
+		{`{"title":null}`, 422},
+		{`{"title":""}`, 422},
+		{`{"user_id":"someone-else"}`, 422},
+		{`{"id":5}`, 422},
+		{`{"created_at":"2000-01-01T00:00:00Z"}`, 422},
+		{`{"title":"ok","completed":"no"}`, 422},
+		{`{"title":"x"`, 400},
+		{`{}`, 422},
+		{`{"description":null}`, 200},
+		{`{"completed":true,"title":"y","description":"z"}`, 200},
+	} {
+		res := me.do("PUT", path, c.body).wantStatus(c.want)
+		if c.want != http.StatusOK {
+			res.detail()
+		}
+	}
+	got := me.do("GET", path, "").wantStatus(http.StatusOK).task()
+	if got.Title != "y" || !got.Completed || *got.Description != "z" {
+		t.Errorf("after the updates %+v", got)
+	}
+}
+
+func TestHasLoneSurrogate(t *testing.T) {
+	for in, want := range map[string]bool{
+		`"\ud83d\ude00"`:  false,
+		`"\uD83D\uDE00"`:  false,
+		`"\u00e9"`:        false,
+		`"\\ud800"`:       false, // an escaped backslash, then plain text
+		`"\\\ud800"`:      true,
+		`"\ud800"`:        true,
+		`"\ud800x"`:       true,
+		`"\ud800\n"`:      true,
+		`"\ud800\ud800"`:  true,
+		`"\udc00"`:        true,
+		`"\ud83d\u0041"`:  true,
+		`"x\ud83d\ude00"`: false,
+	} {
+		if got := hasLoneSurrogate([]byte(in)); got != want {
+			t.Errorf("hasLoneSurrogate(%s) = %v, want %v", in, got, want)
+		}
+	}
+}
+
+// FuzzDecodeTaskBody feeds arbitrary bodies through the decoder and validator: nothing
+// may panic, every refusal must be a 400 or 422 apiError, and whatever is accepted must
+// satisfy the contract's rules (and so the schema's constraints).
+func FuzzDecodeTaskBody(f *testing.F) {
+	for _, seed := range []string{
+		`{"title":"x"}`, `{"title":" x ","description":null}`, `{"title":"x","completed":true}`,
+		`{"title":"\ud83d\ude00"}`, `{"title":"\ud800"}`, "{\"title\":\"\xff\"}", `{"title":"a\u0000"}`,
+		`{"title":"x"} x`, `[]`, `null`, `{}`, `{"Title":"x"}`, `{"description":5}`, "",
+	} {
+		f.Add([]byte(seed), true)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, allowCompleted bool) {
+		fields, err := parseJSONObject(body)
+		var in taskInput
+		if err == nil {
+			in, err = decodeTaskInput(fields, allowCompleted)
+		}
+		if err != nil {
+			var apiErr *apiError
+			if !errors.As(err, &apiErr) || (apiErr.status != 400 && apiErr.status != 422) {
+				t.Fatalf("body %q: error %v, want a 400 or 422 apiError", body, err)
+			}
+			if !utf8.ValidString(apiErr.detail) {
+				t.Fatalf("detail %q is not valid UTF-8", apiErr.detail)
+			}
+			return
+		}
+		if !utf8.Valid(body) {
+			t.Fatalf("accepted invalid UTF-8 %q", body)
+		}
+		if in.title != nil {
+			s := *in.title
+			if n := utf8.RuneCountInString(s); n < 1 || n > maxTitle || s != strings.TrimSpace(s) || strings.ContainsRune(s, 0) {
+				t.Fatalf("accepted title %q", s)
+			}
+		}
+		if in.description != nil {
+			if s := *in.description; utf8.RuneCountInString(s) > maxDescription || strings.ContainsRune(s, 0) {
+				t.Fatalf("accepted description %q", s)
+			}
+		}
+		if in.completed != nil && !allowCompleted {
+			t.Fatal("accepted completed on create")
+		}
+	})
+}
+
+// FuzzAppendJSONString holds the hand-written encoder to encoding/json's exact output.
+func FuzzAppendJSONString(f *testing.F) {
+	for _, seed := range []string{"", "plain", `q"uote\back`, "<script>&", "\u2028\u2029", "tab\tnl\n\x00\x1f", "é😀", "\xff\xfe", "a\xc0"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		want, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendJSONString(nil, s); string(got) != string(want) {
+			t.Fatalf("appendJSONString(%q) = %s, want %s", s, got, want)
+		}
+	})
+}
+
+func TestAppendTaskIsTheContractsTask(t *testing.T) {
+	at := time.Date(2026, 2, 12, 10, 4, 5, 123456000, time.FixedZone("CET", 3600))
+	desc := "two\nlines"
+	for _, task := range []Task{
+		{ID: 42, UserID: "k3Jd9xQ2mZ7pL0aB", Title: "Buy milk", CreatedAt: at, UpdatedAt: at},
+		{ID: 1<<63 - 1, UserID: "u", Title: `"<é>"`, Description: &desc, Completed: true, CreatedAt: at.Add(-at.Sub(at.Truncate(time.Second))), UpdatedAt: at},
+	} {
+		b := appendTask(nil, &task)
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		var got taskJSON
+		if err := dec.Decode(&got); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		want := taskJSON{ID: task.ID, UserID: task.UserID, Title: task.Title, Description: task.Description, Completed: task.Completed,
+			CreatedAt: task.CreatedAt.UTC().Format("2006-01-02T15:04:05.000000Z"), UpdatedAt: "2026-02-12T09:04:05.123456Z"}
+		if !got.equal(want) {
+			t.Errorf("got %+v, want %+v", got, want)
+		}
+	}
+}
