@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -218,4 +222,228 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+func TestSlowHeadersAreCutOff(t *testing.T) {
+	base, stop := startRun(t, nil)
+	defer stop()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	if _, err := conn.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")); err != nil {
+		t.Fatal(err)
+	}
+	// Trickle a header a byte a second; the server must give up on us long before we end.
+	closed := make(chan time.Duration, 1)
+	go func() {
+		buf := make([]byte, 512)
+		conn.Read(buf) // returns on the server's 408 or close
+		closed <- time.Since(start)
+	}()
+	for i := 0; i < 20; i++ {
+		select {
+		case took := <-closed:
+			if took > 7*time.Second {
+				t.Errorf("the connection was cut after %v, want within about 5s", took)
+			}
+			// Other clients were served all along.
+			if res, err := http.Get(base + "/healthz"); err != nil || res.StatusCode != http.StatusOK {
+				t.Errorf("healthz after the slow client: %v", err)
+			}
+			return
+		case <-time.After(time.Second):
+			conn.Write([]byte("a"))
+		}
+	}
+	t.Fatal("a client trickling its headers was still connected after 20s")
+}
+
+func TestStartLineAndAccessLog(t *testing.T) {
+	testStore(t)
+	var out syncBuffer
+	port := freePort(t)
+	dbURL := strings.Replace(os.Getenv("TEST_DATABASE_URL"), "postgres@", "postgres:hunter2@", 1)
+	env := map[string]string{"DATABASE_URL": dbURL, "BETTER_AUTH_SECRET": testSecret, "PORT": port}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, func(k string) string { return env[k] }, &out) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	base := "http://127.0.0.1:" + port
+	waitFor(t, "the server", func() bool {
+		res, err := http.Get(base + "/healthz")
+		if err == nil {
+			res.Body.Close()
+		}
+		return err == nil
+	})
+
+	me := newUserID(t)
+	token := tokenFor(t, me)
+	req, _ := http.NewRequest("POST", base+"/api/"+me+"/tasks?secret-query=1", strings.NewReader(`{"title":"body-secret"}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Request-ID", "trace-42")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil || res.StatusCode != http.StatusCreated {
+		t.Fatalf("create: %v %v", res, err)
+	}
+	res.Body.Close()
+
+	var start, access map[string]any
+	waitFor(t, "the access log line", func() bool {
+		for _, line := range strings.Split(out.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) != nil {
+				continue
+			}
+			switch m["msg"] {
+			case "taskflow-api started":
+				start = m
+			case "request":
+				if m["request_id"] == "trace-42" {
+					access = m
+				}
+			}
+		}
+		return start != nil && access != nil
+	})
+	for _, key := range []string{"version", "addr", "database", "pool_max_conns", "auth", "cors_origins"} {
+		if _, ok := start[key]; !ok {
+			t.Errorf("the start line lacks %s: %v", key, start)
+		}
+	}
+	want := map[string]any{"method": "POST", "route": "/api/{user_id}/tasks", "status": float64(201), "user_id": me}
+	for k, v := range want {
+		if access[k] != v {
+			t.Errorf("access log %s = %v, want %v", k, access[k], v)
+		}
+	}
+	if _, ok := access["duration_ms"].(float64); !ok {
+		t.Errorf("access log lacks duration_ms: %v", access)
+	}
+	if b, _ := access["bytes"].(float64); b <= 0 {
+		t.Errorf("access log bytes = %v", access["bytes"])
+	}
+	for _, secret := range []string{"hunter2", token, "body-secret", "secret-query"} {
+		if strings.Contains(out.String(), secret) {
+			t.Errorf("the log contains %q", secret)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines to write and a test to read.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestSignalsStopTheProcess(t *testing.T) {
+	store := testStore(t)
+	bin := filepath.Join(t.TempDir(), "taskflow-api")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	appName := "signals-" + strings.ToLower(newUserID(t)[:12])
+	start := func() (*exec.Cmd, string) {
+		port := freePort(t)
+		cmd := exec.Command(bin)
+		cmd.Env = append(os.Environ(),
+			"DATABASE_URL="+os.Getenv("TEST_DATABASE_URL")+"&application_name="+appName,
+			"BETTER_AUTH_SECRET="+testSecret, "PORT="+port, "LOG_FORMAT=text")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill() })
+		base := "http://127.0.0.1:" + port
+		waitFor(t, "the server", func() bool {
+			res, err := http.Get(base + "/healthz")
+			if err == nil {
+				res.Body.Close()
+			}
+			return err == nil
+		})
+		return cmd, base
+	}
+	exited := func(cmd *exec.Cmd) chan error {
+		c := make(chan error, 1)
+		go func() { c <- cmd.Wait() }()
+		return c
+	}
+
+	t.Run("SIGTERM stops it with exit status 0", func(t *testing.T) {
+		cmd, _ := start()
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited(cmd):
+			if err != nil {
+				t.Errorf("exit: %v, want status 0", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("still running 10s after SIGTERM with nothing in flight")
+		}
+	})
+
+	t.Run("a second signal during the grace period exits at once", func(t *testing.T) {
+		cmd, base := start()
+		me := newUserID(t)
+		res, body := httpDo(t, "POST", base+"/api/"+me+"/tasks", tokenFor(t, me), `{"title":"held"}`)
+		if res.StatusCode != http.StatusCreated {
+			t.Fatalf("create: %d %s", res.StatusCode, body)
+		}
+		var id int64
+		fmt.Sscanf(body, `{"id":%d`, &id)
+		ctx := context.Background()
+		tx, err := store.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx)
+		tx.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, id)
+		held, _ := http.NewRequest("PATCH", fmt.Sprintf("%s/api/%s/tasks/%d/complete", base, me, id), nil)
+		held.Header.Set("Authorization", "Bearer "+tokenFor(t, me))
+		go func() {
+			if res, err := http.DefaultClient.Do(held); err == nil {
+				res.Body.Close()
+			}
+		}()
+		waitFor(t, "the request to wait on the lock", func() bool {
+			var n int
+			store.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, appName).Scan(&n)
+			return n == 1
+		})
+		done := exited(cmd)
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-done:
+			t.Fatalf("exited (%v) with a request in flight, want it to wait", err)
+		case <-time.After(300 * time.Millisecond):
+		}
+		cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Error("exit status 0 after a forced stop, want non-zero")
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("a second signal did not stop the process")
+		}
+	})
 }

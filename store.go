@@ -92,6 +92,7 @@ func newPoolConfig(databaseURL string, timeout time.Duration) (*pgxpool.Config, 
 	if !set("connect_timeout") {
 		cfg.ConnConfig.ConnectTimeout = timeout
 	}
+	cfg.BeforeAcquire = func(_ context.Context, c *pgx.Conn) bool { return connAlive(c.PgConn().Conn()) }
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "taskflow-api"
 	}
