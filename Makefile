@@ -1,5 +1,5 @@
 # The two commands a new user needs: `make run` and `make test`. See README.md.
-.PHONY: run test build fuzz db-stop
+.PHONY: run test build fuzz soak db-stop
 
 run:
 	@scripts/run.sh
@@ -15,6 +15,10 @@ FUZZTIME ?= 60s
 fuzz:
 	@eval "$$(scripts/devdb.sh)" && for f in FuzzDecodeTaskBody FuzzAppendJSONString FuzzVerifyToken; do \
 		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) . || exit 1; done
+
+# Mixed load on loopback for SOAK_DURATION (30s) with PostgreSQL crash-restarted once.
+soak:
+	@eval "$$(scripts/devdb.sh)" && go test -tags soak -run '^TestSoak$$' -count=1 -timeout 10m -v . | grep -v '^=== '
 
 db-stop:
 	@scripts/devdb.sh stop

@@ -26,8 +26,10 @@ func connAlive(c net.Conn) bool {
 	if err != nil {
 		return true
 	}
+	// Control, not Read: Read takes the descriptor's read lock, which a pgx background
+	// reader left blocked in Read may hold indefinitely, and the peek never waits anyway.
 	alive := true
-	raw.Read(func(fd uintptr) bool { //nolint:errcheck // the callback cannot fail
+	raw.Control(func(fd uintptr) { //nolint:errcheck // the callback cannot fail
 		var b [1]byte
 		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		switch {
@@ -41,7 +43,6 @@ func connAlive(c net.Conn) bool {
 			// ticket, so only a plain connection is judged by them.
 			alive = isTLS
 		}
-		return true
 	})
 	return alive
 }
