@@ -24,21 +24,25 @@ import (
 //
 // Keys are fetched at start and refreshed in the background. A token with an unknown kid
 // (the frontend rotated its key) triggers a refetch, at most one per minRefetch, so a
-// flood of made-up kids costs at most one request to the frontend per interval. A failed
-// fetch keeps the keys already held: the frontend being down rejects nothing that was
-// verifiable before.
+// flood of made-up kids costs at most one request to the frontend per interval; the
+// request waits for that fetch at most unknownKidWait. Only one fetch runs at a time. A
+// failed fetch keeps the keys already held: the frontend being down rejects nothing that
+// was verifiable before.
 type JWKS struct {
-	url        string
-	client     *http.Client
-	log        *slog.Logger
-	refresh    time.Duration // background refresh period
-	minRefetch time.Duration // least time between two fetches caused by unknown kids
+	url            string
+	client         *http.Client
+	log            *slog.Logger
+	refresh        time.Duration // background refresh period
+	minRefetch     time.Duration // least time between two fetches caused by unknown kids
+	unknownKidWait time.Duration // how long a token with an unknown kid waits for a refetch
 
 	mu   sync.RWMutex
 	keys map[string]jwk
 
-	fetchMu   sync.Mutex // one fetch at a time
-	lastFetch time.Time  // when the last fetch started; guarded by fetchMu
+	fetchMu   sync.Mutex
+	inflight  chan struct{} // closed when the running fetch ends; nil when none runs
+	lastFetch time.Time     // when the last fetch started
+	lastErr   error         // how the last fetch ended
 }
 
 // jwk is one usable key of the set.
@@ -56,35 +60,35 @@ const (
 
 func newJWKS(url string, log *slog.Logger) *JWKS {
 	return &JWKS{
-		url:        url,
-		client:     &http.Client{Timeout: jwksFetchTimeout},
-		log:        log,
-		refresh:    5 * time.Minute,
-		minRefetch: 10 * time.Second,
-		keys:       map[string]jwk{},
+		url:            url,
+		client:         &http.Client{Timeout: jwksFetchTimeout},
+		log:            log,
+		refresh:        5 * time.Minute,
+		minRefetch:     10 * time.Second,
+		unknownKidWait: time.Second,
+		keys:           map[string]jwk{},
 	}
 }
 
 // run keeps the key set fresh until ctx ends. Until the first fetch succeeds it retries
 // every few seconds, so a frontend that starts after this service is picked up quickly.
 func (j *JWKS) run(ctx context.Context) {
-	wait := time.Duration(0)
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-		err := j.fetch(ctx)
+		err := j.refreshNow()
+		wait := j.refresh
 		switch {
 		case err == nil:
-			wait = j.refresh
 		case j.size() == 0:
-			j.log.Warn("JWKS unavailable, tokens signed by the frontend's keys are refused until it answers; retrying", "url", j.url, "err", err)
+			j.log.Warn("JWKS unavailable: tokens signed by the frontend's keys are refused until it answers; retrying", "url", j.url, "err", err)
 			wait = min(j.refresh, 5*time.Second)
 		default:
 			j.log.Warn("JWKS refresh failed, keeping the keys already held", "url", j.url, "err", err)
 			wait = min(j.refresh, 30*time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
 		}
 	}
 }
@@ -123,30 +127,61 @@ func (j *JWKS) publicKey(kid, alg string) (any, error) {
 	return k.key, nil
 }
 
-// refetchForUnknownKid fetches the set unless a fetch started within minRefetch. Callers
-// that arrive during a fetch wait for it and then look again, rather than fetch again.
+// refreshNow fetches the set, or joins the fetch under way, and says how it ended.
+func (j *JWKS) refreshNow() error {
+	j.fetchMu.Lock()
+	done := j.startFetchLocked()
+	j.fetchMu.Unlock()
+	<-done
+	j.fetchMu.Lock()
+	defer j.fetchMu.Unlock()
+	return j.lastErr
+}
+
+// refetchForUnknownKid joins the running fetch, or starts one unless the last started
+// within minRefetch, and waits for it at most unknownKidWait.
 func (j *JWKS) refetchForUnknownKid() {
 	j.fetchMu.Lock()
-	defer j.fetchMu.Unlock()
-	if time.Since(j.lastFetch) < j.minRefetch {
-		return
+	done := j.inflight
+	if done == nil {
+		if time.Since(j.lastFetch) < j.minRefetch {
+			j.fetchMu.Unlock()
+			return
+		}
+		done = j.startFetchLocked()
 	}
-	if err := j.fetchLocked(context.Background()); err != nil {
-		j.log.Warn("JWKS refetch for an unknown kid failed", "url", j.url, "err", err)
+	j.fetchMu.Unlock()
+	select {
+	case <-done:
+	case <-time.After(j.unknownKidWait):
 	}
 }
 
-func (j *JWKS) fetch(ctx context.Context) error {
-	j.fetchMu.Lock()
-	defer j.fetchMu.Unlock()
-	return j.fetchLocked(ctx)
+// startFetchLocked starts a fetch unless one is running and returns the channel closed
+// when it ends. The caller holds fetchMu.
+func (j *JWKS) startFetchLocked() chan struct{} {
+	if j.inflight != nil {
+		return j.inflight
+	}
+	done := make(chan struct{})
+	j.inflight, j.lastFetch = done, time.Now()
+	go func() {
+		err := j.fetch()
+		if err != nil {
+			j.log.Warn("JWKS fetch failed", "url", j.url, "err", err)
+		}
+		j.fetchMu.Lock()
+		j.inflight, j.lastErr = nil, err
+		j.fetchMu.Unlock()
+		close(done)
+	}()
+	return done
 }
 
-// fetchLocked downloads and parses the set and, if it holds at least one usable key,
-// replaces the cached keys with it, so keys the frontend has retired stop verifying.
-func (j *JWKS) fetchLocked(ctx context.Context) error {
-	j.lastFetch = time.Now()
-	ctx, cancel := context.WithTimeout(ctx, jwksFetchTimeout)
+// fetch downloads and parses the set and, if it holds at least one usable key, replaces
+// the cached keys with it, so keys the frontend has retired stop verifying.
+func (j *JWKS) fetch() error {
+	ctx, cancel := context.WithTimeout(context.Background(), jwksFetchTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, j.url, nil)
 	if err != nil {
