@@ -1,11 +1,15 @@
 # The two commands a new user needs: `make run` and `make test`. See README.md.
-.PHONY: run test build fuzz soak db-stop
+.PHONY: run test e2e build fuzz soak db-stop
 
 run:
 	@scripts/run.sh
 
 test:
 	@scripts/test.sh
+
+# A real Better Auth frontend (EdDSA tokens through its JWKS) and headless Chromium.
+e2e:
+	@scripts/e2e.sh
 
 build:
 	go build -ldflags "-X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/taskflow-api .

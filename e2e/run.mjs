@@ -1,0 +1,133 @@
+// make e2e: a real Better Auth server and page on :3000, the Go API on :8000 verifying its
+// tokens through the JWKS, and headless Chromium driving the page. No code of ours runs on
+// the client side. Prints each check and "N passed, M failed"; exits non-zero on failure.
+import { spawn } from "node:child_process";
+import { chromium } from "playwright-core";
+import { startAuthServer, origin } from "./server.mjs";
+
+const apiBin = process.env.TASKFLOW_API_BIN;
+const apiURL = "http://localhost:8000";
+if (!apiBin || !process.env.DATABASE_URL) {
+  console.error("run through make e2e (it builds the API and starts the database)");
+  process.exit(2);
+}
+
+let passed = 0, failed = 0;
+function check(name, ok, detail = "") {
+  ok ? passed++ : failed++;
+  console.log(`${ok ? "ok  " : "FAIL"} ${name}${ok || !detail ? "" : `: ${detail}`}`);
+}
+const eq = (name, got, want) => check(name, got === want, `got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
+
+async function waitFor(url, what) {
+  for (let i = 0; i < 100; i++) {
+    try { if ((await fetch(url)).ok) return; } catch {}
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what} did not answer at ${url}`);
+}
+
+const authServer = await startAuthServer();
+// The jwks endpoint creates the signing key on first use; do it before the API starts so
+// that its first fetch finds it.
+await waitFor(`${origin}/api/auth/jwks`, "Better Auth");
+
+const api = spawn(apiBin, [], {
+  stdio: ["ignore", "ignore", "inherit"], // its access log would drown the checks
+  env: {
+    PATH: process.env.PATH,
+    DATABASE_URL: process.env.DATABASE_URL,
+    JWT_JWKS_URL: `${origin}/api/auth/jwks`,
+    CORS_ORIGINS: origin,
+    PORT: "8000",
+    LOG_FORMAT: "text",
+  },
+});
+let browser;
+try {
+  await waitFor(`${apiURL}/readyz`, "the Go API");
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+      "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"],
+  });
+  // Two browser contexts: two people with their own cookies.
+  const open = async () => {
+    const page = await (await browser.newContext()).newPage();
+    await page.goto(`${origin}/?api=${encodeURIComponent(apiURL)}`);
+    return page;
+  };
+  const alicePage = await open(), bobPage = await open();
+
+  const alice = await alicePage.evaluate(() => window.e2e.signUp("alice"));
+  eq("Better Auth signs with EdDSA", alice.header.alg, "EdDSA");
+  check("the token names its key", typeof alice.header.kid === "string" && alice.header.kid.length > 0);
+  eq("the token's issuer", alice.claims.iss, "taskflow-web");
+  eq("the token's audience", alice.claims.aud, "taskflow-api");
+  check("get-session hands out a token in set-auth-jwt", typeof alice.headerToken === "string" && alice.headerToken.split(".").length === 3);
+
+  const a = (method, path, body, token = alice.token) =>
+    alicePage.evaluate(([t, m, p, b]) => window.e2e.call(t, m, p, b), [token, method, path, body]);
+  const base = `/api/${alice.userId}/tasks`;
+
+  const created = await a("POST", base, { title: "  Buy milk  " });
+  eq("create is 201", created.status, 201);
+  eq("create trims and stores the title", created.body?.title, "Buy milk");
+  eq("the Location header is readable cross-origin", created.location, `${base}/${created.body?.id}`);
+  const taskPath = `${base}/${created.body?.id}`;
+
+  const listed = await a("GET", base);
+  eq("list is 200", listed.status, 200);
+  eq("X-Total-Count is readable cross-origin", listed.total, "1");
+  eq("list holds the task", listed.body?.[0]?.id, created.body?.id);
+
+  const updated = await a("PUT", taskPath, { title: "Buy oat milk", description: "2 litres" });
+  eq("update is 200", updated.status, 200);
+  eq("update applies", `${updated.body?.title}/${updated.body?.description}`, "Buy oat milk/2 litres");
+
+  const toggled = await a("PATCH", `${taskPath}/complete`);
+  eq("toggle is 200", toggled.status, 200);
+  eq("toggle completes the task", toggled.body?.completed, true);
+
+  const headerTokenCall = await a("GET", taskPath, undefined, alice.headerToken);
+  eq("the set-auth-jwt token works too", headerTokenCall.status, 200);
+
+  const [h, p, s] = alice.token.split(".");
+  const forged = JSON.parse(Buffer.from(p, "base64url").toString());
+  forged.sub = "someone-else";
+  const tampered = `${h}.${Buffer.from(JSON.stringify(forged)).toString("base64url")}.${s}`;
+  eq("a tampered token is 401", (await a("GET", base, undefined, tampered)).status, 401);
+  eq("a token with a broken signature is 401", (await a("GET", base, undefined, `${h}.${p}.${s.slice(0, -4)}AAAA`)).status, 401);
+
+  const bob = await bobPage.evaluate(() => window.e2e.signUp("bob"));
+  check("the second user is someone else", bob.userId && bob.userId !== alice.userId);
+  const b = (method, path, body) =>
+    bobPage.evaluate(([t, m, pa, bo]) => window.e2e.call(t, m, pa, bo), [bob.token, method, path, body]);
+  eq("bob reading alice's list is 403", (await b("GET", base)).status, 403);
+  eq("bob reading alice's task by her path is 403", (await b("GET", taskPath)).status, 403);
+  const bobPath = `/api/${bob.userId}/tasks/${created.body?.id}`;
+  eq("bob reading alice's task id under his path is 404", (await b("GET", bobPath)).status, 404);
+  eq("bob updating it is 404", (await b("PUT", bobPath, { title: "mine now" })).status, 404);
+  eq("bob toggling it is 404", (await b("PATCH", `${bobPath}/complete`)).status, 404);
+  eq("bob deleting it is 404", (await b("DELETE", bobPath)).status, 404);
+  eq("bob's own list is empty", (await b("GET", `/api/${bob.userId}/tasks`)).total, "0");
+
+  const after = await a("GET", taskPath);
+  eq("alice's task is untouched by bob", `${after.body?.title}/${after.body?.completed}`, "Buy oat milk/true");
+  eq("delete is 204", (await a("DELETE", taskPath)).status, 204);
+  eq("a deleted task is 404", (await a("GET", taskPath)).status, 404);
+
+  const cors = await alicePage.evaluate(async (url) => {
+    const res = await fetch(url + "/healthz", { credentials: "include" });
+    return res.status;
+  }, apiURL);
+  eq("a cross-origin call without a token still reads /healthz", cors, 200);
+} catch (err) {
+  check("the scenario ran to the end", false, err.stack || String(err));
+} finally {
+  await browser?.close();
+  api.kill("SIGTERM");
+  authServer.close();
+}
+console.log(`\ne2e: ${passed} passed, ${failed} failed`);
+process.exit(failed === 0 && passed > 0 ? 0 : 1);

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# make e2e: a real Better Auth server and headless Chromium against the Go API (e2e/run.mjs).
+# Installs what it needs when missing: Debian's chromium, Node.js, the e2e packages (npm ci).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+[ -x /usr/bin/chromium ] || { echo "e2e: installing chromium" >&2; apt_install chromium; }
+command -v node >/dev/null || { echo "e2e: installing Node.js" >&2; apt_install nodejs; }
+command -v npm >/dev/null || apt_install npm
+node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' ||
+  { echo "e2e: playwright-core needs Node.js 20 or later, found $(node --version)" >&2; exit 1; }
+
+(cd e2e && npm ci --no-audit --no-fund --loglevel=error)
+eval "$(scripts/devdb.sh)"
+go build -o bin/taskflow-api .
+
+# Ports 3000 and 8000 are the frontend's and the API's real ones: the page's origin and the
+# API's CORS allow-list are part of what is tested.
+for port in 3000 8000; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "e2e: port $port is in use (make run?); stop that first" >&2
+    exit 1
+  fi
+done
+cd e2e && TASKFLOW_API_BIN=../bin/taskflow-api node run.mjs
