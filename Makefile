@@ -1,5 +1,5 @@
 # The two commands a new user needs: `make run` and `make test`. See README.md.
-.PHONY: run test e2e build fuzz soak db-stop
+.PHONY: run test e2e build fuzz soak bench db-stop
 
 run:
 	@scripts/run.sh
@@ -23,6 +23,10 @@ fuzz:
 # Mixed load on loopback for SOAK_DURATION (30s) with PostgreSQL crash-restarted once.
 soak:
 	@eval "$$(scripts/devdb.sh)" && go test -tags soak -run '^TestSoak$$' -count=1 -timeout 10m -v . | grep -v '^=== '
+
+# The service against pgbench running the same statements; prints a table (see README).
+bench:
+	@scripts/bench.sh
 
 db-stop:
 	@scripts/devdb.sh stop

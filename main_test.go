@@ -242,3 +242,15 @@ func (r response) detail() string {
 	}
 	return e.Detail
 }
+
+// envDuration reads a duration knob of make soak or make bench.
+func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
+	if v := os.Getenv(name); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return d
+	}
+	return def
+}

@@ -25,17 +25,6 @@ type soakResult struct {
 	status     int // 0: transport error
 }
 
-func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
-	if v := os.Getenv(name); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		return d
-	}
-	return def
-}
-
 // TestSoak sends a bounded mixed load from several users to a server on loopback, stops
 // PostgreSQL with -m immediate a third of the way in, starts it again after a few
 // seconds, and then checks that the server healed by itself and lost no acknowledged task.

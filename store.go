@@ -131,6 +131,29 @@ func (s *Store) Ping(ctx context.Context) error {
 
 const taskColumns = `id, user_id, title, description, completed, created_at, updated_at`
 
+// The single statements behind create, get, update, toggle and delete; the list
+// statements are in listSQL. make bench runs these same texts through pgbench.
+const (
+	sqlCreateTask = `INSERT INTO tasks (user_id, title, description) VALUES ($1, $2, $3)
+RETURNING ` + taskColumns
+	sqlGetTask = `SELECT ` + taskColumns + ` FROM tasks WHERE id = $1 AND user_id = $2`
+	// One statement, so a concurrent change to a field the patch does not touch is
+	// never overwritten with a stale value.
+	sqlUpdateTask = `UPDATE tasks SET
+    title       = COALESCE($3, title),
+    description = CASE WHEN $4 THEN $5 ELSE description END,
+    completed   = COALESCE($6, completed),
+    updated_at  = now()
+WHERE id = $1 AND user_id = $2
+RETURNING ` + taskColumns
+	// The row lock taken by UPDATE makes two concurrent toggles apply one after the
+	// other, so neither is lost.
+	sqlToggleTask = `UPDATE tasks SET completed = NOT completed, updated_at = now()
+WHERE id = $1 AND user_id = $2
+RETURNING ` + taskColumns
+	sqlDeleteTask = `DELETE FROM tasks WHERE id = $1 AND user_id = $2`
+)
+
 func scanTask(row pgx.Row, t *Task) error {
 	return row.Scan(&t.ID, &t.UserID, &t.Title, &t.Description, &t.Completed, &t.CreatedAt, &t.UpdatedAt)
 }
@@ -217,8 +240,7 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery) ([]Ta
 func (s *Store) CreateTask(ctx context.Context, userID, title string, description *string) (Task, error) {
 	var t Task
 	err := s.do(ctx, false, func(ctx context.Context) error {
-		return scanTask(s.pool.QueryRow(ctx, `INSERT INTO tasks (user_id, title, description)
-VALUES ($1, $2, $3) RETURNING `+taskColumns, userID, title, description), &t)
+		return scanTask(s.pool.QueryRow(ctx, sqlCreateTask, userID, title, description), &t)
 	})
 	return t, err
 }
@@ -227,36 +249,25 @@ VALUES ($1, $2, $3) RETURNING `+taskColumns, userID, title, description), &t)
 func (s *Store) GetTask(ctx context.Context, userID string, id int64) (Task, error) {
 	var t Task
 	err := s.do(ctx, true, func(ctx context.Context) error {
-		return scanTask(s.pool.QueryRow(ctx, `SELECT `+taskColumns+`
-FROM tasks WHERE id = $1 AND user_id = $2`, id, userID), &t)
+		return scanTask(s.pool.QueryRow(ctx, sqlGetTask, id, userID), &t)
 	})
 	return t, err
 }
 
-// UpdateTask applies p in one statement, so a concurrent change to a field that p does
-// not touch is never overwritten with a stale value.
+// UpdateTask applies p; fields p leaves nil keep their stored values.
 func (s *Store) UpdateTask(ctx context.Context, userID string, id int64, p TaskPatch) (Task, error) {
 	var t Task
 	err := s.do(ctx, false, func(ctx context.Context) error {
-		return scanTask(s.pool.QueryRow(ctx, `UPDATE tasks SET
-    title       = COALESCE($3, title),
-    description = CASE WHEN $4 THEN $5 ELSE description END,
-    completed   = COALESCE($6, completed),
-    updated_at  = now()
-WHERE id = $1 AND user_id = $2
-RETURNING `+taskColumns, id, userID, p.Title, p.SetDescription, p.Description, p.Completed), &t)
+		return scanTask(s.pool.QueryRow(ctx, sqlUpdateTask, id, userID, p.Title, p.SetDescription, p.Description, p.Completed), &t)
 	})
 	return t, err
 }
 
-// ToggleTask flips completed in the database itself: the row lock taken by UPDATE makes
-// two concurrent toggles apply one after the other, so neither is lost.
+// ToggleTask flips completed in the database itself, never read-modify-write.
 func (s *Store) ToggleTask(ctx context.Context, userID string, id int64) (Task, error) {
 	var t Task
 	err := s.do(ctx, false, func(ctx context.Context) error {
-		return scanTask(s.pool.QueryRow(ctx, `UPDATE tasks SET completed = NOT completed, updated_at = now()
-WHERE id = $1 AND user_id = $2
-RETURNING `+taskColumns, id, userID), &t)
+		return scanTask(s.pool.QueryRow(ctx, sqlToggleTask, id, userID), &t)
 	})
 	return t, err
 }
@@ -264,7 +275,7 @@ RETURNING `+taskColumns, id, userID), &t)
 // DeleteTask removes the user's task id.
 func (s *Store) DeleteTask(ctx context.Context, userID string, id int64) error {
 	return s.do(ctx, false, func(ctx context.Context) error {
-		tag, err := s.pool.Exec(ctx, `DELETE FROM tasks WHERE id = $1 AND user_id = $2`, id, userID)
+		tag, err := s.pool.Exec(ctx, sqlDeleteTask, id, userID)
 		if err == nil && tag.RowsAffected() == 0 {
 			return pgx.ErrNoRows
 		}

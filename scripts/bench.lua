@@ -1,0 +1,28 @@
+-- wrk script for make bench: every request is for a random user of the seeded set.
+-- Arguments (after --): a file of "user_id token task_id" lines, and the operation
+-- (list, get, toggle or create).
+local users, op = {}, "list"
+
+function init(args)
+  for line in io.lines(args[1]) do
+    local id, token, task = line:match("^(%S+) (%S+) (%S+)$")
+    users[#users + 1] = { id = id, auth = "Bearer " .. token, task = task }
+  end
+  op = args[2]
+  math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
+end
+
+function request()
+  local u = users[math.random(#users)]
+  local headers = { ["Authorization"] = u.auth }
+  local base = "/api/" .. u.id .. "/tasks"
+  if op == "list" then
+    return wrk.format("GET", base, headers)
+  elseif op == "get" then
+    return wrk.format("GET", base .. "/" .. u.task, headers)
+  elseif op == "toggle" then
+    return wrk.format("PATCH", base .. "/" .. u.task .. "/complete", headers)
+  end
+  headers["Content-Type"] = "application/json"
+  return wrk.format("POST", base, headers, '{"title":"bench create"}')
+end
