@@ -21,9 +21,11 @@ const (
 )
 
 // keyLookup finds the public key for a token signed with an asymmetric algorithm
-// (the JWKS cache in jwks.go); nil when JWT_JWKS_URL is unset.
+// (the JWKS cache in jwks.go); nil when JWT_JWKS_URL is unset. generation changes
+// whenever the set of keys does.
 type keyLookup interface {
 	publicKey(kid, alg string) (any, error)
+	generation() uint64
 }
 
 // Authenticator verifies bearer tokens and yields the user id they were issued for.
@@ -31,7 +33,11 @@ type Authenticator struct {
 	parser *jwt.Parser
 	secret []byte    // HS256 key; nil when only JWKS is configured
 	keys   keyLookup // nil when only HS256 is configured
+	cache  *tokenCache
 }
+
+// verifiedTokens bounds the token cache: about 2 MiB at most.
+const verifiedTokens = 10000
 
 func newAuthenticator(secret []byte, keys keyLookup, issuer, audience string) *Authenticator {
 	var methods []string
@@ -44,6 +50,7 @@ func newAuthenticator(secret []byte, keys keyLookup, issuer, audience string) *A
 	return &Authenticator{
 		secret: secret,
 		keys:   keys,
+		cache:  newTokenCache(verifiedTokens),
 		parser: jwt.NewParser(
 			// The allow-list is what stops "alg: none" and algorithm confusion: a token
 			// cannot choose a verification method the server did not configure.
@@ -89,6 +96,13 @@ func (a *Authenticator) verify(token string) (string, error) {
 	if len(token) > maxTokenBytes {
 		return "", &apiError{http.StatusUnauthorized, "token is too long"}
 	}
+	var generation uint64
+	if a.keys != nil {
+		generation = a.keys.generation()
+	}
+	if sub, ok := a.cache.get(token, generation); ok {
+		return sub, nil
+	}
 	var claims jwt.RegisteredClaims
 	if _, err := a.parser.ParseWithClaims(token, &claims, a.key); err != nil {
 		return "", &apiError{http.StatusUnauthorized, tokenErrorDetail(err)}
@@ -97,6 +111,7 @@ func (a *Authenticator) verify(token string) (string, error) {
 	if sub == "" || len(sub) > maxUserIDBytes || !utf8.ValidString(sub) || strings.IndexByte(sub, 0) >= 0 {
 		return "", &apiError{http.StatusUnauthorized, "token subject is not a valid user id"}
 	}
+	a.cache.put(token, sub, claims.ExpiresAt.Time, generation) // exp is required, so set
 	return sub, nil
 }
 

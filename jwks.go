@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -17,6 +18,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,6 +40,7 @@ type JWKS struct {
 
 	mu   sync.RWMutex
 	keys map[string]jwk
+	gen  atomic.Uint64 // bumped when a fetch changes the keys; see tokenCache
 
 	fetchMu   sync.Mutex
 	inflight  chan struct{} // closed when the running fetch ends; nil when none runs
@@ -211,9 +214,32 @@ func (j *JWKS) fetch() error {
 		j.log.Warn("JWKS key skipped", "url", j.url, "reason", s)
 	}
 	j.mu.Lock()
+	if !sameKeys(j.keys, keys) {
+		j.gen.Add(1)
+	}
 	j.keys = keys
 	j.mu.Unlock()
 	return nil
+}
+
+func (j *JWKS) generation() uint64 { return j.gen.Load() }
+
+// sameKeys reports whether two key sets would verify exactly the same tokens.
+func sameKeys(a, b map[string]jwk) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for kid, ka := range a {
+		kb, ok := b[kid]
+		if !ok || ka.alg != kb.alg || !slices.Equal(ka.algs, kb.algs) {
+			return false
+		}
+		eq, ok := ka.key.(interface{ Equal(crypto.PublicKey) bool })
+		if !ok || !eq.Equal(kb.key) {
+			return false
+		}
+	}
+	return true
 }
 
 // parseJWKS returns the usable keys of a JWK Set by kid, and why the others were skipped.

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"crypto/sha256"
+	"sync"
+	"time"
+)
+
+// tokenCache remembers tokens that passed the full check, so that a client sending the
+// same token on every call pays for one signature verification, not one per request
+// (Ed25519 verification costs far more than the SQL statement it guards).
+//
+// It never accepts what a full check would refuse:
+//   - entries are keyed by the SHA-256 of the whole token, so any change is a miss;
+//   - an entry is used only before the token's exp, without the leeway the full check
+//     grants, and nbf and iat can only become more valid as time passes;
+//   - every entry is dropped when the set of keys that verified it changes (generation),
+//     so a key retired from the JWKS stops working at once for cached tokens too.
+type tokenCache struct {
+	mu      sync.RWMutex
+	entries map[[sha256.Size]byte]cachedToken
+	max     int
+	now     func() time.Time
+}
+
+type cachedToken struct {
+	sub        string
+	exp        time.Time
+	generation uint64
+}
+
+func newTokenCache(max int) *tokenCache {
+	return &tokenCache{entries: make(map[[sha256.Size]byte]cachedToken), max: max, now: time.Now}
+}
+
+func (c *tokenCache) get(token string, generation uint64) (string, bool) {
+	key := sha256.Sum256([]byte(token))
+	c.mu.RLock()
+	e, ok := c.entries[key]
+	c.mu.RUnlock()
+	if !ok {
+		return "", false
+	}
+	if e.generation != generation || !c.now().Before(e.exp) {
+		c.mu.Lock()
+		delete(c.entries, key)
+		c.mu.Unlock()
+		return "", false
+	}
+	return e.sub, true
+}
+
+func (c *tokenCache) put(token, sub string, exp time.Time, generation uint64) {
+	key := sha256.Sum256([]byte(token))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) >= c.max {
+		// Evict about a tenth, in map order, which Go randomises: cheaper than tracking
+		// recency, and a full cache only means more signature checks, never a wrong answer.
+		n := c.max / 10
+		for k := range c.entries {
+			delete(c.entries, k)
+			if n--; n <= 0 {
+				break
+			}
+		}
+	}
+	c.entries[key] = cachedToken{sub: sub, exp: exp, generation: generation}
+}
