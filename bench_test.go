@@ -187,9 +187,10 @@ func TestBench(t *testing.T) {
 		service := map[string]measurement{}
 		for _, op := range ops {
 			for _, c := range concs {
+				// As for pgbench: reset, warm up, measure. A reset between the last two would
+				// start the measurement with freshly invalidated plans and a VACUUM behind it.
 				reset()
-				runWrk(t, pinned, loadCPU, base, usersFile, op, c, warmup) // warm-up, discarded
-				reset()
+				runWrk(t, pinned, loadCPU, base, usersFile, op, c, warmup) // discarded
 				service[fmt.Sprint(op, c)] = runWrk(t, pinned, loadCPU, base, usersFile, op, c, duration)
 			}
 		}

@@ -225,38 +225,35 @@ func TestConnectionsClosedByTheServer(t *testing.T) {
 		}
 	}
 
-	t.Run("a read on a connection the server closed is retried once and succeeds", func(t *testing.T) {
+	// setup gives a user of a one-connection store, a task, and a function that ends that
+	// connection on the server side.
+	setup := func(t *testing.T, livenessCheck bool) (me *user, taskPath string, kill func()) {
 		name := appName()
-		api := apiOn(t, storeVia(t, "", 3*time.Second, oneConn(name, false)))
-		me := api.newUser()
-		task := me.create("x")
-		terminateBackends(t, name)
-		me.do("GET", fmt.Sprintf("/api/{me}/tasks/%d", task.ID), "").wantStatus(http.StatusOK)
-		terminateBackends(t, name)
+		me = apiOn(t, storeVia(t, "", 3*time.Second, oneConn(name, livenessCheck))).newUser()
+		return me, fmt.Sprintf("/api/{me}/tasks/%d", me.create("x").ID), func() { terminateBackends(t, name) }
+	}
+
+	t.Run("a read on a connection the server closed is retried once and succeeds", func(t *testing.T) {
+		me, taskPath, kill := setup(t, false)
+		kill()
+		me.do("GET", taskPath, "").wantStatus(http.StatusOK)
+		kill()
 		me.do("GET", "/api/{me}/tasks", "").wantStatus(http.StatusOK)
 	})
 
 	t.Run("a write on a connection the server closed is not retried blindly", func(t *testing.T) {
-		name := appName()
-		api := apiOn(t, storeVia(t, "", 3*time.Second, oneConn(name, false)))
-		me := api.newUser()
-		task := me.create("x")
-		terminateBackends(t, name)
-		me.do("PATCH", fmt.Sprintf("/api/{me}/tasks/%d/complete", task.ID), "").wantStatus(http.StatusServiceUnavailable)
-		got := me.do("GET", fmt.Sprintf("/api/{me}/tasks/%d", task.ID), "").wantStatus(http.StatusOK).task()
-		if got.Completed {
+		me, taskPath, kill := setup(t, false)
+		kill()
+		me.do("PATCH", taskPath+"/complete", "").wantStatus(http.StatusServiceUnavailable)
+		if me.do("GET", taskPath, "").wantStatus(http.StatusOK).task().Completed {
 			t.Error("the failed toggle was applied")
 		}
 	})
 
 	t.Run("with the liveness check a write finds a fresh connection", func(t *testing.T) {
-		name := appName()
-		api := apiOn(t, storeVia(t, "", 3*time.Second, oneConn(name, true)))
-		me := api.newUser()
-		task := me.create("x")
-		terminateBackends(t, name)
-		got := me.do("PATCH", fmt.Sprintf("/api/{me}/tasks/%d/complete", task.ID), "").wantStatus(http.StatusOK).task()
-		if !got.Completed {
+		me, taskPath, kill := setup(t, true)
+		kill()
+		if !me.do("PATCH", taskPath+"/complete", "").wantStatus(http.StatusOK).task().Completed {
 			t.Error("toggle did not apply")
 		}
 	})

@@ -212,6 +212,18 @@ func TestShutdownLetsRequestsInFlightFinish(t *testing.T) {
 	}
 }
 
+// waitHealthy waits until base answers /healthz.
+func waitHealthy(t *testing.T, base string) {
+	t.Helper()
+	waitFor(t, "the server at "+base, func() bool {
+		res, err := http.Get(base + "/healthz")
+		if err == nil {
+			res.Body.Close()
+		}
+		return err == nil && res.StatusCode == http.StatusOK
+	})
+}
+
 // waitFor polls cond for up to 10 seconds.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -275,13 +287,7 @@ func TestStartLineAndAccessLog(t *testing.T) {
 		<-done
 	}()
 	base := "http://127.0.0.1:" + port
-	waitFor(t, "the server", func() bool {
-		res, err := http.Get(base + "/healthz")
-		if err == nil {
-			res.Body.Close()
-		}
-		return err == nil
-	})
+	waitHealthy(t, base)
 
 	me := newUserID(t)
 	token := tokenFor(t, me)
@@ -373,13 +379,7 @@ func TestSignalsStopTheProcess(t *testing.T) {
 		}
 		t.Cleanup(func() { cmd.Process.Kill() })
 		base := "http://127.0.0.1:" + port
-		waitFor(t, "the server", func() bool {
-			res, err := http.Get(base + "/healthz")
-			if err == nil {
-				res.Body.Close()
-			}
-			return err == nil
-		})
+		waitHealthy(t, base)
 		return cmd, base
 	}
 	exited := func(cmd *exec.Cmd) chan error {
