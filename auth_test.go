@@ -73,8 +73,12 @@ func TestAuthRejections(t *testing.T) {
 			}
 			res := api.do(req)
 			res.wantStatus(http.StatusUnauthorized)
-			if !strings.HasPrefix(res.Header().Get("WWW-Authenticate"), "Bearer") {
-				t.Errorf("WWW-Authenticate %q, want Bearer", res.Header().Get("WWW-Authenticate"))
+			wantChallenge := `Bearer error="invalid_token"`
+			if tt.authorization == "" {
+				wantChallenge = "Bearer"
+			}
+			if got := res.Header().Get("WWW-Authenticate"); got != wantChallenge {
+				t.Errorf("WWW-Authenticate %q, want %q", got, wantChallenge)
 			}
 			if d := res.detail(); !strings.Contains(d, tt.wantDetail) {
 				t.Errorf("detail %q, want it to mention %q", d, tt.wantDetail)

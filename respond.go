@@ -39,7 +39,13 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		log.Warn("request failed", "err", err)
 	}
 	if apiErr.status == http.StatusUnauthorized {
-		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+		// RFC 6750: a request without credentials gets the bare challenge; error= is
+		// for a token that was sent and refused.
+		challenge := `Bearer error="invalid_token"`
+		if apiErr == errUnauthorized {
+			challenge = "Bearer"
+		}
+		w.Header().Set("WWW-Authenticate", challenge)
 	}
 	b := append(appendJSONString(append(make([]byte, 0, 64), `{"detail":`...), apiErr.detail), '}')
 	writeBody(w, apiErr.status, b)
