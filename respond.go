@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 	"unicode/utf8"
 )
 
@@ -91,9 +92,9 @@ func putBuf(bp *[]byte) {
 	}
 }
 
-// timeLayout is RFC 3339 with a fixed six-digit fraction: PostgreSQL's precision, and the
+// timeLayout is RFC 3339 in UTC with a fixed six-digit fraction: PostgreSQL's precision, and the
 // shape the earlier design produced, so clients that compare strings keep working.
-const timeLayout = "2006-01-02T15:04:05.000000Z07:00"
+const timeLayout = "2006-01-02T15:04:05.000000Z07:00" // Z07:00 prints Z for UTC
 
 // appendTask encodes t as the contract's Task object. It is hand-written rather than
 // encoding/json so that a list costs one buffer, not one reflection walk and allocation
@@ -115,11 +116,55 @@ func appendTask(b []byte, t *Task) []byte {
 	b = append(b, `,"completed":`...)
 	b = strconv.AppendBool(b, t.Completed)
 	b = append(b, `,"created_at":"`...)
-	b = t.CreatedAt.UTC().AppendFormat(b, timeLayout)
+	b = appendTimestamp(b, t.CreatedAt)
 	b = append(b, `","updated_at":"`...)
-	b = t.UpdatedAt.UTC().AppendFormat(b, timeLayout)
+	b = appendTimestamp(b, t.UpdatedAt)
 	return append(b, `"}`...)
 }
+
+// appendTimestamp appends t in UTC in timeLayout. It is time.AppendFormat unrolled for
+// this one layout: with two timestamps per task, the general formatter was half the
+// cost of encoding a list. TestAppendTimestamp holds it to time.Format.
+func appendTimestamp(b []byte, t time.Time) []byte {
+	t = t.UTC()
+	year, month, day := t.Date()
+	if year < 0 || year > 9999 {
+		return t.AppendFormat(b, timeLayout)
+	}
+	hour, minute, sec := t.Clock()
+	b = appendDigits(b, year, 4)
+	b = append(b, '-')
+	b = appendDigits(b, int(month), 2)
+	b = append(b, '-')
+	b = appendDigits(b, day, 2)
+	b = append(b, 'T')
+	b = appendDigits(b, hour, 2)
+	b = append(b, ':')
+	b = appendDigits(b, minute, 2)
+	b = append(b, ':')
+	b = appendDigits(b, sec, 2)
+	b = append(b, '.')
+	b = appendDigits(b, t.Nanosecond()/1000, 6)
+	return append(b, 'Z')
+}
+
+// appendDigits appends v in decimal, zero-padded to width digits.
+func appendDigits(b []byte, v, width int) []byte {
+	var buf [8]byte
+	for i := width - 1; i >= 0; i-- {
+		buf[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return append(b, buf[:width]...)
+}
+
+// jsonSafe marks the ASCII bytes that encoding/json writes as they are.
+var jsonSafe = func() (safe [utf8.RuneSelf]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		safe[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return safe
+}()
 
 // appendJSONString appends s as a JSON string, escaped as encoding/json escapes it
 // (including <, >, & and U+2028/U+2029, so the output is safe inside HTML and JavaScript).
@@ -130,7 +175,7 @@ func appendJSONString(b []byte, s string) []byte {
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' && c != '<' && c != '>' && c != '&' {
+			if jsonSafe[c] {
 				i++
 				continue
 			}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand"
 	"net/http"
 	"strings"
 	"testing"
@@ -227,6 +228,25 @@ func TestAppendTaskIsTheContractsTask(t *testing.T) {
 			CreatedAt: task.CreatedAt.UTC().Format("2006-01-02T15:04:05.000000Z"), UpdatedAt: "2026-02-12T09:04:05.123456Z"}
 		if !got.equal(want) {
 			t.Errorf("got %+v, want %+v", got, want)
+		}
+	}
+}
+
+func TestAppendTimestamp(t *testing.T) {
+	times := []time.Time{
+		time.Date(2026, 2, 12, 10, 4, 5, 123456789, time.UTC),
+		time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.FixedZone("X", -7*3600)),
+		time.Date(2024, 2, 29, 12, 0, 0, 1000, time.FixedZone("CET", 3600)),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC), // past 9999: the general formatter
+		time.Unix(0, 0),
+	}
+	for i := 0; i < 1000; i++ {
+		times = append(times, time.Unix(rand.Int63n(1<<35), rand.Int63n(1e9)))
+	}
+	for _, tm := range times {
+		if got, want := string(appendTimestamp(nil, tm)), tm.UTC().Format(timeLayout); got != want {
+			t.Errorf("appendTimestamp(%v) = %s, want %s", tm, got, want)
 		}
 	}
 }
