@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"strings"
 	"syscall"
 	"time"
@@ -79,7 +80,7 @@ func newPoolConfig(databaseURL string, timeout time.Duration) (*pgxpool.Config, 
 	if err != nil {
 		return nil, err
 	}
-	set := func(param string) bool { return strings.Contains(databaseURL, param) }
+	set := func(param string) bool { return hasConnParam(databaseURL, param) }
 	if !set("pool_max_conns") {
 		cfg.MaxConns = defaultMaxConns
 	}
@@ -97,6 +98,21 @@ func newPoolConfig(databaseURL string, timeout time.Duration) (*pgxpool.Config, 
 		cfg.ConnConfig.RuntimeParams["application_name"] = "taskflow-api"
 	}
 	return cfg, nil
+}
+
+// hasConnParam reports whether a connection string, in URL or keyword/value form, sets
+// param (a password or another value that merely contains the name does not count).
+func hasConnParam(connString, param string) bool {
+	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
+		u, err := url.Parse(connString)
+		return err == nil && u.Query().Has(param)
+	}
+	for _, field := range strings.Fields(connString) {
+		if name, _, ok := strings.Cut(field, "="); ok && strings.TrimSpace(name) == param {
+			return true
+		}
+	}
+	return false
 }
 
 // openStore connects, pings and applies schema.sql. It fails rather than starting a server
