@@ -270,6 +270,7 @@ func pgCtl(t *testing.T, args ...string) {
 	// Output goes to /dev/null (nil), not to a pipe: the server pg_ctl starts would inherit
 	// a pipe and keep Run waiting for as long as it lives.
 	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = "/" // the owner may not be allowed into the checkout
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("%s: %v", strings.Join(argv, " "), err)
 	}

@@ -35,12 +35,14 @@ owner=
 if [ "$(id -u)" = 0 ]; then
   owner=postgres
   mkdir -p "$(dirname "$data")"
-  if ! runuser -u postgres -- test -x "$(dirname "$data")" 2>/dev/null; then
+  if ! (cd / && runuser -u postgres -- test -x "$(dirname "$data")") 2>/dev/null; then
+    unreachable=$(dirname "$data")
     data=/var/tmp/taskflow-pgdata-$(printf %s "$PWD" | cksum | cut -d' ' -f1)
-    say "the postgres user cannot reach $(dirname "$data"); using $data"
+    say "the postgres user cannot reach $unreachable; using $data"
   fi
 fi
-pg() { if [ -n "$owner" ]; then runuser -u "$owner" -- "$@"; else "$@"; fi; }
+# From /, so that the postgres user is not asked to enter a directory it cannot read.
+pg() { if [ -n "$owner" ]; then (cd / && runuser -u "$owner" -- "$@"); else "$@"; fi; }
 
 # One bootstrap at a time: make run and make test may start together.
 exec 9>"$PWD/.pgdata.lock"
