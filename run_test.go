@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 func TestConfigErrorsAreOneLineNamingTheVariable(t *testing.T) {
@@ -148,24 +150,10 @@ func TestShutdownLetsRequestsInFlightFinish(t *testing.T) {
 	})
 	me := newUserID(t)
 	token := tokenFor(t, me)
-	res, body := httpDo(t, "POST", base+"/api/"+me+"/tasks", token, `{"title":"held"}`)
-	if res.StatusCode != http.StatusCreated {
-		t.Fatalf("create: %d %s", res.StatusCode, body)
-	}
-	var id int64
-	fmt.Sscanf(body, `{"id":%d`, &id)
-
 	// Hold the task's row lock so that the toggles below are still running when the
 	// shutdown starts.
+	id, tx := lockedTask(t, store, base, me)
 	ctx := context.Background()
-	tx, err := store.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, id); err != nil {
-		t.Fatal(err)
-	}
 
 	const inFlight = 5
 	statuses := make(chan int, inFlight)
@@ -210,6 +198,28 @@ func TestShutdownLetsRequestsInFlightFinish(t *testing.T) {
 	if _, err := http.Get(base + "/healthz"); err == nil {
 		t.Error("the server still accepts connections after shutdown")
 	}
+}
+
+// lockedTask creates a task for userID through the server at base and holds its row
+// lock in a transaction until the test commits it or ends, so that requests on it wait.
+func lockedTask(t *testing.T, store *Store, base, userID string) (int64, pgx.Tx) {
+	t.Helper()
+	res, body := httpDo(t, "POST", base+"/api/"+userID+"/tasks", tokenFor(t, userID), `{"title":"held"}`)
+	if res.StatusCode != http.StatusCreated {
+		t.Fatalf("create: %d %s", res.StatusCode, body)
+	}
+	var id int64
+	fmt.Sscanf(body, `{"id":%d`, &id)
+	ctx := context.Background()
+	tx, err := store.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(ctx) })
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, id); err != nil {
+		t.Fatal(err)
+	}
+	return id, tx
 }
 
 // waitHealthy waits until base answers /healthz.
@@ -404,19 +414,8 @@ func TestSignalsStopTheProcess(t *testing.T) {
 	t.Run("a second signal during the grace period exits at once", func(t *testing.T) {
 		cmd, base := start()
 		me := newUserID(t)
-		res, body := httpDo(t, "POST", base+"/api/"+me+"/tasks", tokenFor(t, me), `{"title":"held"}`)
-		if res.StatusCode != http.StatusCreated {
-			t.Fatalf("create: %d %s", res.StatusCode, body)
-		}
-		var id int64
-		fmt.Sscanf(body, `{"id":%d`, &id)
+		id, _ := lockedTask(t, store, base, me)
 		ctx := context.Background()
-		tx, err := store.pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Rollback(ctx)
-		tx.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, id)
 		held, _ := http.NewRequest("PATCH", fmt.Sprintf("%s/api/%s/tasks/%d/complete", base, me, id), nil)
 		held.Header.Set("Authorization", "Bearer "+tokenFor(t, me))
 		go func() {
