@@ -75,13 +75,13 @@ func (a *Authenticator) key(t *jwt.Token) (any, error) {
 	return a.keys.publicKey(kid, alg)
 }
 
-var errUnauthorized = &apiError{http.StatusUnauthorized, "missing bearer token"}
+var errNoToken = &apiError{http.StatusUnauthorized, "missing bearer token"}
 
 // authenticate returns the user id of the request's bearer token, or a 401 apiError.
 func (a *Authenticator) authenticate(r *http.Request) (string, error) {
 	header := r.Header.Get("Authorization")
 	if header == "" {
-		return "", errUnauthorized
+		return "", errNoToken
 	}
 	scheme, token, _ := strings.Cut(header, " ")
 	token = strings.TrimSpace(token)
@@ -147,9 +147,9 @@ func tokenErrorDetail(err error) string {
 }
 
 func unverifiableReason(err error) string {
-	var reason *keyError
+	var reason keyError
 	if errors.As(err, &reason) {
-		return string(*reason)
+		return string(reason)
 	}
 	return "its signing algorithm is not accepted"
 }
@@ -157,9 +157,4 @@ func unverifiableReason(err error) string {
 // keyError is a key lookup failure whose text is safe to show the client.
 type keyError string
 
-func (e *keyError) Error() string { return string(*e) }
-
-func newKeyError(msg string) error { e := keyError(msg); return &e }
-
-// asymmetricAlgs are the algorithms accepted from JWKS keys; see jwks.go.
-var asymmetricAlgs = []string{"EdDSA", "ES256", "ES512", "RS256", "PS256"}
+func (e keyError) Error() string { return string(e) }

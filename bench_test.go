@@ -161,7 +161,7 @@ func TestBench(t *testing.T) {
 			if auth == "EdDSA" {
 				return edKey.sign(t, edKey.method, c)
 			}
-			return tokenFor2h(t, c)
+			return signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)
 		})
 		port := freePort(t)
 		env := append(os.Environ(), "DATABASE_URL="+benchURL.String(), "PORT="+port, "LOG_FORMAT=text")
@@ -217,14 +217,6 @@ func TestBench(t *testing.T) {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
-
-func tokenFor2h(t *testing.T, c jwt.RegisteredClaims) string {
-	tok, err := mintToken([]byte(testSecret), c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
 
 // benchSeedSQL makes 1000 users with ids like Better Auth's (32 random alphanumerics) and
 // 50 tasks each, a third without description and the rest with about 100 characters,

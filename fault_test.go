@@ -139,11 +139,6 @@ func storeVia(t *testing.T, addr string, timeout time.Duration, tweak func(*pgxp
 	return s
 }
 
-func apiOn(t *testing.T, s *Store) *testAPI {
-	auth := newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api")
-	return &testAPI{t: t, handler: newHandler(discardLogger(), s, auth, []string{testOrigin})}
-}
-
 func dbAddr(t *testing.T) string {
 	u, err := url.Parse(os.Getenv("TEST_DATABASE_URL"))
 	if err != nil {

@@ -284,9 +284,7 @@ func TestDatabaseDownIs503AndHealthzStays200(t *testing.T) {
 	}
 	down := &Store{pool: pool, timeout: time.Second}
 	defer down.Close()
-	auth := newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api")
-	api := &testAPI{t: t, handler: newHandler(discardLogger(), down, auth, []string{testOrigin})}
-	me := api.newUser()
+	me := apiOn(t, down).newUser()
 
 	for _, c := range []struct{ method, path, body string }{
 		{"GET", "/api/{me}/tasks", ""},

@@ -55,6 +55,16 @@ type jwk struct {
 	alg  string   // the JWK's own "alg", "" when absent
 }
 
+// The token algorithms each supported key type verifies, and all of them together: the
+// parser's allow-list when JWT_JWKS_URL is set.
+var (
+	algsEd25519    = []string{"EdDSA"}
+	algsP256       = []string{"ES256"}
+	algsP521       = []string{"ES512"}
+	algsRSA        = []string{"RS256", "PS256"}
+	asymmetricAlgs = slices.Concat(algsEd25519, algsP256, algsP521, algsRSA)
+)
+
 const (
 	jwksFetchTimeout = 5 * time.Second
 	jwksMaxBytes     = 1 << 20
@@ -77,16 +87,13 @@ func newJWKS(url string, log *slog.Logger) *JWKS {
 // every few seconds, so a frontend that starts after this service is picked up quickly.
 func (j *JWKS) run(ctx context.Context) {
 	for {
-		err := j.refreshNow()
 		wait := j.refresh
-		switch {
-		case err == nil:
-		case j.size() == 0:
-			j.log.Warn("JWKS unavailable: tokens signed by the frontend's keys are refused until it answers; retrying", "url", j.url, "err", err)
-			wait = min(j.refresh, 5*time.Second)
-		default:
-			j.log.Warn("JWKS refresh failed, keeping the keys already held", "url", j.url, "err", err)
+		if err := j.refreshNow(); err != nil {
+			// Retry sooner than the period, soonest while no key at all is held.
 			wait = min(j.refresh, 30*time.Second)
+			if j.size() == 0 {
+				wait = min(j.refresh, 5*time.Second)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -112,20 +119,20 @@ func (j *JWKS) lookup(kid string) (jwk, bool) {
 // publicKey implements keyLookup: the key for kid, if it may verify a token signed with alg.
 func (j *JWKS) publicKey(kid, alg string) (any, error) {
 	if kid == "" {
-		return nil, newKeyError("the token has no kid")
+		return nil, keyError("the token has no kid")
 	}
 	k, ok := j.lookup(kid)
 	if !ok {
 		j.refetchForUnknownKid()
 		if k, ok = j.lookup(kid); !ok {
-			return nil, newKeyError("no key with the token's kid")
+			return nil, keyError("no key with the token's kid")
 		}
 	}
 	if k.alg != "" && k.alg != alg {
-		return nil, newKeyError("the token's alg differs from its key's alg")
+		return nil, keyError("the token's alg differs from its key's alg")
 	}
 	if !slices.Contains(k.algs, alg) {
-		return nil, newKeyError("the token's alg does not fit its key's type")
+		return nil, keyError("the token's alg does not fit its key's type")
 	}
 	return k.key, nil
 }
@@ -171,7 +178,9 @@ func (j *JWKS) startFetchLocked() chan struct{} {
 	go func() {
 		err := j.fetch()
 		if err != nil {
-			j.log.Warn("JWKS fetch failed", "url", j.url, "err", err)
+			// keys_held 0 means tokens signed by the frontend's keys are refused until a
+			// fetch succeeds; otherwise the keys already held go on verifying.
+			j.log.Warn("JWKS fetch failed", "url", j.url, "keys_held", j.size(), "err", err)
 		}
 		j.fetchMu.Lock()
 		j.inflight, j.lastErr = nil, err
@@ -291,19 +300,19 @@ func parseJWK(raw json.RawMessage) (string, jwk, error) {
 	var err error
 	switch {
 	case p.Kty == "OKP" && p.Crv == "Ed25519":
-		k.algs = []string{"EdDSA"}
+		k.algs = algsEd25519
 		var x []byte
 		if x, err = b64(p.X, ed25519.PublicKeySize); err == nil {
 			k.key = ed25519.PublicKey(x)
 		}
 	case p.Kty == "EC" && p.Crv == "P-256":
-		k.algs = []string{"ES256"}
+		k.algs = algsP256
 		k.key, err = ecKey(elliptic.P256(), ecdh.P256(), p.X, p.Y)
 	case p.Kty == "EC" && p.Crv == "P-521":
-		k.algs = []string{"ES512"}
+		k.algs = algsP521
 		k.key, err = ecKey(elliptic.P521(), ecdh.P521(), p.X, p.Y)
 	case p.Kty == "RSA":
-		k.algs = []string{"RS256", "PS256"}
+		k.algs = algsRSA
 		k.key, err = rsaKey(p.N, p.E)
 	default:
 		return p.Kid, jwk{}, fmt.Errorf("unsupported key type %q curve %q", p.Kty, p.Crv)

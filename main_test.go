@@ -104,9 +104,13 @@ const testOrigin = "http://localhost:3000"
 
 func newTestAPI(t *testing.T) *testAPI {
 	t.Helper()
-	store := testStore(t)
+	return apiOn(t, testStore(t))
+}
+
+// apiOn is the real handler stack, with the test secret and origin, on store s.
+func apiOn(t *testing.T, s *Store) *testAPI {
 	auth := newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api")
-	return &testAPI{t: t, handler: newHandler(discardLogger(), store, auth, []string{testOrigin})}
+	return &testAPI{t: t, handler: newHandler(discardLogger(), s, auth, []string{testOrigin})}
 }
 
 func discardLogger() *slog.Logger { return slogTo(io.Discard) }

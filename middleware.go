@@ -27,16 +27,14 @@ func (rw *responseRecorder) WriteHeader(status int) {
 	}
 	rw.status = status
 	if rw.info.pattern == "" && (status == http.StatusNotFound || status == http.StatusMethodNotAllowed) {
-		detail := `{"detail":"not found"}`
+		detail := "not found"
 		if status == http.StatusMethodNotAllowed {
-			detail = `{"detail":"method not allowed"}` // the mux has set Allow
+			detail = "method not allowed" // the mux has set Allow
 		}
 		rw.discard = true
-		rw.Header().Set("Content-Type", "application/json")
-		rw.Header().Del("Content-Length")
-		rw.ResponseWriter.WriteHeader(status)
-		n, _ := rw.ResponseWriter.Write([]byte(detail))
-		rw.bytes += n
+		body := errorJSON(detail)
+		writeBody(rw.ResponseWriter, status, body)
+		rw.bytes += len(body)
 		return
 	}
 	rw.ResponseWriter.WriteHeader(status)
@@ -120,7 +118,7 @@ func withRecover(next http.Handler) http.Handler {
 			if rw, ok := w.(*responseRecorder); ok && rw.status != 0 {
 				return // the response is already under way; the client sees it cut short
 			}
-			writeError(w, r, &apiError{http.StatusInternalServerError, "internal server error"})
+			writeError(w, r, errInternal)
 		}()
 		next.ServeHTTP(w, r)
 	})

@@ -12,11 +12,14 @@ import (
 )
 
 // statusOf maps the store's sentinel errors to the status and detail the client sees.
-var statusOf = map[error]apiError{
+var statusOf = map[error]*apiError{
 	ErrNotFound:    {http.StatusNotFound, "task not found"},
 	ErrUnavailable: {http.StatusServiceUnavailable, "database unavailable, try again shortly"},
 	ErrRejected:    {http.StatusUnprocessableEntity, "a value was rejected by validation"},
 }
+
+// errInternal is all a client learns of an unexpected failure; the log has the cause.
+var errInternal = &apiError{http.StatusInternalServerError, "internal server error"}
 
 // writeError sends err as {"detail": ...}. Only apiError and the sentinels above reach the
 // client in words; anything else is logged with its cause and sent as a generic 500.
@@ -25,8 +28,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if !errors.As(err, &apiErr) {
 		for sentinel, e := range statusOf {
 			if errors.Is(err, sentinel) {
-				e := e
-				apiErr = &e
+				apiErr = e
 				break
 			}
 		}
@@ -35,7 +37,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case apiErr == nil:
 		log.Error("request failed", "err", err)
-		apiErr = &apiError{http.StatusInternalServerError, "internal server error"}
+		apiErr = errInternal
 	case apiErr.status >= 500:
 		log.Warn("request failed", "err", err)
 	}
@@ -43,13 +45,17 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		// RFC 6750: a request without credentials gets the bare challenge; error= is
 		// for a token that was sent and refused.
 		challenge := `Bearer error="invalid_token"`
-		if apiErr == errUnauthorized {
+		if apiErr == errNoToken {
 			challenge = "Bearer"
 		}
 		w.Header().Set("WWW-Authenticate", challenge)
 	}
-	b := append(appendJSONString(append(make([]byte, 0, 64), `{"detail":`...), apiErr.detail), '}')
-	writeBody(w, apiErr.status, b)
+	writeBody(w, apiErr.status, errorJSON(apiErr.detail))
+}
+
+// errorJSON is the contract's error body: {"detail": "..."}.
+func errorJSON(detail string) []byte {
+	return append(appendJSONString(append(make([]byte, 0, 64), `{"detail":`...), detail), '}')
 }
 
 // writeBody sends an encoded JSON document. Headers go first: after WriteHeader they are ignored.
@@ -98,8 +104,8 @@ const timeLayout = "2006-01-02T15:04:05.000000Z07:00" // Z07:00 prints Z for UTC
 
 // appendTask encodes t as the contract's Task object. It is hand-written rather than
 // encoding/json so that a list costs one buffer, not one reflection walk and allocation
-// per field; TestAppendTaskMatchesEncodingJSON and FuzzAppendJSONString hold it to
-// encoding/json's output.
+// per field; TestAppendTaskIsTheContractsTask and FuzzAppendJSONString hold it to
+// the contract and to encoding/json's escaping.
 func appendTask(b []byte, t *Task) []byte {
 	b = append(b, `{"id":`...)
 	b = strconv.AppendInt(b, t.ID, 10)

@@ -170,18 +170,21 @@ RETURNING ` + taskColumns
 	sqlDeleteTask = `DELETE FROM tasks WHERE id = $1 AND user_id = $2`
 )
 
-func scanTask(row pgx.Row, t *Task) error {
-	return row.Scan(&t.ID, &t.UserID, &t.Title, &t.Description, &t.Completed, &t.CreatedAt, &t.UpdatedAt)
+// scanTask scans taskColumns into t, then any further columns into extra.
+func scanTask(row pgx.Row, t *Task, extra ...any) error {
+	return row.Scan(append([]any{&t.ID, &t.UserID, &t.Title, &t.Description, &t.Completed, &t.CreatedAt, &t.UpdatedAt}, extra...)...)
 }
+
+// statusFilter is the WHERE clause fragment of each list status.
+var statusFilter = map[string]string{"all": "", "pending": " AND NOT completed", "completed": " AND completed"}
 
 // listSQL holds one statement per (status, sort, order) so that the query text is built
 // from fixed fragments only, never from request input, and each variant gets its own
 // prepared statement and plan.
 var listSQL = func() map[ListQuery]string {
-	where := map[string]string{"all": "", "pending": " AND NOT completed", "completed": " AND completed"}
 	sortBy := map[string]string{"created": "created_at", "updated": "updated_at", "title": "title"}
 	m := make(map[ListQuery]string)
-	for status, w := range where {
+	for status, w := range statusFilter {
 		for sort, col := range sortBy {
 			for _, desc := range []bool{false, true} {
 				dir := "ASC"
@@ -199,12 +202,6 @@ LIMIT $2 OFFSET $3`
 	}
 	return m
 }()
-
-var countSQL = map[string]string{
-	"all":       `SELECT count(*) FROM tasks WHERE user_id = $1`,
-	"pending":   `SELECT count(*) FROM tasks WHERE user_id = $1 AND NOT completed`,
-	"completed": `SELECT count(*) FROM tasks WHERE user_id = $1 AND completed`,
-}
 
 // ListTasks returns one page of the user's tasks and how many tasks match the filter.
 func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery) ([]Task, int64, error) {
@@ -229,7 +226,7 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery) ([]Ta
 		defer rows.Close()
 		for rows.Next() {
 			var t Task
-			if err := rows.Scan(&t.ID, &t.UserID, &t.Title, &t.Description, &t.Completed, &t.CreatedAt, &t.UpdatedAt, &total); err != nil {
+			if err := scanTask(rows, &t, &total); err != nil {
 				return err
 			}
 			tasks = append(tasks, t)
@@ -239,7 +236,7 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery) ([]Ta
 		}
 		// A page past the end has no row to carry the total; only then is it counted apart.
 		if len(tasks) == 0 && q.Offset > 0 {
-			return s.pool.QueryRow(ctx, countSQL[q.Status], userID).Scan(&total)
+			return s.pool.QueryRow(ctx, `SELECT count(*) FROM tasks WHERE user_id = $1`+statusFilter[q.Status], userID).Scan(&total)
 		}
 		return nil
 	})

@@ -37,13 +37,15 @@ func unprocessable(format string, args ...any) error {
 	return &apiError{http.StatusUnprocessableEntity, fmt.Sprintf(format, args...)}
 }
 
+var errTooLarge = &apiError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", maxBodyBytes)}
+
 // readJSONObject reads a request body that must be one JSON object and returns its
 // members undecoded. It settles every status that depends on the bytes alone: 415 for
 // the wrong content type, 413 past the size limit, 400 for anything that is not
 // well-formed UTF-8 JSON (trailing data included), 422 for JSON that is not an object.
 func readJSONObject(w http.ResponseWriter, r *http.Request) (map[string]json.RawMessage, error) {
 	if r.ContentLength > maxBodyBytes {
-		return nil, &apiError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", maxBodyBytes)}
+		return nil, errTooLarge
 	}
 	if mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mediaType != "application/json" {
 		return nil, &apiError{http.StatusUnsupportedMediaType, "Content-Type must be application/json"}
@@ -52,7 +54,7 @@ func readJSONObject(w http.ResponseWriter, r *http.Request) (map[string]json.Raw
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
-			return nil, &apiError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", maxBodyBytes)}
+			return nil, errTooLarge
 		}
 		return nil, badRequest("could not read the request body")
 	}
