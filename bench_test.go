@@ -9,6 +9,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -39,6 +40,76 @@ const (
 	// sit in shared_buffers, so which user is asked does not change the cost.
 	ceilingUsers = 128
 )
+
+// bareAddrEnv turns the test binary into the bench's reference server: the four
+// benchmarked operations with nothing but net/http, the Store and the task encoder. No
+// token check, access log, CORS, recovery or request id. Measured beside the service in
+// the same placement, it separates what this service adds from what any net/http + pgx
+// server costs when it shares a core with PostgreSQL.
+const bareAddrEnv = "TASKFLOW_BENCH_BARE_ADDR"
+
+func init() {
+	if addr := os.Getenv(bareAddrEnv); addr != "" {
+		// Before TestMain: this process is a server, not a test run.
+		err := serveBare(addr, os.Getenv("DATABASE_URL"))
+		fmt.Fprintln(os.Stderr, "bare server:", err)
+		os.Exit(1)
+	}
+}
+
+func serveBare(addr, databaseURL string) error {
+	const timeout = 5 * time.Second
+	cfg, err := newPoolConfig(databaseURL, timeout)
+	if err != nil {
+		return err
+	}
+	store, err := openStore(context.Background(), cfg, timeout)
+	if err != nil {
+		return err
+	}
+	task := func(w http.ResponseWriter, status int, t Task, err error) {
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeTask(w, status, &t)
+	}
+	taskID := func(r *http.Request) int64 {
+		id, _ := strconv.ParseInt(r.PathValue("id"), 10, 64)
+		return id
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/{user_id}/tasks", func(w http.ResponseWriter, r *http.Request) {
+		q, _ := parseListQuery("")
+		tasks, _, err := store.ListTasks(r.Context(), r.PathValue("user_id"), q)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeTasks(w, tasks)
+	})
+	mux.HandleFunc("GET /api/{user_id}/tasks/{id}", func(w http.ResponseWriter, r *http.Request) {
+		t, err := store.GetTask(r.Context(), r.PathValue("user_id"), taskID(r))
+		task(w, http.StatusOK, t, err)
+	})
+	mux.HandleFunc("PATCH /api/{user_id}/tasks/{id}/complete", func(w http.ResponseWriter, r *http.Request) {
+		t, err := store.ToggleTask(r.Context(), r.PathValue("user_id"), taskID(r))
+		task(w, http.StatusOK, t, err)
+	})
+	mux.HandleFunc("POST /api/{user_id}/tasks", func(w http.ResponseWriter, r *http.Request) {
+		var in struct {
+			Title       string
+			Description *string
+		}
+		if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		t, err := store.CreateTask(r.Context(), r.PathValue("user_id"), in.Title, in.Description)
+		task(w, http.StatusCreated, t, err)
+	})
+	return http.ListenAndServe(addr, mux)
+}
 
 type measurement struct {
 	rps              float64
@@ -146,6 +217,38 @@ func TestBench(t *testing.T) {
 		}
 	}
 
+	// measure starts a server, waits until ready answers 200, runs every row against it
+	// as for pgbench (reset, warm up, measure: a reset between the last two would start the
+	// measurement with freshly invalidated plans and a VACUUM behind it), and returns the
+	// rows and the server's peak RSS.
+	measure := func(server *exec.Cmd, base, ready, usersFile string) (map[string]measurement, int64) {
+		if err := server.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			server.Process.Signal(os.Interrupt)
+			server.Wait()
+		}()
+		waitFor(t, "the server", func() bool {
+			res, err := http.Get(base + ready)
+			if err == nil {
+				res.Body.Close()
+			}
+			return err == nil && res.StatusCode == http.StatusOK
+		})
+		rows := map[string]measurement{}
+		for _, op := range ops {
+			for _, c := range concs {
+				reset()
+				runWrk(t, pinned, loadCPU, base, usersFile, op, c, warmup) // discarded
+				rows[fmt.Sprint(op, c)] = runWrk(t, pinned, loadCPU, base, usersFile, op, c, duration)
+			}
+		}
+		return rows, peakRSS(t, server.Process.Pid)
+	}
+	placement := fmt.Sprintf("%d users x %d tasks; %s measured after %s warm-up; server+PostgreSQL on CPU %s, load on CPU %s",
+		benchUsers, benchTasksPerUser, duration, warmup, serverCPU, loadCPU)
+
 	edKey := newTestKey(t, "bench-key", "EdDSA")
 	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -153,6 +256,7 @@ func TestBench(t *testing.T) {
 	}))
 	defer jwks.Close()
 
+	var hs256 map[string]measurement
 	for _, auth := range auths {
 		usersFile := filepath.Join(dir, "users-"+auth+".txt")
 		writeBenchUsers(t, usersFile, users, func(u benchUser) string {
@@ -164,42 +268,19 @@ func TestBench(t *testing.T) {
 			return signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)
 		})
 		port := freePort(t)
-		env := append(os.Environ(), "DATABASE_URL="+benchURL.String(), "PORT="+port, "LOG_FORMAT=text")
-		if auth == "EdDSA" {
-			env = append(env, "BETTER_AUTH_SECRET=", "JWT_JWKS_URL="+jwks.URL)
-		} else {
-			env = append(env, "BETTER_AUTH_SECRET="+testSecret, "JWT_JWKS_URL=")
-		}
 		server := pinned(serverCPU, bin)
-		server.Env = env
-		if err := server.Start(); err != nil {
-			t.Fatal(err)
+		server.Env = append(os.Environ(), "DATABASE_URL="+benchURL.String(), "PORT="+port, "LOG_FORMAT=text")
+		if auth == "EdDSA" {
+			server.Env = append(server.Env, "BETTER_AUTH_SECRET=", "JWT_JWKS_URL="+jwks.URL)
+		} else {
+			server.Env = append(server.Env, "BETTER_AUTH_SECRET="+testSecret, "JWT_JWKS_URL=")
 		}
-		base := "http://127.0.0.1:" + port
-		waitFor(t, "the server", func() bool {
-			res, err := http.Get(base + "/readyz")
-			if err == nil {
-				res.Body.Close()
-			}
-			return err == nil && res.StatusCode == http.StatusOK
-		})
-
-		service := map[string]measurement{}
-		for _, op := range ops {
-			for _, c := range concs {
-				// As for pgbench: reset, warm up, measure. A reset between the last two would
-				// start the measurement with freshly invalidated plans and a VACUUM behind it.
-				reset()
-				runWrk(t, pinned, loadCPU, base, usersFile, op, c, warmup) // discarded
-				service[fmt.Sprint(op, c)] = runWrk(t, pinned, loadCPU, base, usersFile, op, c, duration)
-			}
+		service, rss := measure(server, "http://127.0.0.1:"+port, "/readyz", usersFile)
+		if auth == "HS256" {
+			hs256 = service
 		}
-		rss := peakRSS(t, server.Process.Pid)
-		server.Process.Signal(os.Interrupt)
-		server.Wait()
 
-		fmt.Printf("\n%s tokens; %d users x %d tasks; %s measured after %s warm-up; server+PostgreSQL on CPU %s, load on CPU %s\n\n",
-			auth, benchUsers, benchTasksPerUser, duration, warmup, serverCPU, loadCPU)
+		fmt.Printf("\n%s tokens; %s\n\n", auth, placement)
 		fmt.Println("| operation | conc | ceiling req/s | service req/s | ratio | ceiling p50 / p99 | service p50 / p99 | p99 ratio | non-2xx | socket errors |")
 		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		for _, op := range ops {
@@ -212,6 +293,37 @@ func TestBench(t *testing.T) {
 			}
 		}
 		fmt.Printf("\nserver peak RSS (VmHWM) over the whole %s run: %.1f MiB\n", auth, float64(rss)/(1<<20))
+	}
+
+	if os.Getenv("BENCH_BARE") == "0" {
+		reset()
+		return
+	}
+	usersFile := filepath.Join(dir, "users-bare.txt")
+	writeBenchUsers(t, usersFile, users, func(benchUser) string { return "-" })
+	port := freePort(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := pinned(serverCPU, self)
+	server.Env = append(os.Environ(), "DATABASE_URL="+benchURL.String(), bareAddrEnv+"=127.0.0.1:"+port)
+	server.Stderr = os.Stderr
+	bare, _ := measure(server, "http://127.0.0.1:"+port, "/api/nobody/tasks", usersFile)
+	fmt.Printf("\nReference: net/http + the Store alone (no auth, log, CORS); %s\n\n", placement)
+	fmt.Println("| operation | conc | ceiling req/s | bare req/s | bare / ceiling | bare p50 / p99 | HS256 service / bare | non-2xx | socket errors |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, op := range ops {
+		for _, c := range concs {
+			k := fmt.Sprint(op, c)
+			cm, bm := ceiling[k], bare[k]
+			vs := "-"
+			if sm, ok := hs256[k]; ok {
+				vs = fmt.Sprintf("%.2f", sm.rps/bm.rps)
+			}
+			fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s | %s | %d | %d |\n",
+				op, c, cm.rps, bm.rps, bm.rps/cm.rps, ms(bm.p50), ms(bm.p99), vs, bm.non2xx, bm.sockErrs)
+		}
 	}
 	reset()
 }
