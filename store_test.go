@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -332,5 +334,50 @@ func TestPoolDefaultsYieldToTheURL(t *testing.T) {
 		if cfg.MaxConns != c.want {
 			t.Errorf("%s: MaxConns %d, want %d", c.dsn, cfg.MaxConns, c.want)
 		}
+	}
+}
+
+// The store sets each statement's deadline on the connection's socket (see attempt), so
+// the deadline must hold for a statement that outlives it and must not outlive the
+// statement itself. One connection makes every statement here use the same socket.
+func TestStoreDeadlineIsEachStatementsOwn(t *testing.T) {
+	t.Parallel()
+	const timeout = 300 * time.Millisecond
+	s := storeVia(t, "", timeout, func(c *pgxpool.Config) { c.MaxConns = 1 })
+	ctx, me := context.Background(), newUserID(t)
+	task := mustCreate(t, s, me, "held", nil)
+
+	// Past the last statement's deadline, and idle long enough (1 s) for pgxpool to ping
+	// the connection before handing it out: a deadline left on the socket would fail
+	// that ping, and the pool would throw the connection away for a new one.
+	time.Sleep(1200 * time.Millisecond)
+	if _, err := s.GetTask(ctx, me, task.ID); err != nil {
+		t.Fatalf("a statement after the last one's deadline: %v", err)
+	}
+	if n := s.pool.Stat().NewConnsCount(); n != 1 {
+		t.Fatalf("%d connections opened, want 1: the idle one was not reused", n)
+	}
+
+	// A toggle waiting for a row lock another session holds fails as unavailable at its
+	// deadline. The lock is let go after 10 s in any case, so that a missing deadline
+	// fails this test rather than hanging it.
+	tx, err := testStore(t).pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, task.ID); err != nil {
+		t.Fatal(err)
+	}
+	release := time.AfterFunc(10*time.Second, func() { tx.Rollback(ctx) })
+	_, err = s.ToggleTask(ctx, me, task.ID)
+	release.Stop()
+	tx.Rollback(ctx)
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("toggle held past its deadline: %v, want ErrUnavailable", err)
+	}
+
+	// pgx closed the timed-out connection; the pool's one slot serves again.
+	if _, err := s.ToggleTask(ctx, me, task.ID); err != nil {
+		t.Fatalf("toggle after a timed-out one: %v", err)
 	}
 }
