@@ -209,45 +209,6 @@ func TestBench(t *testing.T) {
 		ceilingUsersSample[i], ceilingUsersSample[j] = ceilingUsersSample[j], ceilingUsersSample[i]
 	})
 	ceilingUsersSample = ceilingUsersSample[:ceilingUsers]
-	ceiling := map[string]measurement{}
-	for _, op := range ops {
-		for _, c := range concs {
-			reset()
-			ceiling[fmt.Sprint(op, c)] = runPgbench(t, pinned, loadCPU, dir, &benchURL, op, c, ceilingUsersSample, warmup, duration)
-		}
-	}
-
-	// measure starts a server, waits until ready answers 200, runs every row against it
-	// as for pgbench (reset, warm up, measure: a reset between the last two would start the
-	// measurement with freshly invalidated plans and a VACUUM behind it), and returns the
-	// rows and the server's peak RSS.
-	measure := func(server *exec.Cmd, base, ready, usersFile string) (map[string]measurement, int64) {
-		if err := server.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			server.Process.Signal(os.Interrupt)
-			server.Wait()
-		}()
-		waitFor(t, "the server", func() bool {
-			res, err := http.Get(base + ready)
-			if err == nil {
-				res.Body.Close()
-			}
-			return err == nil && res.StatusCode == http.StatusOK
-		})
-		rows := map[string]measurement{}
-		for _, op := range ops {
-			for _, c := range concs {
-				reset()
-				runWrk(t, pinned, loadCPU, base, usersFile, op, c, warmup) // discarded
-				rows[fmt.Sprint(op, c)] = runWrk(t, pinned, loadCPU, base, usersFile, op, c, duration)
-			}
-		}
-		return rows, peakRSS(t, server.Process.Pid)
-	}
-	placement := fmt.Sprintf("%d users x %d tasks; %s measured after %s warm-up; server+PostgreSQL on CPU %s, load on CPU %s",
-		benchUsers, benchTasksPerUser, duration, warmup, serverCPU, loadCPU)
 
 	edKey := newTestKey(t, "bench-key", "EdDSA")
 	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -256,10 +217,49 @@ func TestBench(t *testing.T) {
 	}))
 	defer jwks.Close()
 
-	var hs256 map[string]measurement
+	// Every target runs at once, each pinned to the server core and idle while another is
+	// measured, so that each row measures the ceiling and every target back to back: on a
+	// VM whose speed drifts by tens of per cent over minutes, ratios within a row are then
+	// comparable. A target that failed to start fails the benchmark before any row runs.
+	type target struct {
+		name, base, usersFile string
+		server                *exec.Cmd
+		rows                  map[string]measurement
+	}
+	var targets []*target
+	start := func(name, ready, bin string, env []string, token func(benchUser) string) {
+		port := freePort(t)
+		tg := &target{name: name, base: "http://127.0.0.1:" + port, rows: map[string]measurement{},
+			usersFile: filepath.Join(dir, "users-"+name+".txt"), server: pinned(serverCPU, bin)}
+		writeBenchUsers(t, tg.usersFile, users, token)
+		tg.server.Env = append(os.Environ(), "DATABASE_URL="+benchURL.String(), "LOG_FORMAT=text", "PORT="+port)
+		tg.server.Env = append(tg.server.Env, env...)
+		if name == "bare" {
+			tg.server.Env = append(tg.server.Env, bareAddrEnv+"=127.0.0.1:"+port)
+		}
+		tg.server.Stderr = os.Stderr
+		if err := tg.server.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			tg.server.Process.Signal(os.Interrupt)
+			tg.server.Wait()
+		})
+		waitFor(t, name, func() bool {
+			res, err := http.Get(tg.base + ready)
+			if err == nil {
+				res.Body.Close()
+			}
+			return err == nil && res.StatusCode == http.StatusOK
+		})
+		targets = append(targets, tg)
+	}
 	for _, auth := range auths {
-		usersFile := filepath.Join(dir, "users-"+auth+".txt")
-		writeBenchUsers(t, usersFile, users, func(u benchUser) string {
+		env := []string{"BETTER_AUTH_SECRET=" + testSecret, "JWT_JWKS_URL="}
+		if auth == "EdDSA" {
+			env = []string{"BETTER_AUTH_SECRET=", "JWT_JWKS_URL=" + jwks.URL}
+		}
+		start(auth, "/readyz", bin, env, func(u benchUser) string {
 			c := validClaims(u.id)
 			c.ExpiresAt = jwt.NewNumericDate(time.Now().Add(2 * time.Hour))
 			if auth == "EdDSA" {
@@ -267,65 +267,75 @@ func TestBench(t *testing.T) {
 			}
 			return signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)
 		})
-		port := freePort(t)
-		server := pinned(serverCPU, bin)
-		server.Env = append(os.Environ(), "DATABASE_URL="+benchURL.String(), "PORT="+port, "LOG_FORMAT=text")
-		if auth == "EdDSA" {
-			server.Env = append(server.Env, "BETTER_AUTH_SECRET=", "JWT_JWKS_URL="+jwks.URL)
-		} else {
-			server.Env = append(server.Env, "BETTER_AUTH_SECRET="+testSecret, "JWT_JWKS_URL=")
+	}
+	if os.Getenv("BENCH_BARE") != "0" {
+		self, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
 		}
-		service, rss := measure(server, "http://127.0.0.1:"+port, "/readyz", usersFile)
-		if auth == "HS256" {
-			hs256 = service
-		}
+		start("bare", "/api/nobody/tasks", self, nil, func(benchUser) string { return "-" })
+	}
 
-		fmt.Printf("\n%s tokens; %s\n\n", auth, placement)
+	// Each measurement as for pgbench: reset, warm up, measure. A reset between the last
+	// two would start the measurement with freshly invalidated plans and a VACUUM behind it.
+	ceiling := map[string]measurement{}
+	for _, op := range ops {
+		for _, c := range concs {
+			k := fmt.Sprint(op, c)
+			reset()
+			ceiling[k] = runPgbench(t, pinned, loadCPU, dir, &benchURL, op, c, ceilingUsersSample, warmup, duration)
+			for _, tg := range targets {
+				reset()
+				runWrk(t, pinned, loadCPU, tg.base, tg.usersFile, op, c, warmup) // discarded
+				tg.rows[k] = runWrk(t, pinned, loadCPU, tg.base, tg.usersFile, op, c, duration)
+			}
+		}
+	}
+	reset()
+
+	placement := fmt.Sprintf("%d users x %d tasks; %s measured after %s warm-up; server+PostgreSQL on CPU %s, load on CPU %s",
+		benchUsers, benchTasksPerUser, duration, warmup, serverCPU, loadCPU)
+	var hs256, bare *target
+	for _, tg := range targets {
+		switch tg.name {
+		case "bare":
+			bare = tg
+			continue
+		case "HS256":
+			hs256 = tg
+		}
+		fmt.Printf("\n%s tokens; %s\n\n", tg.name, placement)
 		fmt.Println("| operation | conc | ceiling req/s | service req/s | ratio | ceiling p50 / p99 | service p50 / p99 | p99 ratio | non-2xx | socket errors |")
 		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		for _, op := range ops {
 			for _, c := range concs {
 				k := fmt.Sprint(op, c)
-				cm, sm := ceiling[k], service[k]
+				cm, sm := ceiling[k], tg.rows[k]
 				fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s | %s / %s | %.2f | %d | %d |\n",
 					op, c, cm.rps, sm.rps, sm.rps/cm.rps, ms(cm.p50), ms(cm.p99), ms(sm.p50), ms(sm.p99),
 					float64(sm.p99)/float64(cm.p99), sm.non2xx+cm.non2xx, sm.sockErrs)
 			}
 		}
-		fmt.Printf("\nserver peak RSS (VmHWM) over the whole %s run: %.1f MiB\n", auth, float64(rss)/(1<<20))
+		fmt.Printf("\nserver peak RSS (VmHWM) over the whole run: %.1f MiB\n", float64(peakRSS(t, tg.server.Process.Pid))/(1<<20))
 	}
-
-	if os.Getenv("BENCH_BARE") == "0" {
-		reset()
+	if bare == nil {
 		return
 	}
-	usersFile := filepath.Join(dir, "users-bare.txt")
-	writeBenchUsers(t, usersFile, users, func(benchUser) string { return "-" })
-	port := freePort(t)
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := pinned(serverCPU, self)
-	server.Env = append(os.Environ(), "DATABASE_URL="+benchURL.String(), bareAddrEnv+"=127.0.0.1:"+port)
-	server.Stderr = os.Stderr
-	bare, _ := measure(server, "http://127.0.0.1:"+port, "/api/nobody/tasks", usersFile)
 	fmt.Printf("\nReference: net/http + the Store alone (no auth, log, CORS); %s\n\n", placement)
 	fmt.Println("| operation | conc | ceiling req/s | bare req/s | bare / ceiling | bare p50 / p99 | HS256 service / bare | non-2xx | socket errors |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, op := range ops {
 		for _, c := range concs {
 			k := fmt.Sprint(op, c)
-			cm, bm := ceiling[k], bare[k]
+			cm, bm := ceiling[k], bare.rows[k]
 			vs := "-"
-			if sm, ok := hs256[k]; ok {
-				vs = fmt.Sprintf("%.2f", sm.rps/bm.rps)
+			if hs256 != nil {
+				vs = fmt.Sprintf("%.2f", hs256.rows[k].rps/bm.rps)
 			}
 			fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s | %s | %d | %d |\n",
 				op, c, cm.rps, bm.rps, bm.rps/cm.rps, ms(bm.p50), ms(bm.p99), vs, bm.non2xx, bm.sockErrs)
 		}
 	}
-	reset()
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
