@@ -319,8 +319,9 @@ func (s *Store) do(ctx context.Context, idempotent bool, call func(context.Conte
 // Why not let pgx watch ctx: for every statement under a cancellable context pgx starts a
 // goroutine to watch it, and when the statement ends it hands off to that goroutine over an
 // unbuffered channel. With GOMAXPROCS=1 (the server on one core) each handoff waits behind
-// every runnable goroutine, and that wait was most of the service's p99 (make bench, get
-// at 16 connections: p99 25-38 ms with the watcher, 6-12 ms without). The socket deadline
+// every runnable goroutine, and that wait was most of the service's p99 (get at 16
+// connections under wrk, as make bench runs it: p99 39-56 ms with the watcher, 11-13 ms
+// without). The socket deadline
 // keeps the guarantee the context gave: a statement still running at the deadline fails
 // with a timeout, pgx closes that connection and the pool replaces it. What is given up
 // is cancelling a statement because its client hung up; every statement here is short,
