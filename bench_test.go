@@ -282,20 +282,17 @@ func TestBench(t *testing.T) {
 	// leaves behind (its backends exiting, a colder cache) does not fall on one of them.
 	ceiling := map[string]measurement{}
 	row := 0
-	for _, op := range ops {
-		for _, c := range concs {
-			k := fmt.Sprint(op, c)
+	eachRow(ops, concs, func(op string, c int, k string) {
+		reset()
+		ceiling[k] = runPgbench(t, pinned, loadCPU, dir, &benchURL, op, c, ceilingUsersSample, warmup, duration)
+		for i := range targets {
+			tg := targets[(row+i)%len(targets)]
 			reset()
-			ceiling[k] = runPgbench(t, pinned, loadCPU, dir, &benchURL, op, c, ceilingUsersSample, warmup, duration)
-			for i := range targets {
-				tg := targets[(row+i)%len(targets)]
-				reset()
-				runWrk(t, pinned, loadCPU, tg.base, tg.usersFile, op, c, warmup) // discarded
-				tg.rows[k] = runWrk(t, pinned, loadCPU, tg.base, tg.usersFile, op, c, duration)
-			}
-			row++
+			runWrk(t, pinned, loadCPU, tg.base, tg.usersFile, op, c, warmup) // discarded
+			tg.rows[k] = runWrk(t, pinned, loadCPU, tg.base, tg.usersFile, op, c, duration)
 		}
-	}
+		row++
+	})
 	reset()
 
 	placement := fmt.Sprintf("%d users x %d tasks; %s measured after %s warm-up; server+PostgreSQL on CPU %s, load on CPU %s",
@@ -312,15 +309,12 @@ func TestBench(t *testing.T) {
 		fmt.Printf("\n%s tokens; %s\n\n", tg.name, placement)
 		fmt.Println("| operation | conc | ceiling req/s | service req/s | ratio | ceiling p50 / p99 | service p50 / p99 | p99 ratio | non-2xx | socket errors |")
 		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-		for _, op := range ops {
-			for _, c := range concs {
-				k := fmt.Sprint(op, c)
-				cm, sm := ceiling[k], tg.rows[k]
-				fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s | %s / %s | %.2f | %d | %d |\n",
-					op, c, cm.rps, sm.rps, sm.rps/cm.rps, ms(cm.p50), ms(cm.p99), ms(sm.p50), ms(sm.p99),
-					float64(sm.p99)/float64(cm.p99), sm.non2xx+cm.non2xx, sm.sockErrs)
-			}
-		}
+		eachRow(ops, concs, func(op string, c int, k string) {
+			cm, sm := ceiling[k], tg.rows[k]
+			fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s | %s / %s | %.2f | %d | %d |\n",
+				op, c, cm.rps, sm.rps, sm.rps/cm.rps, ms(cm.p50), ms(cm.p99), ms(sm.p50), ms(sm.p99),
+				float64(sm.p99)/float64(cm.p99), sm.non2xx+cm.non2xx, sm.sockErrs)
+		})
 		fmt.Printf("\nserver peak RSS (VmHWM) over the whole run: %.1f MiB\n", float64(peakRSS(t, tg.server.Process.Pid))/(1<<20))
 	}
 	if bare == nil {
@@ -329,16 +323,22 @@ func TestBench(t *testing.T) {
 	fmt.Printf("\nReference: net/http + the Store alone (no auth, log, CORS); %s\n\n", placement)
 	fmt.Println("| operation | conc | ceiling req/s | bare req/s | bare / ceiling | bare p50 / p99 | HS256 service / bare | non-2xx | socket errors |")
 	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	eachRow(ops, concs, func(op string, c int, k string) {
+		cm, bm := ceiling[k], bare.rows[k]
+		vs := "-"
+		if hs256 != nil {
+			vs = fmt.Sprintf("%.2f", hs256.rows[k].rps/bm.rps)
+		}
+		fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s | %s | %d | %d |\n",
+			op, c, cm.rps, bm.rps, bm.rps/cm.rps, ms(bm.p50), ms(bm.p99), vs, bm.non2xx, bm.sockErrs)
+	})
+}
+
+// eachRow calls f for every row of the tables, in their order; k keys the row's results.
+func eachRow(ops []string, concs []int, f func(op string, c int, k string)) {
 	for _, op := range ops {
 		for _, c := range concs {
-			k := fmt.Sprint(op, c)
-			cm, bm := ceiling[k], bare.rows[k]
-			vs := "-"
-			if hs256 != nil {
-				vs = fmt.Sprintf("%.2f", hs256.rows[k].rps/bm.rps)
-			}
-			fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s | %s | %d | %d |\n",
-				op, c, cm.rps, bm.rps, bm.rps/cm.rps, ms(bm.p50), ms(bm.p99), vs, bm.non2xx, bm.sockErrs)
+			f(op, c, fmt.Sprint(op, c))
 		}
 	}
 }
