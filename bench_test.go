@@ -150,6 +150,10 @@ func TestBench(t *testing.T) {
 		concs = append(concs, n)
 	}
 	auths := envList("BENCH_AUTH", "HS256,EdDSA")
+	repeats, err := strconv.Atoi(envOr("BENCH_REPEAT", "1"))
+	if err != nil || repeats < 1 {
+		t.Fatalf("BENCH_REPEAT=%q: want a count of at least 1", os.Getenv("BENCH_REPEAT"))
+	}
 	ctx := context.Background()
 	dir := t.TempDir()
 
@@ -285,22 +289,32 @@ func TestBench(t *testing.T) {
 	// The targets take turns at going first after the ceiling, so that whatever pgbench
 	// leaves behind (its backends exiting, a colder cache) does not fall on one of them.
 	ceiling := map[string]measurement{}
-	row := 0
+	// With BENCH_REPEAT=n each row runs n times over and reports the median of each
+	// figure (and the sum of the failures).
+	turn := 0
 	eachRow(ops, concs, func(op string, c int, k string) {
-		reset()
-		ceiling[k] = runPgbench(t, pinned, loadCPU, dir, &benchURL, op, c, ceilingUsersSample, warmup, duration)
-		for i := range targets {
-			tg := targets[(row+i)%len(targets)]
+		runs := map[*target][]measurement{}
+		var ceilingRuns []measurement
+		for range repeats {
 			reset()
-			runWrk(t, pinned, loadCPU, tg.base, tg.usersFile, op, c, warmup) // discarded
-			tg.rows[k] = runWrk(t, pinned, loadCPU, tg.base, tg.usersFile, op, c, duration)
+			ceilingRuns = append(ceilingRuns, runPgbench(t, pinned, loadCPU, dir, &benchURL, op, c, ceilingUsersSample, warmup, duration))
+			for i := range targets {
+				tg := targets[(turn+i)%len(targets)]
+				reset()
+				runWrk(t, pinned, loadCPU, tg.base, tg.usersFile, op, c, warmup) // discarded
+				runs[tg] = append(runs[tg], runWrk(t, pinned, loadCPU, tg.base, tg.usersFile, op, c, duration))
+			}
+			turn++
 		}
-		row++
+		ceiling[k] = median(ceilingRuns)
+		for _, tg := range targets {
+			tg.rows[k] = median(runs[tg])
+		}
 	})
 	reset()
 
-	placement := fmt.Sprintf("%d users x %d tasks; %s measured after %s warm-up; server+PostgreSQL on CPU %s, load on CPU %s",
-		benchUsers, benchTasksPerUser, duration, warmup, serverCPU, loadCPU)
+	placement := fmt.Sprintf("%d users x %d tasks; median of %d runs, %s measured after %s warm-up; server+PostgreSQL on CPU %s, load on CPU %s",
+		benchUsers, benchTasksPerUser, repeats, duration, warmup, serverCPU, loadCPU)
 	var hs256, bare *target
 	for _, tg := range targets {
 		switch tg.name {
@@ -345,6 +359,31 @@ func eachRow(ops []string, concs []int, f func(op string, c int, k string)) {
 			f(op, c, fmt.Sprint(op, c))
 		}
 	}
+}
+
+// median takes the median of each figure on its own, and sums the failures.
+func median(runs []measurement) measurement {
+	mid := func(f func(measurement) float64) float64 {
+		v := make([]float64, len(runs))
+		for i, m := range runs {
+			v[i] = f(m)
+		}
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	m := measurement{
+		rps: mid(func(m measurement) float64 { return m.rps }),
+		p50: time.Duration(mid(func(m measurement) float64 { return float64(m.p50) })),
+		p99: time.Duration(mid(func(m measurement) float64 { return float64(m.p99) })),
+	}
+	for _, r := range runs {
+		m.non2xx += r.non2xx
+		m.sockErrs += r.sockErrs
+	}
+	return m
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
