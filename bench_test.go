@@ -251,13 +251,7 @@ func TestBench(t *testing.T) {
 			tg.server.Process.Signal(os.Interrupt)
 			tg.server.Wait()
 		})
-		waitFor(t, name, func() bool {
-			res, err := http.Get(tg.base + ready)
-			if err == nil {
-				res.Body.Close()
-			}
-			return err == nil && res.StatusCode == http.StatusOK
-		})
+		waitOK(t, tg.base+ready)
 		targets = append(targets, tg)
 	}
 	for _, auth := range auths {
@@ -288,9 +282,9 @@ func TestBench(t *testing.T) {
 	// two would start the measurement with freshly invalidated plans and a VACUUM behind it.
 	// The targets take turns at going first after the ceiling, so that whatever pgbench
 	// leaves behind (its backends exiting, a colder cache) does not fall on one of them.
-	ceiling := map[string]measurement{}
 	// With BENCH_REPEAT=n each row runs n times over and reports the median of each
 	// figure (and the sum of the failures).
+	ceiling := map[string]measurement{}
 	turn := 0
 	eachRow(ops, concs, func(op string, c int, k string) {
 		runs := map[*target][]measurement{}

@@ -411,21 +411,30 @@ func TestJWKSRefetchIsRateLimited(t *testing.T) {
 	me := newUserID(t)
 	before := srv.fetches.Load()
 
-	// A burst of tokens with made-up kids: at most one fetch, never one per token.
+	// burst verifies n tokens with made-up kids at once and counts those accepted.
 	forger := newTestKey(t, "", "EdDSA")
-	var wg sync.WaitGroup
-	for i := 0; i < 200; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			k := forger
-			k.kid = fmt.Sprintf("made-up-%d", i)
-			if _, err := auth.verify(k.sign(t, k.method, validClaims(me))); err == nil {
-				t.Error("a made-up kid was accepted")
-			}
-		}(i)
+	burst := func(auth *Authenticator, n int, prefix string) int32 {
+		var accepted atomic.Int32
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				k := forger
+				k.kid = fmt.Sprintf("%s-%d", prefix, i)
+				if _, err := auth.verify(k.sign(t, k.method, validClaims(me))); err == nil {
+					accepted.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		return accepted.Load()
 	}
-	wg.Wait()
+
+	// A burst of tokens with made-up kids: at most one fetch, never one per token.
+	if n := burst(auth, 200, "made-up"); n != 0 {
+		t.Errorf("%d made-up kids were accepted", n)
+	}
 	// The cache started with a fetch in newTestJWKS, within minRefetch: no new fetch at all.
 	if n := srv.fetches.Load() - before; n != 0 {
 		t.Errorf("%d fetches for 200 unknown kids within minRefetch, want 0", n)
@@ -437,16 +446,7 @@ func TestJWKSRefetchIsRateLimited(t *testing.T) {
 	auth2 := verifyWith(j2, nil)
 	before = srv.fetches.Load()
 	srv.setHang(true) // keep the one fetch running while the burst arrives
-	for i := 0; i < 50; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			k := forger
-			k.kid = fmt.Sprintf("burst-%d", i)
-			auth2.verify(k.sign(t, k.method, validClaims(me)))
-		}(i)
-	}
-	wg.Wait()
+	burst(auth2, 50, "burst")
 	srv.setHang(false)
 	if n := srv.fetches.Load() - before; n != 1 {
 		t.Errorf("%d fetches for a burst of 50 unknown kids, want 1", n)

@@ -10,50 +10,44 @@ import (
 // The per-request work that needs no database, with -benchmem so that an allocation
 // regression shows in review: go test -run '^$' -bench . -benchmem
 
-// benchVerify measures auth.verify(token); full defeats the token cache, measuring a
-// token's first use, while the default measures the steady state of a returning client.
-func benchVerify(b *testing.B, auth *Authenticator, token string, full bool) {
-	b.ReportAllocs()
-	for i := 0; i < b.N; i++ {
-		if full {
-			auth.cache = newTokenCache(1)
-		}
-		if _, err := auth.verify(token); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
 const benchSub = "k3Jd9xQ2mZ7pL0aBk3Jd9xQ2mZ7pL0aB"
 
-func hs256Bench(b *testing.B) (*Authenticator, string) {
-	return newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), tokenFor(b, benchSub)
-}
-
-func eddsaBench(b *testing.B) (*Authenticator, string) {
-	key := newTestKey(b, "bench", "EdDSA")
-	auth := newAuthenticator(nil, newTestJWKS(b, newJWKSServer(b, key)), "taskflow-web", "taskflow-api")
-	return auth, key.sign(b, key.method, validClaims(benchSub))
-}
-
-func BenchmarkVerifyHS256(b *testing.B) {
-	auth, token := hs256Bench(b)
-	benchVerify(b, auth, token, false)
-}
-
-func BenchmarkVerifyHS256Full(b *testing.B) {
-	auth, token := hs256Bench(b)
-	benchVerify(b, auth, token, true)
-}
-
-func BenchmarkVerifyEdDSA(b *testing.B) {
-	auth, token := eddsaBench(b)
-	benchVerify(b, auth, token, false)
-}
-
-func BenchmarkVerifyEdDSAFull(b *testing.B) {
-	auth, token := eddsaBench(b)
-	benchVerify(b, auth, token, true)
+// BenchmarkVerify measures auth.verify(token) per token kind. "cached" is the steady
+// state of a returning client; "full" defeats the token cache, measuring a token's
+// first use.
+func BenchmarkVerify(b *testing.B) {
+	for _, kind := range []struct {
+		name  string
+		setup func(b *testing.B) (*Authenticator, string)
+	}{
+		{"HS256", func(b *testing.B) (*Authenticator, string) {
+			return newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), tokenFor(b, benchSub)
+		}},
+		{"EdDSA", func(b *testing.B) (*Authenticator, string) {
+			key := newTestKey(b, "bench", "EdDSA")
+			auth := newAuthenticator(nil, newTestJWKS(b, newJWKSServer(b, key)), "taskflow-web", "taskflow-api")
+			return auth, key.sign(b, key.method, validClaims(benchSub))
+		}},
+	} {
+		for _, full := range []bool{false, true} {
+			name := kind.name + "/cached"
+			if full {
+				name = kind.name + "/full"
+			}
+			b.Run(name, func(b *testing.B) {
+				auth, token := kind.setup(b)
+				b.ReportAllocs()
+				for i := 0; i < b.N; i++ {
+					if full {
+						auth.cache = newTokenCache(1)
+					}
+					if _, err := auth.verify(token); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
 }
 
 func BenchmarkDecodeCreateBody(b *testing.B) {

@@ -225,8 +225,14 @@ func lockedTask(t *testing.T, store *Store, base, userID string) (int64, pgx.Tx)
 // waitHealthy waits until base answers /healthz.
 func waitHealthy(t *testing.T, base string) {
 	t.Helper()
-	waitFor(t, "the server at "+base, func() bool {
-		res, err := http.Get(base + "/healthz")
+	waitOK(t, base+"/healthz")
+}
+
+// waitOK waits until a GET of url answers 200.
+func waitOK(t *testing.T, url string) {
+	t.Helper()
+	waitFor(t, url, func() bool {
+		res, err := http.Get(url)
 		if err == nil {
 			res.Body.Close()
 		}
