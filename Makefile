@@ -1,4 +1,5 @@
 # The two commands a new user needs: `make run` and `make test`. See README.md.
+SHELL := bash
 .PHONY: run test e2e build fuzz soak bench db-stop
 
 run:
@@ -17,14 +18,14 @@ build:
 # Each fuzz target for FUZZTIME; the seed corpora already run in make test.
 FUZZTIME ?= 60s
 fuzz:
-	@eval "$$(scripts/devdb.sh)" && for f in FuzzDecodeTaskBody FuzzAppendJSONString FuzzVerifyToken; do \
+	@. scripts/lib.sh && use_devdb && for f in FuzzDecodeTaskBody FuzzVerifyToken; do \
 		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) . || exit 1; done
 
 # Mixed load on loopback for SOAK_DURATION (30s) with PostgreSQL crash-restarted once.
 soak:
-	@eval "$$(scripts/devdb.sh)" && go test -tags soak -run '^TestSoak$$' -count=1 -timeout 10m -v . | grep -v '^=== '
+	@. scripts/lib.sh && use_devdb && go test -tags soak -run '^TestSoak$$' -count=1 -timeout 10m -v . | grep -v '^=== '
 
-# The service against pgbench running the same statements; prints a table (see README).
+# The service against pgbench running the same statements; prints tables (docs/performance.md).
 bench:
 	@scripts/bench.sh
 

@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
+# Ports 3000 and 8000 are the frontend's and the API's real ones: the page's origin and the
+# API's CORS allow-list are part of what is tested. Checked first, before installing anything.
+for port in 3000 8000; do
+  port_free $port "e2e: port $port is in use (make run?); make e2e needs 3000 and 8000 free" || exit 1
+done
+
 [ -x /usr/bin/chromium ] || { echo "e2e: installing chromium" >&2; apt_install chromium; }
 command -v node >/dev/null || { echo "e2e: installing Node.js" >&2; apt_install nodejs; }
 command -v npm >/dev/null || apt_install npm
@@ -12,15 +18,6 @@ node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' ||
   { echo "e2e: playwright-core needs Node.js 20 or later, found $(node --version)" >&2; exit 1; }
 
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
-eval "$(scripts/devdb.sh)"
+use_devdb
 go build -o bin/taskflow-api .
-
-# Ports 3000 and 8000 are the frontend's and the API's real ones: the page's origin and the
-# API's CORS allow-list are part of what is tested.
-for port in 3000 8000; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "e2e: port $port is in use (make run?); stop that first" >&2
-    exit 1
-  fi
-done
 cd e2e && TASKFLOW_API_BIN=../bin/taskflow-api node run.mjs

@@ -9,3 +9,20 @@ apt_install() {
   as_root apt-get install -y -q "$@" >&2 ||
     { as_root apt-get update -q >&2 && as_root apt-get install -y -q "$@" >&2; }
 }
+
+# use_devdb starts the development database and exports DATABASE_URL and the rest of
+# scripts/devdb.sh's settings. When devdb fails, its own message is the last word: the
+# caller stops here instead of tripping over a variable that was never set.
+use_devdb() {
+  local env
+  env=$(scripts/devdb.sh) || exit 1
+  eval "$env"
+}
+
+# port_free fails with "$2" when something listens on 127.0.0.1:$1.
+port_free() {
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "$2" >&2
+    return 1
+  fi
+}

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # make run: a local PostgreSQL unless DATABASE_URL is set, a fresh build, the server on
-# port 8000 with a development secret, and a curl command with a demo user's token.
+# PORT (8000) with a development secret, and a demo user's token to try it with.
 # Ctrl-C stops the server, and the database too if this run started it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 db_started=0
 if [ -z "${DATABASE_URL:-}" ]; then
-  eval "$(scripts/devdb.sh)"
+  use_devdb
   db_started=$TASKFLOW_PG_STARTED
 fi
 export BETTER_AUTH_SECRET=${BETTER_AUTH_SECRET:-taskflow-development-secret-not-for-production}
@@ -29,6 +30,7 @@ if [ -f .run/server.pid ]; then
   rm -f .run/server.pid
 fi
 
+port_free "$PORT" "run: port $PORT is in use; stop what listens there or pick another with PORT=..." || exit 1
 bin/taskflow-api &
 pid=$!
 echo "$pid" >.run/server.pid
@@ -50,13 +52,12 @@ done
 token=$(bin/taskflow-api dev-token demo-user)
 cat <<MSG
 
-TaskFlow API on http://localhost:$PORT (Ctrl-C stops it). A demo user's token, valid for a day:
+TaskFlow API on http://localhost:$PORT (Ctrl-C stops it). In another shell, a demo user's
+token (valid for a day) and a first call; README.md walks through every endpoint:
 
-  TOKEN=$token
-
-  curl -s -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+  export TOKEN=$token
+  curl -si -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
        -d '{"title":"Buy milk"}' http://localhost:$PORT/api/demo-user/tasks
-  curl -s -H "Authorization: Bearer \$TOKEN" http://localhost:$PORT/api/demo-user/tasks
 
 MSG
 wait "$pid"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make test: a local PostgreSQL (scripts/devdb.sh), then gofmt, go vet and the race-enabled
-# tests against it. Under CI=true a missing database fails the run instead of skipping.
+# tests against it, ending with one line that counts the tests. Under CI=true a missing
+# database fails the run instead of skipping. The whole verbose log is in .run/test.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -10,8 +11,7 @@ if ! command -v gcc >/dev/null; then
   echo "test: installing gcc for the race detector" >&2
   apt_install gcc libc6-dev
 fi
-
-eval "$(scripts/devdb.sh)"
+use_devdb
 
 echo "== gofmt"
 unformatted=$(gofmt -l .)
@@ -22,4 +22,15 @@ fi
 echo "== go vet"
 go vet ./...
 echo "== go test -race (PostgreSQL at ${TEST_DATABASE_URL%%\?*})"
-go test -race -count=1 "$@" ./...
+mkdir -p .run
+set +e
+go test -race -count=1 -v "$@" ./... 2>&1 | tee .run/test.log | awk '
+  /^=== (RUN|PAUSE|CONT|NAME)/ { next }
+  /^ *--- PASS/ { passed++; next }
+  /^ *--- SKIP/ { skipped++ }
+  /^ *--- FAIL/ { failed++ }
+  /^(PASS|FAIL)$/ { next }
+  { print }
+  END { printf "== tests: %d passed, %d failed, %d skipped\n", passed, failed, skipped }'
+status=${PIPESTATUS[0]}
+exit "$status"
