@@ -75,7 +75,8 @@ func (a *Authenticator) key(t *jwt.Token) (any, error) {
 	return a.keys.publicKey(kid, alg)
 }
 
-var errNoToken = &apiError{http.StatusUnauthorized, "missing bearer token"}
+// errNoToken is the 401 for a request without credentials: RFC 6750's bare challenge.
+var errNoToken = &apiError{status: http.StatusUnauthorized, detail: "missing bearer token", challenge: "Bearer"}
 
 // authenticate returns the user id of the request's bearer token, or a 401 apiError.
 func (a *Authenticator) authenticate(r *http.Request) (string, error) {
@@ -86,7 +87,7 @@ func (a *Authenticator) authenticate(r *http.Request) (string, error) {
 	scheme, token, _ := strings.Cut(header, " ")
 	token = strings.TrimSpace(token)
 	if !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return "", &apiError{http.StatusUnauthorized, "Authorization header must be: Bearer <token>"}
+		return "", unauthorized("Authorization header must be: Bearer <token>")
 	}
 	return a.verify(token)
 }
@@ -94,7 +95,7 @@ func (a *Authenticator) authenticate(r *http.Request) (string, error) {
 // verify checks a token's signature and claims and returns its subject.
 func (a *Authenticator) verify(token string) (string, error) {
 	if len(token) > maxTokenBytes {
-		return "", &apiError{http.StatusUnauthorized, "token is too long"}
+		return "", unauthorized("token is too long")
 	}
 	var generation uint64
 	if a.keys != nil {
@@ -105,11 +106,11 @@ func (a *Authenticator) verify(token string) (string, error) {
 	}
 	var claims jwt.RegisteredClaims
 	if _, err := a.parser.ParseWithClaims(token, &claims, a.key); err != nil {
-		return "", &apiError{http.StatusUnauthorized, tokenErrorDetail(err)}
+		return "", unauthorized(tokenErrorDetail(err))
 	}
 	sub := claims.Subject
 	if sub == "" || len(sub) > maxUserIDBytes || !utf8.ValidString(sub) || strings.IndexByte(sub, 0) >= 0 {
-		return "", &apiError{http.StatusUnauthorized, "token subject is not a valid user id"}
+		return "", unauthorized("token subject is not a valid user id")
 	}
 	a.cache.put(token, sub, claims.ExpiresAt.Time, generation) // exp is required, so set
 	return sub, nil
@@ -153,8 +154,3 @@ func unverifiableReason(err error) string {
 	}
 	return "its signing algorithm is not accepted"
 }
-
-// keyError is a key lookup failure whose text is safe to show the client.
-type keyError string
-
-func (e keyError) Error() string { return string(e) }

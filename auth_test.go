@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func signWith(t testing.TB, method jwt.SigningMethod, key any, claims jwt.Regist
 
 func TestAuthRejections(t *testing.T) {
 	t.Parallel()
-	api := newTestAPI(t)
+	api := newTestAPI(noDatabase(t))
 	me := newUserID(t)
 	secret := []byte(testSecret)
 	now := time.Now()
@@ -71,7 +72,7 @@ func TestAuthRejections(t *testing.T) {
 			if tt.authorization != "" {
 				req.header["Authorization"] = tt.authorization
 			}
-			res := api.do(req)
+			res := api.do(t, req)
 			res.wantStatus(http.StatusUnauthorized)
 			wantChallenge := `Bearer error="invalid_token"`
 			if tt.authorization == "" {
@@ -89,7 +90,7 @@ func TestAuthRejections(t *testing.T) {
 
 func TestAuthAccepts(t *testing.T) {
 	t.Parallel()
-	api := newTestAPI(t)
+	auth := newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api")
 	me := newUserID(t)
 	now := time.Now()
 	with := func(change func(*jwt.RegisteredClaims)) string {
@@ -111,21 +112,27 @@ func TestAuthAccepts(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			api.do(request{method: "GET", path: "/api/" + me + "/tasks", header: map[string]string{"Authorization": tt.authorization}}).wantStatus(http.StatusOK)
+			r := httptest.NewRequest("GET", "/api/"+me+"/tasks", nil)
+			r.Header.Set("Authorization", tt.authorization)
+			if sub, err := auth.authenticate(r); err != nil || sub != me {
+				t.Errorf("authenticate = %q, %v; want %q", sub, err, me)
+			}
 		})
 	}
 }
 
 func TestAuthConfiguredIssuerAndAudience(t *testing.T) {
 	t.Parallel()
-	store := testStore(t)
 	auth := newAuthenticator([]byte(testSecret), nil, "my-web", "my-api")
-	api := &testAPI{t: t, handler: newHandler(discardLogger(), store, auth, []string{testOrigin})}
 	me := newUserID(t)
 	c := validClaims(me)
-	api.do(request{method: "GET", path: "/api/" + me + "/tasks", token: signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)}).wantStatus(http.StatusUnauthorized)
+	if _, err := auth.verify(signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)); err == nil {
+		t.Error("accepted the default issuer and audience")
+	}
 	c.Issuer, c.Audience = "my-web", jwt.ClaimStrings{"my-api"}
-	api.do(request{method: "GET", path: "/api/" + me + "/tasks", token: signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)}).wantStatus(http.StatusOK)
+	if sub, err := auth.verify(signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)); err != nil || sub != me {
+		t.Errorf("verify = %q, %v; want the configured issuer and audience accepted", sub, err)
+	}
 }
 
 // tamper changes the payload's subject and keeps the original signature.
@@ -158,4 +165,44 @@ func FuzzVerifyToken(f *testing.F) {
 			t.Fatalf("verify(%q) = %v, want a 401 apiError", token, err)
 		}
 	})
+}
+
+const benchSub = "k3Jd9xQ2mZ7pL0aBk3Jd9xQ2mZ7pL0aB"
+
+// BenchmarkVerify measures auth.verify(token) per token kind. "cached" is the steady
+// state of a returning client; "full" defeats the token cache, measuring a token's
+// first use.
+func BenchmarkVerify(b *testing.B) {
+	for _, kind := range []struct {
+		name  string
+		setup func(b *testing.B) (*Authenticator, string)
+	}{
+		{"HS256", func(b *testing.B) (*Authenticator, string) {
+			return newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), tokenFor(b, benchSub)
+		}},
+		{"EdDSA", func(b *testing.B) (*Authenticator, string) {
+			key := newTestKey(b, "bench", "EdDSA")
+			auth := newAuthenticator(nil, newTestJWKS(b, newJWKSServer(b, key)), "taskflow-web", "taskflow-api")
+			return auth, key.sign(b, key.method, validClaims(benchSub))
+		}},
+	} {
+		for _, full := range []bool{false, true} {
+			name := kind.name + "/cached"
+			if full {
+				name = kind.name + "/full"
+			}
+			b.Run(name, func(b *testing.B) {
+				auth, token := kind.setup(b)
+				b.ReportAllocs()
+				for b.Loop() {
+					if full {
+						auth.cache = newTokenCache(1)
+					}
+					if _, err := auth.verify(token); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
 }

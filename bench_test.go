@@ -9,8 +9,8 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -28,7 +28,6 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 const (
@@ -45,76 +44,6 @@ const (
 	// one statement per operation and run it thousands of times.
 	ceilingUsers = 16
 )
-
-// bareAddrEnv turns the test binary into the bench's reference server: the four
-// benchmarked operations with nothing but net/http, the Store and the task encoder. No
-// token check, access log, CORS, recovery or request id. Measured beside the service in
-// the same placement, it separates what this service adds from what any net/http + pgx
-// server costs when it shares a core with PostgreSQL.
-const bareAddrEnv = "TASKFLOW_BENCH_BARE_ADDR"
-
-func init() {
-	if addr := os.Getenv(bareAddrEnv); addr != "" {
-		// Before TestMain: this process is a server, not a test run.
-		err := serveBare(addr, os.Getenv("DATABASE_URL"))
-		fmt.Fprintln(os.Stderr, "bare server:", err)
-		os.Exit(1)
-	}
-}
-
-func serveBare(addr, databaseURL string) error {
-	const timeout = 5 * time.Second
-	cfg, err := newPoolConfig(databaseURL, timeout)
-	if err != nil {
-		return err
-	}
-	store, err := openStore(context.Background(), cfg, timeout)
-	if err != nil {
-		return err
-	}
-	task := func(w http.ResponseWriter, status int, t Task, err error) {
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		writeTask(w, status, &t)
-	}
-	taskID := func(r *http.Request) int64 {
-		id, _ := strconv.ParseInt(r.PathValue("id"), 10, 64)
-		return id
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /api/{user_id}/tasks", func(w http.ResponseWriter, r *http.Request) {
-		q, _ := parseListQuery("")
-		tasks, _, err := store.ListTasks(r.Context(), r.PathValue("user_id"), q)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		writeTasks(w, tasks)
-	})
-	mux.HandleFunc("GET /api/{user_id}/tasks/{id}", func(w http.ResponseWriter, r *http.Request) {
-		t, err := store.GetTask(r.Context(), r.PathValue("user_id"), taskID(r))
-		task(w, http.StatusOK, t, err)
-	})
-	mux.HandleFunc("PATCH /api/{user_id}/tasks/{id}/complete", func(w http.ResponseWriter, r *http.Request) {
-		t, err := store.ToggleTask(r.Context(), r.PathValue("user_id"), taskID(r))
-		task(w, http.StatusOK, t, err)
-	})
-	mux.HandleFunc("POST /api/{user_id}/tasks", func(w http.ResponseWriter, r *http.Request) {
-		var in struct {
-			Title       string
-			Description *string
-		}
-		if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		t, err := store.CreateTask(r.Context(), r.PathValue("user_id"), in.Title, in.Description)
-		task(w, http.StatusCreated, t, err)
-	})
-	return http.ListenAndServe(addr, mux)
-}
 
 type measurement struct {
 	rps              float64
@@ -136,6 +65,9 @@ func envOr(name, def string) string {
 	return def
 }
 
+// TestBench measures, row by row (operation x connections), the ceiling and then every
+// target: this tree's service, plus any binaries named in BENCH_COMPARE, so that an A/B
+// (another commit's build, a variant, the Node peer's run.sh) comes from one run.
 func TestBench(t *testing.T) {
 	testStore(t)
 	duration := envDuration(t, "BENCH_DURATION", 15*time.Second)
@@ -149,7 +81,7 @@ func TestBench(t *testing.T) {
 		}
 		concs = append(concs, n)
 	}
-	auths := envList("BENCH_AUTH", "HS256,EdDSA")
+	auth := envOr("BENCH_AUTH", "HS256")
 	repeats, err := strconv.Atoi(envOr("BENCH_REPEAT", "1"))
 	if err != nil || repeats < 1 {
 		t.Fatalf("BENCH_REPEAT=%q: want a count of at least 1", os.Getenv("BENCH_REPEAT"))
@@ -171,7 +103,11 @@ func TestBench(t *testing.T) {
 	admin.Close(ctx)
 	benchURL := *testURL
 	benchURL.Path = "/taskflow_bench"
-	db := storeVia(t, "", 30*time.Second, func(c *pgxpool.Config) { c.ConnConfig.Database = "taskflow_bench" })
+	db, err := openTestStore(benchURL.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
 	seedStart := time.Now()
 	if _, err := db.pool.Exec(ctx, benchSeedSQL); err != nil {
 		t.Fatalf("seed: %v", err)
@@ -193,7 +129,7 @@ func TestBench(t *testing.T) {
 		}
 	}
 
-	// Server and PostgreSQL on one core, the load generator on the other, for both targets.
+	// Server and PostgreSQL on one core, the load generator on the other, for every target.
 	serverCPU, loadCPU := "0", "1"
 	if runtime.NumCPU() < 2 {
 		t.Log("fewer than 2 CPUs: no pinning")
@@ -219,30 +155,52 @@ func TestBench(t *testing.T) {
 	})
 	ceilingUsersSample = ceilingUsersSample[:ceilingUsers]
 
+	// Tokens: HS256 with the shared secret, or EdDSA through a JWKS served here.
 	edKey := newTestKey(t, "bench-key", "EdDSA")
 	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprint(w, mustJSON(map[string]any{"keys": []any{edKey.jwk}}))
 	}))
 	defer jwks.Close()
+	authEnv := []string{"BETTER_AUTH_SECRET=" + testSecret, "JWT_JWKS_URL="}
+	token := func(u benchUser) string {
+		c := validClaims(u.id)
+		c.ExpiresAt = jwt.NewNumericDate(time.Now().Add(2 * time.Hour))
+		if auth == "EdDSA" {
+			return edKey.sign(t, edKey.method, c)
+		}
+		return signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)
+	}
+	if auth == "EdDSA" {
+		authEnv = []string{"BETTER_AUTH_SECRET=", "JWT_JWKS_URL=" + jwks.URL}
+	}
+	usersFile := filepath.Join(dir, "users.txt")
+	writeBenchUsers(t, usersFile, users, token)
 
 	// Every target runs at once, each pinned to the server core and idle while another is
 	// measured, so that each row measures the ceiling and every target back to back: on a
 	// VM whose speed drifts by tens of per cent over minutes, ratios within a row are then
-	// comparable. A target that failed to start fails the benchmark before any row runs.
+	// comparable. A target that fails to start fails the benchmark before any row runs.
 	type target struct {
-		name, base, usersFile string
-		server                *exec.Cmd
-		rows                  map[string]measurement
+		name, base string
+		server     *exec.Cmd
+		rows       map[string]measurement
 	}
 	var targets []*target
-	start := func(name, ready, bin string, env func(port string) []string, token func(benchUser) string) {
+	for _, spec := range append([]string{"service=" + bin}, envList("BENCH_COMPARE", "")...) {
+		name, path, ok := strings.Cut(spec, "=")
+		if !ok {
+			if spec != "" {
+				t.Fatalf("BENCH_COMPARE entry %q: want name=/path/to/binary", spec)
+			}
+			continue
+		}
 		port := freePort(t)
-		tg := &target{name: name, base: "http://127.0.0.1:" + port, rows: map[string]measurement{},
-			usersFile: filepath.Join(dir, "users-"+name+".txt"), server: pinned(serverCPU, bin)}
-		writeBenchUsers(t, tg.usersFile, users, token)
-		tg.server.Env = append(os.Environ(), "DATABASE_URL="+benchURL.String(), "LOG_FORMAT=text", "PORT="+port)
-		tg.server.Env = append(tg.server.Env, env(port)...)
+		tg := &target{name: name, base: "http://127.0.0.1:" + port, rows: map[string]measurement{}, server: pinned(serverCPU, path)}
+		// LOG=1 turns on the Node peer's request log, as this service always logs.
+		tg.server.Env = append(os.Environ(), "DATABASE_URL="+benchURL.String(), "LOG_FORMAT=text", "LOG=1", "PORT="+port)
+		tg.server.Env = append(tg.server.Env, authEnv...)
+		tg.server.Stdout = io.Discard // the access log
 		tg.server.Stderr = os.Stderr
 		if err := tg.server.Start(); err != nil {
 			t.Fatal(err)
@@ -251,31 +209,8 @@ func TestBench(t *testing.T) {
 			tg.server.Process.Signal(os.Interrupt)
 			tg.server.Wait()
 		})
-		waitOK(t, tg.base+ready)
+		waitOK(t, tg.base+"/healthz")
 		targets = append(targets, tg)
-	}
-	for _, auth := range auths {
-		env := []string{"BETTER_AUTH_SECRET=" + testSecret, "JWT_JWKS_URL="}
-		if auth == "EdDSA" {
-			env = []string{"BETTER_AUTH_SECRET=", "JWT_JWKS_URL=" + jwks.URL}
-		}
-		start(auth, "/readyz", bin, func(string) []string { return env }, func(u benchUser) string {
-			c := validClaims(u.id)
-			c.ExpiresAt = jwt.NewNumericDate(time.Now().Add(2 * time.Hour))
-			if auth == "EdDSA" {
-				return edKey.sign(t, edKey.method, c)
-			}
-			return signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)
-		})
-	}
-	if os.Getenv("BENCH_BARE") != "0" {
-		self, err := os.Executable()
-		if err != nil {
-			t.Fatal(err)
-		}
-		start("bare", "/api/nobody/tasks", self,
-			func(port string) []string { return []string{bareAddrEnv + "=127.0.0.1:" + port} },
-			func(benchUser) string { return "-" })
 	}
 
 	// Each measurement as for pgbench: reset, warm up, measure. A reset between the last
@@ -295,8 +230,8 @@ func TestBench(t *testing.T) {
 			for i := range targets {
 				tg := targets[(turn+i)%len(targets)]
 				reset()
-				runWrk(t, pinned, loadCPU, tg.base, tg.usersFile, op, c, warmup) // discarded
-				runs[tg] = append(runs[tg], runWrk(t, pinned, loadCPU, tg.base, tg.usersFile, op, c, duration))
+				runWrk(t, pinned, loadCPU, tg.base, usersFile, op, c, warmup) // discarded
+				runs[tg] = append(runs[tg], runWrk(t, pinned, loadCPU, tg.base, usersFile, op, c, duration))
 			}
 			turn++
 		}
@@ -307,42 +242,38 @@ func TestBench(t *testing.T) {
 	})
 	reset()
 
-	placement := fmt.Sprintf("%d users x %d tasks; median of %d runs, %s measured after %s warm-up; server+PostgreSQL on CPU %s, load on CPU %s",
-		benchUsers, benchTasksPerUser, repeats, duration, warmup, serverCPU, loadCPU)
-	var hs256, bare *target
+	fmt.Printf("\n%s tokens; %d users x %d tasks; median of %d runs, %s measured after %s warm-up; servers+PostgreSQL on CPU %s, load on CPU %s\n",
+		auth, benchUsers, benchTasksPerUser, repeats, duration, warmup, serverCPU, loadCPU)
 	for _, tg := range targets {
-		switch tg.name {
-		case "bare":
-			bare = tg
-			continue
-		case "HS256":
-			hs256 = tg
-		}
-		fmt.Printf("\n%s tokens; %s\n\n", tg.name, placement)
-		fmt.Println("| operation | conc | ceiling req/s | service req/s | ratio | ceiling p50 / p99 | service p50 / p99 | p99 ratio | non-2xx | socket errors |")
+		fmt.Printf("\n%s (peak RSS %.1f MiB)\n\n", tg.name, float64(peakRSS(t, tg.server.Process.Pid))/(1<<20))
+		fmt.Println("| operation | conc | ceiling req/s | req/s | / ceiling | ceiling p50 / p99 | p50 / p99 | p99 / ceiling's | non-2xx | socket errors |")
 		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		eachRow(ops, concs, func(op string, c int, k string) {
 			cm, sm := ceiling[k], tg.rows[k]
 			fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s | %s / %s | %.2f | %d | %d |\n",
 				op, c, cm.rps, sm.rps, sm.rps/cm.rps, ms(cm.p50), ms(cm.p99), ms(sm.p50), ms(sm.p99),
-				float64(sm.p99)/float64(cm.p99), sm.non2xx+cm.non2xx, sm.sockErrs)
+				float64(sm.p99)/float64(cm.p99), sm.non2xx, sm.sockErrs)
 		})
-		fmt.Printf("\nserver peak RSS (VmHWM) over the whole run: %.1f MiB\n", float64(peakRSS(t, tg.server.Process.Pid))/(1<<20))
 	}
-	if bare == nil {
+	if len(targets) < 2 {
 		return
 	}
-	fmt.Printf("\nReference: net/http + the Store alone (no auth, log, CORS); %s\n\n", placement)
-	fmt.Println("| operation | conc | ceiling req/s | bare req/s | bare / ceiling | bare p50 / p99 | HS256 service / bare | non-2xx | socket errors |")
-	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Printf("\nA/B: each target's req/s and p99 against %s's, row by row\n\n", targets[0].name)
+	header, rule := "| operation | conc |", "|---|---:|"
+	for _, tg := range targets[1:] {
+		header += fmt.Sprintf(" %s / %s req/s | p99 |", tg.name, targets[0].name)
+		rule += "---:|---:|"
+	}
+	fmt.Println(header)
+	fmt.Println(rule)
 	eachRow(ops, concs, func(op string, c int, k string) {
-		cm, bm := ceiling[k], bare.rows[k]
-		vs := "-"
-		if hs256 != nil {
-			vs = fmt.Sprintf("%.2f", hs256.rows[k].rps/bm.rps)
+		base := targets[0].rows[k]
+		line := fmt.Sprintf("| %s | %d |", op, c)
+		for _, tg := range targets[1:] {
+			m := tg.rows[k]
+			line += fmt.Sprintf(" %.2f | %.2f |", m.rps/base.rps, float64(m.p99)/float64(base.p99))
 		}
-		fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s | %s | %d | %d |\n",
-			op, c, cm.rps, bm.rps, bm.rps/cm.rps, ms(bm.p50), ms(bm.p99), vs, bm.non2xx, bm.sockErrs)
+		fmt.Println(line)
 	})
 }
 

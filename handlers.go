@@ -22,18 +22,18 @@ func addRoutes(mux router, store *Store, auth *Authenticator) {
 
 	mux.Handle("GET /api/{user_id}/tasks", authed(auth, handleListTasks(store)))
 	mux.Handle("POST /api/{user_id}/tasks", authed(auth, handleCreateTask(store)))
-	mux.Handle("GET /api/{user_id}/tasks/{id}", authed(auth, withTaskID(handleGetTask(store))))
-	mux.Handle("PUT /api/{user_id}/tasks/{id}", authed(auth, withTaskID(handleUpdateTask(store))))
-	mux.Handle("DELETE /api/{user_id}/tasks/{id}", authed(auth, withTaskID(handleDeleteTask(store))))
-	mux.Handle("PATCH /api/{user_id}/tasks/{id}/complete", authed(auth, withTaskID(handleToggleTask(store))))
+	mux.Handle("GET /api/{user_id}/tasks/{id}", authed(auth, handleGetTask(store)))
+	mux.Handle("PUT /api/{user_id}/tasks/{id}", authed(auth, handleUpdateTask(store)))
+	mux.Handle("DELETE /api/{user_id}/tasks/{id}", authed(auth, handleDeleteTask(store)))
+	mux.Handle("PATCH /api/{user_id}/tasks/{id}/complete", authed(auth, handleToggleTask(store)))
 }
 
-// newHandler assembles the server's handler: request log → panic recovery → CORS → mux,
-// and behind the mux each /api route checks its token before its handler runs.
+// newHandler assembles the server: request log → panic recovery → CORS → the mux, whose
+// own 404 and 405 answers are turned into JSON; each /api route checks its token first.
 func newHandler(log *slog.Logger, store *Store, auth *Authenticator, corsOrigins []string) http.Handler {
 	mux := http.NewServeMux()
-	addRoutes(patternRecorder{mux}, store, auth)
-	return withRequestLog(log, withRecover(withCORS(corsOrigins, mux)))
+	addRoutes(mux, store, auth)
+	return withRequestLog(log, withRecover(withCORS(corsOrigins, withJSONErrors(mux))))
 }
 
 // handlerFunc is a handler that returns its error to one place, writeError, so that no
@@ -46,7 +46,7 @@ func (h handlerFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// userHandler serves a request made by an authenticated user for their own data.
+// userHandler serves an authenticated user's request for their own tasks.
 type userHandler func(w http.ResponseWriter, r *http.Request, userID string) error
 
 // authed checks the bearer token and that the path names its user. Handlers receive the
@@ -61,50 +61,38 @@ func authed(auth *Authenticator, h userHandler) handlerFunc {
 			info.userID = userID
 		}
 		if r.PathValue("user_id") != userID {
-			return &apiError{http.StatusForbidden, "the token does not grant access to this user's tasks"}
+			return &apiError{status: http.StatusForbidden, detail: "the token does not grant access to this user's tasks"}
 		}
 		return h(w, r, userID)
 	}
 }
 
-// taskHandler serves a request for one task of the authenticated user.
-type taskHandler func(w http.ResponseWriter, r *http.Request, userID string, id int64) error
-
-func withTaskID(h taskHandler) userHandler {
-	return func(w http.ResponseWriter, r *http.Request, userID string) error {
-		id, err := parseTaskID(r.PathValue("id"))
-		if err != nil {
-			return err
-		}
-		return h(w, r, userID, id)
+func handleHealthz() handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		return nil
 	}
 }
 
-func handleHealthz() http.Handler {
-	return handlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		writeBody(w, http.StatusOK, []byte(`{"status":"ok"}`))
-		return nil
-	})
-}
-
-func handleReadyz(store *Store) http.Handler {
-	return handlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+func handleReadyz(store *Store) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
 		if err := store.Ping(r.Context()); err != nil {
 			return err
 		}
-		writeBody(w, http.StatusOK, []byte(`{"status":"ready"}`))
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 		return nil
-	})
+	}
 }
 
 //go:embed openapi.json
 var openAPIDoc []byte
 
-func handleOpenAPI() http.Handler {
-	return handlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		writeBody(w, http.StatusOK, openAPIDoc)
+func handleOpenAPI() handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(openAPIDoc) //nolint:errcheck // as in writeJSON
 		return nil
-	})
+	}
 }
 
 func handleListTasks(store *Store) userHandler {
@@ -113,79 +101,77 @@ func handleListTasks(store *Store) userHandler {
 		if err != nil {
 			return err
 		}
-		tasks, total, err := store.ListTasks(r.Context(), userID, q)
-		if err != nil {
-			return err
-		}
-		w.Header().Set("X-Total-Count", strconv.FormatInt(total, 10))
-		writeTasks(w, tasks)
-		return nil
+		list := newJSONArray(w)
+		err = store.ListTasks(r.Context(), userID, q, func(h ListHead) error {
+			w.Header().Set("X-Total-Count", strconv.FormatInt(h.Total, 10))
+			return list.begin(http.StatusOK)
+		}, func(t *Task) error { return list.add(t) })
+		return list.end(err)
 	}
 }
 
 func handleCreateTask(store *Store) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, userID string) error {
-		fields, err := readJSONObject(w, r)
+		in, err := readTaskBody(w, r, false)
 		if err != nil {
 			return err
 		}
-		in, err := decodeTaskInput(fields, false)
-		if err != nil {
-			return err
-		}
-		if in.title == nil {
+		if in.Title == nil {
 			return unprocessable("title is required")
 		}
-		t, err := store.CreateTask(r.Context(), userID, *in.title, in.description)
+		t, err := store.CreateTask(r.Context(), userID, *in.Title, in.Description)
 		if err != nil {
 			return err
 		}
 		w.Header().Set("Location", taskPath(userID, t.ID))
-		writeTask(w, http.StatusCreated, &t)
+		writeJSON(w, http.StatusCreated, t)
 		return nil
 	}
 }
 
-func handleGetTask(store *Store) taskHandler {
-	return func(w http.ResponseWriter, r *http.Request, userID string, id int64) error {
+func handleGetTask(store *Store) userHandler {
+	return func(w http.ResponseWriter, r *http.Request, userID string) error {
+		id, err := parseTaskID(r.PathValue("id"))
+		if err != nil {
+			return err
+		}
 		t, err := store.GetTask(r.Context(), userID, id)
 		if err != nil {
 			return err
 		}
-		writeTask(w, http.StatusOK, &t)
+		writeJSON(w, http.StatusOK, t)
 		return nil
 	}
 }
 
-func handleUpdateTask(store *Store) taskHandler {
-	return func(w http.ResponseWriter, r *http.Request, userID string, id int64) error {
-		fields, err := readJSONObject(w, r)
+func handleUpdateTask(store *Store) userHandler {
+	return func(w http.ResponseWriter, r *http.Request, userID string) error {
+		id, err := parseTaskID(r.PathValue("id"))
 		if err != nil {
 			return err
 		}
-		in, err := decodeTaskInput(fields, true)
+		patch, err := readTaskBody(w, r, true)
 		if err != nil {
 			return err
 		}
-		if len(fields) == 0 {
+		if patch == (TaskPatch{}) {
 			return unprocessable("the body must set at least one of title, description, completed")
 		}
-		t, err := store.UpdateTask(r.Context(), userID, id, TaskPatch{
-			Title:          in.title,
-			SetDescription: in.hasDescription,
-			Description:    in.description,
-			Completed:      in.completed,
-		})
+		t, err := store.UpdateTask(r.Context(), userID, id, patch)
 		if err != nil {
 			return err
 		}
-		writeTask(w, http.StatusOK, &t)
+		writeJSON(w, http.StatusOK, t)
 		return nil
 	}
 }
 
-func handleDeleteTask(store *Store) taskHandler {
-	return func(w http.ResponseWriter, r *http.Request, userID string, id int64) error {
+func handleDeleteTask(store *Store) userHandler {
+	return func(w http.ResponseWriter, r *http.Request, userID string) error {
+		id, err := parseTaskID(r.PathValue("id"))
+		if err != nil {
+			return err
+		}
 		if err := store.DeleteTask(r.Context(), userID, id); err != nil {
 			return err
 		}
@@ -194,13 +180,17 @@ func handleDeleteTask(store *Store) taskHandler {
 	}
 }
 
-func handleToggleTask(store *Store) taskHandler {
-	return func(w http.ResponseWriter, r *http.Request, userID string, id int64) error {
+func handleToggleTask(store *Store) userHandler {
+	return func(w http.ResponseWriter, r *http.Request, userID string) error {
+		id, err := parseTaskID(r.PathValue("id"))
+		if err != nil {
+			return err
+		}
 		t, err := store.ToggleTask(r.Context(), userID, id)
 		if err != nil {
 			return err
 		}
-		writeTask(w, http.StatusOK, &t)
+		writeJSON(w, http.StatusOK, t)
 		return nil
 	}
 }

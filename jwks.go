@@ -71,6 +71,11 @@ const (
 	minRSABits       = 2048
 )
 
+// keyError is a key lookup failure whose text is safe to show the client.
+type keyError string
+
+func (e keyError) Error() string { return string(e) }
+
 func newJWKS(url string, log *slog.Logger) *JWKS {
 	return &JWKS{
 		url:            url,

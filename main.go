@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 )
 
 // version is set at build time: go build -ldflags "-X main.version=...".
@@ -27,16 +29,32 @@ func main() {
 		stop() // from here on a second signal has its default effect: exit at once
 	}()
 	var err error
-	if len(os.Args) == 3 && os.Args[1] == "dev-token" {
-		err = printDevToken(os.Getenv, os.Args[2], os.Stdout)
-	} else {
+	switch args := os.Args[1:]; {
+	case len(args) == 0:
 		err = run(ctx, os.Getenv, os.Stdout)
+	case len(args) == 1 && (args[0] == "version" || args[0] == "--version"):
+		fmt.Println("taskflow-api", version)
+	case len(args) == 2 && args[0] == "dev-token":
+		err = printDevToken(os.Getenv, args[1], os.Stdout)
+	default:
+		fmt.Fprint(os.Stderr, usage)
+		if args[0] != "-h" && args[0] != "--help" && args[0] != "help" {
+			os.Exit(2)
+		}
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "taskflow-api:", err)
+		// One line, whatever the cause: it is the last thing an operator sees.
+		fmt.Fprintln(os.Stderr, "taskflow-api:", strings.Join(strings.Fields(err.Error()), " "))
 		os.Exit(1)
 	}
 }
+
+const usage = `usage:
+  taskflow-api                    serve the API; configured by the environment (README.md)
+  taskflow-api dev-token USER_ID  print an HS256 token for USER_ID, valid for a day,
+                                  signed with BETTER_AUTH_SECRET (for trying the API by hand)
+  taskflow-api version            print the version
+`
 
 // run is the whole program; main only supplies the process's context, environment and
 // output, so tests can start real servers in parallel with their own.
@@ -116,6 +134,35 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// mintToken signs an HS256 token the way a frontend sharing BETTER_AUTH_SECRET does.
+func mintToken(secret []byte, claims jwt.RegisteredClaims) (string, error) {
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(secret)
+}
+
+// printDevToken serves "taskflow-api dev-token USER_ID", which make run uses.
+func printDevToken(getenv func(string) string, userID string, stdout io.Writer) error {
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	if cfg.secret == nil {
+		return errors.New("dev-token needs BETTER_AUTH_SECRET")
+	}
+	now := time.Now()
+	token, err := mintToken(cfg.secret, jwt.RegisteredClaims{
+		Subject:   userID,
+		Issuer:    cfg.issuer,
+		Audience:  jwt.ClaimStrings{cfg.audience},
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(24 * time.Hour)),
+	})
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, token)
+	return err
 }
 
 func newLogger(format string, w io.Writer) *slog.Logger {

@@ -2,259 +2,429 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
+	"github.com/jackc/pgx/v5"
 )
 
-// The tests run against the real PostgreSQL named by TEST_DATABASE_URL (make test starts
-// one). Tests isolate themselves by user: each makes fresh random user ids, and every
-// query is scoped by user id, so they run in parallel on one database without seeing
-// each other's rows.
-
-var testStoreShared *Store
-
-const testSecret = "test-secret-that-is-at-least-32-bytes-long"
-
-func TestMain(m *testing.M) {
-	url := os.Getenv("TEST_DATABASE_URL")
-	switch {
-	case url != "":
-		cfg, err := newPoolConfig(url, 5*time.Second)
-		if err == nil {
-			testStoreShared, err = openStore(context.Background(), cfg, 5*time.Second)
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "TEST_DATABASE_URL: %v\n", err)
-			os.Exit(1)
-		}
-	case os.Getenv("CI") == "true":
-		fmt.Fprintln(os.Stderr, "TEST_DATABASE_URL is unset: under CI the database tests must run, not skip (use make test)")
-		os.Exit(1)
+func TestConfigErrorsAreOneLineNamingTheVariable(t *testing.T) {
+	base := map[string]string{"BETTER_AUTH_SECRET": testSecret}
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantVar string
+	}{
+		{"no secret and no JWKS", map[string]string{"BETTER_AUTH_SECRET": ""}, "BETTER_AUTH_SECRET"},
+		{"a short secret", map[string]string{"BETTER_AUTH_SECRET": "short"}, "BETTER_AUTH_SECRET"},
+		{"a bad port", map[string]string{"PORT": "eighty"}, "PORT"},
+		{"a wildcard origin", map[string]string{"CORS_ORIGINS": "*"}, "CORS_ORIGINS"},
+		{"an origin with a path", map[string]string{"CORS_ORIGINS": "http://localhost:3000/app"}, "CORS_ORIGINS"},
+		{"a bad JWKS URL", map[string]string{"JWT_JWKS_URL": "ftp://x"}, "JWT_JWKS_URL"},
+		{"a bad database URL", map[string]string{"DATABASE_URL": "postgres://u:hunter2@host:notaport/db"}, "DATABASE_URL"},
+		{"a bad timeout", map[string]string{"DB_TIMEOUT": "soon"}, "DB_TIMEOUT"},
+		{"a bad log format", map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT"},
 	}
-	code := m.Run()
-	if testStoreShared != nil {
-		testStoreShared.Close()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := map[string]string{}
+			for k, v := range base {
+				env[k] = v
+			}
+			for k, v := range tt.env {
+				env[k] = v
+			}
+			err := run(context.Background(), func(k string) string { return env[k] }, io.Discard)
+			if err == nil {
+				t.Fatal("run started with a bad configuration")
+			}
+			if msg := err.Error(); !strings.Contains(msg, tt.wantVar) || strings.Contains(msg, "\n") || strings.Contains(msg, "hunter2") {
+				t.Errorf("error %q, want one line naming %s and no password", msg, tt.wantVar)
+			}
+		})
 	}
-	os.Exit(code)
+	if _, err := loadConfig(func(k string) string {
+		return map[string]string{"JWT_JWKS_URL": "http://localhost:3000/api/auth/jwks"}[k]
+	}); err != nil {
+		t.Errorf("JWKS alone is a valid configuration: %v", err)
+	}
 }
 
-// testStore returns the store on the test database, or skips when there is none (only
-// outside CI: TestMain fails the run there).
-func testStore(t testing.TB) *Store {
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) string {
 	t.Helper()
-	if testStoreShared == nil {
-		t.Skip("TEST_DATABASE_URL is unset; run make test")
-	}
-	return testStoreShared
-}
-
-// newUserID returns a fresh id shaped like Better Auth's: 32 random alphanumerics.
-func newUserID(t testing.TB) string {
-	t.Helper()
-	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	for i := range b {
-		b[i] = alphabet[int(b[i])%len(alphabet)]
-	}
-	return string(b)
-}
-
-// validClaims are claims the test server accepts for userID; tests mutate a copy.
-func validClaims(userID string) jwt.RegisteredClaims {
-	now := time.Now()
-	return jwt.RegisteredClaims{
-		Subject:   userID,
-		Issuer:    "taskflow-web",
-		Audience:  jwt.ClaimStrings{"taskflow-api"},
-		IssuedAt:  jwt.NewNumericDate(now),
-		ExpiresAt: jwt.NewNumericDate(now.Add(15 * time.Minute)),
-	}
-}
-
-func tokenFor(t testing.TB, userID string) string {
-	t.Helper()
-	tok, err := mintToken([]byte(testSecret), validClaims(userID))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tok
+	defer l.Close()
+	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
 }
 
-// testAPI is the real handler stack on the real store, driven through httptest.
-type testAPI struct {
-	t       *testing.T
-	handler http.Handler
-}
-
-const testOrigin = "http://localhost:3000"
-
-func newTestAPI(t *testing.T) *testAPI {
+// startRun runs the whole program as main would, and waits until /healthz answers.
+// It returns the base URL and a function that cancels the context and returns run's error.
+func startRun(t *testing.T, env map[string]string) (string, func() error) {
 	t.Helper()
-	return apiOn(t, testStore(t))
-}
-
-// apiOn is the real handler stack, with the test secret and origin, on store s.
-func apiOn(t *testing.T, s *Store) *testAPI {
-	auth := newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api")
-	return &testAPI{t: t, handler: newHandler(discardLogger(), s, auth, []string{testOrigin})}
-}
-
-func discardLogger() *slog.Logger { return slogTo(io.Discard) }
-
-// request is one HTTP call; the zero value of each field means "the usual".
-type request struct {
-	method, path, body string
-	token              string            // "" sends no Authorization header
-	header             map[string]string // extra headers; Content-Type defaults to JSON when there is a body
-}
-
-type response struct {
-	*httptest.ResponseRecorder
-	t *testing.T
-}
-
-func (a *testAPI) do(req request) response {
-	a.t.Helper()
-	w := newRecorder()
-	a.handler.ServeHTTP(w, httptestRequest(req))
-	return response{w, a.t}
-}
-
-func httptestRequest(req request) *http.Request {
-	var body io.Reader
-	if req.body != "" {
-		body = strings.NewReader(req.body)
+	testStore(t)
+	port := freePort(t)
+	full := map[string]string{
+		"DATABASE_URL":       testDatabaseURL,
+		"BETTER_AUTH_SECRET": testSecret,
+		"PORT":               port,
 	}
-	r := httptest.NewRequest(req.method, req.path, body)
-	if req.body != "" {
-		r.Header.Set("Content-Type", "application/json")
+	for k, v := range env {
+		full[k] = v
 	}
-	if req.token != "" {
-		r.Header.Set("Authorization", "Bearer "+req.token)
-	}
-	for k, v := range req.header {
-		r.Header.Set(k, v)
-	}
-	return r
-}
-
-func newRecorder() *httptest.ResponseRecorder { return httptest.NewRecorder() }
-
-// slogTo returns a logger writing text lines to w.
-func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
-
-// user is a test user with a valid token, talking to a testAPI.
-type user struct {
-	api   *testAPI
-	id    string
-	token string
-}
-
-func (a *testAPI) newUser() *user {
-	id := newUserID(a.t)
-	return &user{api: a, id: id, token: tokenFor(a.t, id)}
-}
-
-func (u *user) do(method, path, body string) response {
-	u.api.t.Helper()
-	return u.api.do(request{method: method, path: strings.ReplaceAll(path, "{me}", u.id), body: body, token: u.token})
-}
-
-// create makes a task through the API and returns it decoded.
-func (u *user) create(title string) taskJSON {
-	u.api.t.Helper()
-	res := u.do("POST", "/api/{me}/tasks", fmt.Sprintf(`{"title":%q}`, title))
-	res.wantStatus(http.StatusCreated)
-	return res.task()
-}
-
-// taskJSON is the wire form of a task, decoded strictly so a renamed field fails a test.
-type taskJSON struct {
-	ID          int64   `json:"id"`
-	UserID      string  `json:"user_id"`
-	Title       string  `json:"title"`
-	Description *string `json:"description"`
-	Completed   bool    `json:"completed"`
-	CreatedAt   string  `json:"created_at"`
-	UpdatedAt   string  `json:"updated_at"`
-}
-
-func (tj taskJSON) equal(o taskJSON) bool {
-	sameDesc := (tj.Description == nil) == (o.Description == nil) &&
-		(tj.Description == nil || *tj.Description == *o.Description)
-	tj.Description, o.Description = nil, nil
-	return sameDesc && tj == o
-}
-
-func (r response) wantStatus(want int) response {
-	r.t.Helper()
-	if r.Code != want {
-		r.t.Fatalf("status %d, want %d; body %s", r.Code, want, r.Body.String())
-	}
-	return r
-}
-
-func (r response) decode(v any) {
-	r.t.Helper()
-	dec := json.NewDecoder(strings.NewReader(r.Body.String()))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		r.t.Fatalf("decode %s: %v", r.Body.String(), err)
-	}
-}
-
-func (r response) task() taskJSON {
-	r.t.Helper()
-	var tj taskJSON
-	r.decode(&tj)
-	return tj
-}
-
-func (r response) tasks() []taskJSON {
-	r.t.Helper()
-	var tjs []taskJSON
-	r.decode(&tjs)
-	return tjs
-}
-
-// detail checks that r is the contract's error shape and returns its message.
-func (r response) detail() string {
-	r.t.Helper()
-	if ct := r.Header().Get("Content-Type"); ct != "application/json" {
-		r.t.Errorf("Content-Type %q, want application/json", ct)
-	}
-	var e struct {
-		Detail string `json:"detail"`
-	}
-	r.decode(&e)
-	if e.Detail == "" {
-		r.t.Errorf("empty detail in %s", r.Body.String())
-	}
-	return e.Detail
-}
-
-// envDuration reads a duration knob of make soak or make bench.
-func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
-	if v := os.Getenv(name); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, func(k string) string { return full[k] }, io.Discard) }()
+	base := "http://127.0.0.1:" + port
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, err := http.Get(base + "/healthz")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				break
+			}
 		}
-		return d
+		select {
+		case err := <-done:
+			t.Fatalf("run returned before serving: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatal("the server did not answer /healthz within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return def
+	stop := func() error {
+		cancel()
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(30 * time.Second):
+			return fmt.Errorf("run did not return 30s after its context was cancelled")
+		}
+	}
+	t.Cleanup(func() { cancel() })
+	return base, stop
+}
+
+func httpDo(t *testing.T, method, url, token, body string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res, string(b)
+}
+
+func TestShutdownLetsRequestsInFlightFinish(t *testing.T) {
+	store := testStore(t)
+	appName := "shutdown-" + strings.ToLower(newUserID(t)[:12])
+	base, stop := startRun(t, map[string]string{
+		"DATABASE_URL": testDatabaseURL + "&application_name=" + appName,
+	})
+	me := newUserID(t)
+	token := tokenFor(t, me)
+	// Hold the task's row lock so that the toggles below are still running when the
+	// shutdown starts.
+	id, tx := lockedTask(t, store, base, me)
+	ctx := context.Background()
+
+	const inFlight = 5
+	statuses := make(chan int, inFlight)
+	var wg sync.WaitGroup
+	for i := 0; i < inFlight; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest("PATCH", fmt.Sprintf("%s/api/%s/tasks/%d/complete", base, me, id), nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				statuses <- 0
+				return
+			}
+			res.Body.Close()
+			statuses <- res.StatusCode
+		}()
+	}
+	waitFor(t, "the toggles to wait on the row lock", func() bool {
+		var n int
+		store.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, appName).Scan(&n)
+		return n == inFlight
+	})
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	time.Sleep(200 * time.Millisecond) // the shutdown is under way with the requests held
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		if s != http.StatusOK {
+			t.Errorf("a request in flight at shutdown ended with %d, want 200", s)
+		}
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("run returned %v, want nil after a clean shutdown", err)
+	}
+	if _, err := http.Get(base + "/healthz"); err == nil {
+		t.Error("the server still accepts connections after shutdown")
+	}
+}
+
+// lockedTask creates a task for userID through the server at base and holds its row
+// lock in a transaction until the test commits it or ends, so that requests on it wait.
+func lockedTask(t *testing.T, store *Store, base, userID string) (int64, pgx.Tx) {
+	t.Helper()
+	res, body := httpDo(t, "POST", base+"/api/"+userID+"/tasks", tokenFor(t, userID), `{"title":"held"}`)
+	if res.StatusCode != http.StatusCreated {
+		t.Fatalf("create: %d %s", res.StatusCode, body)
+	}
+	var id int64
+	fmt.Sscanf(body, `{"id":%d`, &id)
+	ctx := context.Background()
+	tx, err := store.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback(ctx) })
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, id); err != nil {
+		t.Fatal(err)
+	}
+	return id, tx
+}
+
+// waitHealthy waits until base answers /healthz.
+func waitHealthy(t *testing.T, base string) {
+	t.Helper()
+	waitOK(t, base+"/healthz")
+}
+
+func TestSlowHeadersAreCutOff(t *testing.T) {
+	base, stop := startRun(t, nil)
+	defer stop()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	if _, err := conn.Write([]byte("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")); err != nil {
+		t.Fatal(err)
+	}
+	// Trickle a header a byte a second; the server must give up on us long before we end.
+	closed := make(chan time.Duration, 1)
+	go func() {
+		buf := make([]byte, 512)
+		conn.Read(buf) // returns on the server's 408 or close
+		closed <- time.Since(start)
+	}()
+	for i := 0; i < 20; i++ {
+		select {
+		case took := <-closed:
+			if took > 7*time.Second {
+				t.Errorf("the connection was cut after %v, want within about 5s", took)
+			}
+			// Other clients were served all along.
+			if res, err := http.Get(base + "/healthz"); err != nil || res.StatusCode != http.StatusOK {
+				t.Errorf("healthz after the slow client: %v", err)
+			}
+			return
+		case <-time.After(time.Second):
+			conn.Write([]byte("a"))
+		}
+	}
+	t.Fatal("a client trickling its headers was still connected after 20s")
+}
+
+func TestStartLineAndAccessLog(t *testing.T) {
+	testStore(t)
+	var out syncBuffer
+	port := freePort(t)
+	dbURL := strings.Replace(testDatabaseURL, "postgres@", "postgres:hunter2@", 1)
+	env := map[string]string{"DATABASE_URL": dbURL, "BETTER_AUTH_SECRET": testSecret, "PORT": port}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, func(k string) string { return env[k] }, &out) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	base := "http://127.0.0.1:" + port
+	waitHealthy(t, base)
+
+	me := newUserID(t)
+	token := tokenFor(t, me)
+	req, _ := http.NewRequest("POST", base+"/api/"+me+"/tasks?secret-query=1", strings.NewReader(`{"title":"body-secret"}`))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Request-ID", "trace-42")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil || res.StatusCode != http.StatusCreated {
+		t.Fatalf("create: %v %v", res, err)
+	}
+	res.Body.Close()
+
+	var start, access map[string]any
+	waitFor(t, "the access log line", func() bool {
+		for _, line := range strings.Split(out.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) != nil {
+				continue
+			}
+			switch m["msg"] {
+			case "taskflow-api started":
+				start = m
+			case "request":
+				if m["request_id"] == "trace-42" {
+					access = m
+				}
+			}
+		}
+		return start != nil && access != nil
+	})
+	for _, key := range []string{"version", "addr", "database", "pool_max_conns", "auth", "cors_origins"} {
+		if _, ok := start[key]; !ok {
+			t.Errorf("the start line lacks %s: %v", key, start)
+		}
+	}
+	want := map[string]any{"method": "POST", "route": "/api/{user_id}/tasks", "status": float64(201), "user_id": me}
+	for k, v := range want {
+		if access[k] != v {
+			t.Errorf("access log %s = %v, want %v", k, access[k], v)
+		}
+	}
+	if _, ok := access["duration_ms"].(float64); !ok {
+		t.Errorf("access log lacks duration_ms: %v", access)
+	}
+	if b, _ := access["bytes"].(float64); b <= 0 {
+		t.Errorf("access log bytes = %v", access["bytes"])
+	}
+	for _, secret := range []string{"hunter2", token, "body-secret", "secret-query"} {
+		if strings.Contains(out.String(), secret) {
+			t.Errorf("the log contains %q", secret)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the server's goroutines to write and a test to read.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestSignalsStopTheProcess(t *testing.T) {
+	store := testStore(t)
+	bin := filepath.Join(t.TempDir(), "taskflow-api")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	appName := "signals-" + strings.ToLower(newUserID(t)[:12])
+	start := func() (*exec.Cmd, string) {
+		port := freePort(t)
+		cmd := exec.Command(bin)
+		cmd.Env = append(os.Environ(),
+			"DATABASE_URL="+testDatabaseURL+"&application_name="+appName,
+			"BETTER_AUTH_SECRET="+testSecret, "PORT="+port, "LOG_FORMAT=text")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill() })
+		base := "http://127.0.0.1:" + port
+		waitHealthy(t, base)
+		return cmd, base
+	}
+	exited := func(cmd *exec.Cmd) chan error {
+		c := make(chan error, 1)
+		go func() { c <- cmd.Wait() }()
+		return c
+	}
+
+	t.Run("SIGTERM stops it with exit status 0", func(t *testing.T) {
+		cmd, _ := start()
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited(cmd):
+			if err != nil {
+				t.Errorf("exit: %v, want status 0", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("still running 10s after SIGTERM with nothing in flight")
+		}
+	})
+
+	t.Run("a second signal during the grace period exits at once", func(t *testing.T) {
+		cmd, base := start()
+		me := newUserID(t)
+		id, _ := lockedTask(t, store, base, me)
+		ctx := context.Background()
+		held, _ := http.NewRequest("PATCH", fmt.Sprintf("%s/api/%s/tasks/%d/complete", base, me, id), nil)
+		held.Header.Set("Authorization", "Bearer "+tokenFor(t, me))
+		go func() {
+			if res, err := http.DefaultClient.Do(held); err == nil {
+				res.Body.Close()
+			}
+		}()
+		waitFor(t, "the request to wait on the lock", func() bool {
+			var n int
+			store.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, appName).Scan(&n)
+			return n == 1
+		})
+		done := exited(cmd)
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-done:
+			t.Fatalf("exited (%v) with a request in flight, want it to wait", err)
+		case <-time.After(300 * time.Millisecond):
+		}
+		cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Error("exit status 0 after a forced stop, want non-zero")
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("a second signal did not stop the process")
+		}
+	})
 }

@@ -1,56 +1,66 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"path"
 	"runtime/debug"
 	"strings"
 	"time"
 )
 
-// responseRecorder remembers what was sent, for the access log, and turns the mux's own
-// plain-text 404 and 405 answers (sent when no route matched) into the contract's JSON.
-type responseRecorder struct {
-	http.ResponseWriter
-	info    *requestInfo
-	status  int
-	bytes   int
-	discard bool // the mux's plain-text body is being replaced
+// requestInfo is what the access log learns about a request as it passes through the
+// layers; withRequestLog owns it, inner layers fill it in.
+type requestInfo struct {
+	id     string
+	route  string // the matched pattern's path; "" when no route matched
+	userID string // set once the token is verified
+	log    *slog.Logger
 }
 
-func (rw *responseRecorder) WriteHeader(status int) {
-	if rw.status != 0 {
-		return
+type requestInfoKey struct{}
+
+func infoFrom(ctx context.Context) *requestInfo {
+	info, _ := ctx.Value(requestInfoKey{}).(*requestInfo)
+	return info
+}
+
+// logger returns the request's logger, which tags every line with the request id.
+func logger(ctx context.Context) *slog.Logger {
+	if info := infoFrom(ctx); info != nil {
+		return info.log
 	}
-	rw.status = status
-	if rw.info.pattern == "" && (status == http.StatusNotFound || status == http.StatusMethodNotAllowed) {
-		detail := "not found"
-		if status == http.StatusMethodNotAllowed {
-			detail = "method not allowed" // the mux has set Allow
-		}
-		rw.discard = true
-		body := errorJSON(detail)
-		writeBody(rw.ResponseWriter, status, body)
-		rw.bytes += len(body)
-		return
+	return slog.Default()
+}
+
+// statusRecorder remembers the status and size of a response, for the access log.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (rw *statusRecorder) WriteHeader(status int) {
+	if rw.status == 0 {
+		rw.status = status
 	}
 	rw.ResponseWriter.WriteHeader(status)
 }
 
-func (rw *responseRecorder) Write(b []byte) (int, error) {
+func (rw *statusRecorder) Write(b []byte) (int, error) {
 	if rw.status == 0 {
-		rw.WriteHeader(http.StatusOK)
-	}
-	if rw.discard {
-		return len(b), nil
+		rw.status = http.StatusOK
 	}
 	n, err := rw.ResponseWriter.Write(b)
 	rw.bytes += n
 	return n, err
 }
+
+// Unwrap lets http.ResponseController reach the connection to flush or set deadlines.
+func (rw *statusRecorder) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
 
 // withRequestLog gives every request an id (the client's X-Request-ID when it is a sane
 // token), a logger that carries it, and one access log line. It never logs the token,
@@ -60,24 +70,30 @@ func withRequestLog(base *slog.Logger, next http.Handler) http.Handler {
 		start := time.Now()
 		id := r.Header.Get("X-Request-ID")
 		if !saneRequestID(id) {
-			id = newRequestID()
+			id = rand.Text()
 		}
 		w.Header().Set("X-Request-ID", id)
-		info := &requestInfo{id: id, base: base}
-		rw := &responseRecorder{ResponseWriter: w, info: info}
-		next.ServeHTTP(rw, r.WithContext(withRequestInfo(r.Context(), info)))
-		if rw.status == 0 {
-			rw.status = http.StatusOK
-		}
-		base.LogAttrs(r.Context(), slog.LevelInfo, "request",
-			slog.String("request_id", id),
-			slog.String("method", r.Method),
-			slog.String("route", info.pattern),
-			slog.Int("status", rw.status),
-			slog.Int("bytes", rw.bytes),
-			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
-			slog.String("user_id", info.userID),
-		)
+		info := &requestInfo{id: id, log: base.With("request_id", id)}
+		rw := &statusRecorder{ResponseWriter: w}
+		// Deferred, so that a handler that drops the connection is logged too.
+		defer func() {
+			status := rw.status
+			if r.Context().Err() != nil {
+				// The client went away before the handler was done (the context is
+				// cancelled only then, or once ServeHTTP has returned).
+				status = statusClientClosed
+			}
+			base.LogAttrs(r.Context(), slog.LevelInfo, "request",
+				slog.String("request_id", id),
+				slog.String("method", r.Method),
+				slog.String("route", info.route),
+				slog.Int("status", status),
+				slog.Int("bytes", rw.bytes),
+				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
+				slog.String("user_id", info.userID),
+			)
+		}()
+		next.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, info)))
 	})
 }
 
@@ -96,12 +112,6 @@ func saneRequestID(id string) bool {
 	return true
 }
 
-func newRequestID() string {
-	var b [12]byte
-	rand.Read(b[:]) //nolint:errcheck // crypto/rand.Read does not fail on Linux
-	return hex.EncodeToString(b[:])
-}
-
 // withRecover turns a panic into a logged 500 so one bad request cannot take the
 // process down. http.ErrAbortHandler is net/http's own way to abort and passes through.
 func withRecover(next http.Handler) http.Handler {
@@ -115,8 +125,8 @@ func withRecover(next http.Handler) http.Handler {
 				panic(v)
 			}
 			logger(r.Context()).Error("panic", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
-			if rw, ok := w.(*responseRecorder); ok && rw.status != 0 {
-				return // the response is already under way; the client sees it cut short
+			if rw, ok := w.(*statusRecorder); ok && rw.status != 0 {
+				panic(http.ErrAbortHandler) // the response is under way; cut it off visibly
 			}
 			writeError(w, r, errInternal)
 		}()
@@ -152,7 +162,7 @@ func withCORS(origins []string, next http.Handler) http.Handler {
 		}
 		if origin == "" || !allowed[origin] {
 			if preflight {
-				writeError(w, r, &apiError{http.StatusForbidden, "origin not allowed"})
+				writeError(w, r, &apiError{status: http.StatusForbidden, detail: "origin not allowed"})
 				return
 			}
 			next.ServeHTTP(w, r)
@@ -172,19 +182,60 @@ func withCORS(origins []string, next http.Handler) http.Handler {
 	})
 }
 
-// patternRecorder registers routes on a mux, noting each request's route pattern for
-// the access log (http.Request.Pattern needs Go 1.23; go.mod says 1.22).
-type patternRecorder struct{ mux *http.ServeMux }
-
-func (p patternRecorder) Handle(pattern string, h http.Handler) {
-	route := pattern
-	if _, path, ok := strings.Cut(pattern, " "); ok {
-		route = path
-	}
-	p.mux.Handle(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if info := infoFrom(r.Context()); info != nil {
-			info.pattern = route
+// withJSONErrors serves the mux, but gives the contract's JSON errors where the mux
+// would answer by itself in plain text: 404 when no route matches, 405 (with the mux's
+// Allow) when one matches another method. A path not in its clean form, which the mux
+// would redirect with an HTML body, is a 404: every resource has exactly one URL.
+func withJSONErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !cleanPath(r.URL.EscapedPath()) {
+			writeError(w, r, errNoRoute)
+			return
 		}
-		h.ServeHTTP(w, r)
-	}))
+		mux.ServeHTTP(&muxErrorWriter{ResponseWriter: w, r: r}, r)
+		if info := infoFrom(r.Context()); info != nil {
+			_, info.route, _ = strings.Cut(r.Pattern, " ")
+		}
+	})
 }
+
+var errNoRoute = &apiError{status: http.StatusNotFound, detail: "not found"}
+
+// cleanPath reports whether p is already what the mux would clean it to.
+func cleanPath(p string) bool {
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c == p
+}
+
+// muxErrorWriter replaces the body the mux writes when no route matched (r.Pattern is
+// then empty) with the contract's error; handlers write through it untouched.
+type muxErrorWriter struct {
+	http.ResponseWriter
+	r        *http.Request
+	replaced bool
+}
+
+func (m *muxErrorWriter) WriteHeader(status int) {
+	if m.r.Pattern != "" {
+		m.ResponseWriter.WriteHeader(status)
+		return
+	}
+	m.replaced = true
+	if status == http.StatusMethodNotAllowed {
+		writeError(m.ResponseWriter, m.r, &apiError{status: status, detail: "method not allowed"})
+		return
+	}
+	writeError(m.ResponseWriter, m.r, errNoRoute)
+}
+
+func (m *muxErrorWriter) Write(b []byte) (int, error) {
+	if m.replaced {
+		return len(b), nil
+	}
+	return m.ResponseWriter.Write(b)
+}
+
+func (m *muxErrorWriter) Unwrap() http.ResponseWriter { return m.ResponseWriter }

@@ -126,7 +126,7 @@ func TestSoak(t *testing.T) {
 	outageStart := time.Now()
 	pgCtl(t, "stop", "-m", "immediate", "-w")
 	time.Sleep(downFor)
-	pgCtl(t, "start", "-w", "-t", "60", "-l", os.Getenv("TASKFLOW_PGDATA")+"/server.log")
+	pgCtl(t, "start")
 	outageEnd := time.Now()
 	wg.Wait()
 

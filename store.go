@@ -17,8 +17,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// The store's callers see only these errors (or nil); writeError maps them to statuses.
-// Everything the driver says stays inside the error chain for the log.
+// The store's errors are these sentinels (test with errors.Is), each wrapping the
+// driver's own error for the log. respond.go maps them to statuses.
 var (
 	ErrNotFound    = errors.New("task not found")
 	ErrUnavailable = errors.New("database unavailable")
@@ -28,15 +28,23 @@ var (
 //go:embed schema.sql
 var schemaSQL string
 
-// Task is one row of the tasks table, as the API returns it.
+// Task is one row of the tasks table, and the API's JSON for it.
 type Task struct {
-	ID          int64
-	UserID      string
-	Title       string
-	Description *string
-	Completed   bool
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
+	ID          int64     `json:"id"`
+	UserID      string    `json:"user_id"`
+	Title       string    `json:"title"`
+	Description *string   `json:"description"`
+	Completed   bool      `json:"completed"`
+	CreatedAt   Timestamp `json:"created_at"`
+	UpdatedAt   Timestamp `json:"updated_at"`
+}
+
+// Timestamp is a time as the API writes it: RFC 3339 in UTC with exactly six fractional
+// digits (PostgreSQL's precision), so that clients may compare timestamps as strings.
+type Timestamp struct{ time.Time }
+
+func (t Timestamp) MarshalJSON() ([]byte, error) {
+	return t.UTC().AppendFormat([]byte{'"'}, `2006-01-02T15:04:05.000000Z"`), nil
 }
 
 // TaskPatch holds the fields of a PUT; a nil pointer means "keep the stored value".
@@ -48,8 +56,7 @@ type TaskPatch struct {
 	Completed      *bool
 }
 
-// ListQuery is a validated list request. The string fields hold only values that
-// parseListQuery accepted; Limit 0 means no limit.
+// ListQuery is a validated list request. Limit 0 means no limit.
 type ListQuery struct {
 	Status string // "all", "pending" or "completed"
 	Sort   string // "created", "updated" or "title"
@@ -58,8 +65,13 @@ type ListQuery struct {
 	Offset int64
 }
 
+// ListHead is what the list endpoint must know before its first task.
+type ListHead struct {
+	Total int64 // tasks matching the filter, ignoring limit and offset
+}
+
 // Store runs the service's SQL. Every statement is scoped by the caller's user id and runs
-// under its own deadline, so a hanging database turns into ErrUnavailable, not a hung request.
+// under the store's deadline, so a hanging database is ErrUnavailable, not a hung request.
 type Store struct {
 	pool    *pgxpool.Pool
 	timeout time.Duration
@@ -67,7 +79,7 @@ type Store struct {
 
 // Pool defaults suited to Neon; each applies only when DATABASE_URL does not set it.
 const (
-	defaultMaxConns          = 15               // the earlier design's 5 + 10 overflow
+	defaultMaxConns          = 15
 	defaultMaxConnIdleTime   = 60 * time.Second // well before Neon suspends an idle compute (5 min)
 	defaultHealthCheckPeriod = 30 * time.Second
 )
@@ -93,7 +105,7 @@ func newPoolConfig(databaseURL string, timeout time.Duration) (*pgxpool.Config, 
 	if !set("connect_timeout") {
 		cfg.ConnConfig.ConnectTimeout = timeout
 	}
-	cfg.BeforeAcquire = func(_ context.Context, c *pgx.Conn) bool { return connAlive(c.PgConn().Conn()) }
+	cfg.PrepareConn = func(_ context.Context, c *pgx.Conn) (bool, error) { return connAlive(c.PgConn().Conn()), nil }
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "taskflow-api"
 	}
@@ -115,24 +127,32 @@ func hasConnParam(connString, param string) bool {
 	return false
 }
 
-// openStore connects, pings and applies schema.sql. It fails rather than starting a server
-// that could not serve a single request.
-func openStore(ctx context.Context, cfg *pgxpool.Config, timeout time.Duration) (*Store, error) {
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+// newStore makes a store whose pool connects on first use.
+func newStore(cfg *pgxpool.Config, timeout time.Duration) (*Store, error) {
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{pool: pool, timeout: timeout}
+	return &Store{pool: pool, timeout: timeout}, nil
+}
+
+// openStore makes a store, pings the database and applies schema.sql. It fails rather
+// than start a server that could not serve a single request.
+func openStore(ctx context.Context, cfg *pgxpool.Config, timeout time.Duration) (*Store, error) {
+	s, err := newStore(cfg, timeout)
+	if err != nil {
+		return nil, err
+	}
 	// Neon may need a few seconds to wake a suspended compute, so the start gets more
 	// time than a request does.
 	startCtx, cancel := context.WithTimeout(ctx, max(timeout, 15*time.Second))
 	defer cancel()
-	if err := pool.Ping(startCtx); err != nil {
-		pool.Close()
+	if err := s.pool.Ping(startCtx); err != nil {
+		s.Close()
 		return nil, fmt.Errorf("ping: %w", err)
 	}
-	if _, err := pool.Exec(startCtx, schemaSQL); err != nil {
-		pool.Close()
+	if _, err := s.pool.Exec(startCtx, schemaSQL); err != nil {
+		s.Close()
 		return nil, fmt.Errorf("apply schema.sql: %w", err)
 	}
 	return s, nil
@@ -142,12 +162,14 @@ func (s *Store) Close() { s.pool.Close() }
 
 // Ping reports whether the database answers within the store's deadline.
 func (s *Store) Ping(ctx context.Context) error {
-	return s.do(ctx, true, func(ctx context.Context, c *pgxpool.Conn) error { return c.Ping(ctx) })
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	return translate(ctx, s.pool.Ping(ctx))
 }
 
 const taskColumns = `id, user_id, title, description, completed, created_at, updated_at`
 
-// The single statements behind create, get, update, toggle and delete; the list
+// The statements behind create, get, update, toggle and delete, one per request; the list
 // statements are in listSQL. make bench runs these same texts through pgbench.
 const (
 	sqlCreateTask = `INSERT INTO tasks (user_id, title, description) VALUES ($1, $2, $3)
@@ -172,29 +194,28 @@ RETURNING ` + taskColumns
 
 // scanTask scans taskColumns into t, then any further columns into extra.
 func scanTask(row pgx.Row, t *Task, extra ...any) error {
-	return row.Scan(append([]any{&t.ID, &t.UserID, &t.Title, &t.Description, &t.Completed, &t.CreatedAt, &t.UpdatedAt}, extra...)...)
+	return row.Scan(append([]any{&t.ID, &t.UserID, &t.Title, &t.Description, &t.Completed, &t.CreatedAt.Time, &t.UpdatedAt.Time}, extra...)...)
 }
 
 // statusFilter is the WHERE clause fragment of each list status.
 var statusFilter = map[string]string{"all": "", "pending": " AND NOT completed", "completed": " AND completed"}
 
-// listSQL holds one statement per (status, sort, order) so that the query text is built
-// from fixed fragments only, never from request input, and each variant gets its own
-// prepared statement and plan.
+// listSQL holds one statement per (status, sort, order), built from fixed fragments only,
+// never from request input; each gets its own prepared statement and plan.
 var listSQL = func() map[ListQuery]string {
 	sortBy := map[string]string{"created": "created_at", "updated": "updated_at", "title": "title"}
 	m := make(map[ListQuery]string)
-	for status, w := range statusFilter {
+	for status, where := range statusFilter {
 		for sort, col := range sortBy {
 			for _, desc := range []bool{false, true} {
 				dir := "ASC"
 				if desc {
 					dir = "DESC"
 				}
-				// count(*) OVER () is computed before LIMIT/OFFSET, so the total rides along
-				// with the page in the same statement.
+				// count(*) OVER () is computed before LIMIT and OFFSET, so the total
+				// comes with the first row of the page.
 				m[ListQuery{Status: status, Sort: sort, Desc: desc}] = `SELECT ` + taskColumns + `, count(*) OVER ()
-FROM tasks WHERE user_id = $1` + w + `
+FROM tasks WHERE user_id = $1` + where + `
 ORDER BY ` + col + ` ` + dir + `, id ` + dir + `
 LIMIT $2 OFFSET $3`
 			}
@@ -203,151 +224,102 @@ LIMIT $2 OFFSET $3`
 	return m
 }()
 
-// ListTasks returns one page of the user's tasks and how many tasks match the filter.
-func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery) ([]Task, int64, error) {
+// ListTasks reads one page of the user's tasks and hands it on as it arrives: head once,
+// before any task, then each for every task in order. An error from head or each stops
+// the query and is returned as it is.
+func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head func(ListHead) error, each func(*Task) error) error {
 	query, ok := listSQL[ListQuery{Status: q.Status, Sort: q.Sort, Desc: q.Desc}]
 	if !ok {
-		return nil, 0, fmt.Errorf("list query %+v was not validated", q)
+		return fmt.Errorf("list query %+v was not validated", q)
 	}
 	var limit *int
 	if q.Limit > 0 {
 		limit = &q.Limit
 	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	rows, err := s.pool.Query(ctx, query, userID, limit, q.Offset)
+	if err != nil {
+		return translate(ctx, err)
+	}
+	defer rows.Close()
 	var (
-		tasks []Task
-		total int64
+		t      Task
+		h      ListHead
+		headed bool
 	)
-	err := s.do(ctx, true, func(ctx context.Context, c *pgxpool.Conn) error {
-		tasks, total = tasks[:0], 0
-		rows, err := c.Query(ctx, query, userID, limit, q.Offset)
-		if err != nil {
-			return err
+	for rows.Next() {
+		if err := scanTask(rows, &t, &h.Total); err != nil {
+			return translate(ctx, err)
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var t Task
-			if err := scanTask(rows, &t, &total); err != nil {
+		if !headed {
+			if err := head(h); err != nil {
 				return err
 			}
-			tasks = append(tasks, t)
+			headed = true
 		}
-		if err := rows.Err(); err != nil {
+		if err := each(&t); err != nil {
 			return err
 		}
-		// A page past the end has no row to carry the total; only then is it counted apart.
-		if len(tasks) == 0 && q.Offset > 0 {
-			return c.QueryRow(ctx, `SELECT count(*) FROM tasks WHERE user_id = $1`+statusFilter[q.Status], userID).Scan(&total)
-		}
+	}
+	if err := rows.Err(); err != nil {
+		return translate(ctx, err)
+	}
+	if headed {
 		return nil
-	})
-	if err != nil {
-		return nil, 0, err
 	}
-	if tasks == nil {
-		tasks = []Task{}
+	// An empty page has no row to carry the total; past the end of a list it is not 0.
+	if q.Offset > 0 {
+		err := s.pool.QueryRow(ctx, `SELECT count(*) FROM tasks WHERE user_id = $1`+statusFilter[q.Status], userID).Scan(&h.Total)
+		if err != nil {
+			return translate(ctx, err)
+		}
 	}
-	return tasks, total, nil
+	return head(h)
 }
 
 // CreateTask inserts a task owned by userID; the database assigns id and timestamps.
 func (s *Store) CreateTask(ctx context.Context, userID, title string, description *string) (Task, error) {
-	var t Task
-	err := s.do(ctx, false, func(ctx context.Context, c *pgxpool.Conn) error {
-		return scanTask(c.QueryRow(ctx, sqlCreateTask, userID, title, description), &t)
-	})
-	return t, err
+	return s.oneTask(ctx, sqlCreateTask, userID, title, description)
 }
 
 // GetTask returns the user's task id; another user's task is ErrNotFound, like a missing one.
 func (s *Store) GetTask(ctx context.Context, userID string, id int64) (Task, error) {
-	var t Task
-	err := s.do(ctx, true, func(ctx context.Context, c *pgxpool.Conn) error {
-		return scanTask(c.QueryRow(ctx, sqlGetTask, id, userID), &t)
-	})
-	return t, err
+	return s.oneTask(ctx, sqlGetTask, id, userID)
 }
 
 // UpdateTask applies p; fields p leaves nil keep their stored values.
 func (s *Store) UpdateTask(ctx context.Context, userID string, id int64, p TaskPatch) (Task, error) {
-	var t Task
-	err := s.do(ctx, false, func(ctx context.Context, c *pgxpool.Conn) error {
-		return scanTask(c.QueryRow(ctx, sqlUpdateTask, id, userID, p.Title, p.SetDescription, p.Description, p.Completed), &t)
-	})
-	return t, err
+	return s.oneTask(ctx, sqlUpdateTask, id, userID, p.Title, p.SetDescription, p.Description, p.Completed)
 }
 
 // ToggleTask flips completed in the database itself, never read-modify-write.
 func (s *Store) ToggleTask(ctx context.Context, userID string, id int64) (Task, error) {
-	var t Task
-	err := s.do(ctx, false, func(ctx context.Context, c *pgxpool.Conn) error {
-		return scanTask(c.QueryRow(ctx, sqlToggleTask, id, userID), &t)
-	})
-	return t, err
+	return s.oneTask(ctx, sqlToggleTask, id, userID)
 }
 
 // DeleteTask removes the user's task id.
 func (s *Store) DeleteTask(ctx context.Context, userID string, id int64) error {
-	return s.do(ctx, false, func(ctx context.Context, c *pgxpool.Conn) error {
-		tag, err := c.Exec(ctx, sqlDeleteTask, id, userID)
-		if err == nil && tag.RowsAffected() == 0 {
-			return pgx.ErrNoRows
-		}
-		return err
-	})
-}
-
-// do runs one database call on one pooled connection, under the store's deadline, and
-// translates its error.
-//
-// A call that fails because its pooled connection had died (the server restarted, or Neon
-// or PgBouncer closed it) is tried once more, on a fresh connection: always for reads,
-// which are idempotent, and for writes only when pgconn guarantees nothing reached the
-// server, since a write that may have committed must not be applied twice.
-func (s *Store) do(ctx context.Context, idempotent bool, call func(context.Context, *pgxpool.Conn) error) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	err := s.attempt(ctx, call)
-	if err != nil && ctx.Err() == nil && !pgconn.Timeout(err) && (pgconn.SafeToRetry(err) || idempotent && connectionLost(err)) {
-		err = s.attempt(ctx, call)
+	tag, err := s.pool.Exec(ctx, sqlDeleteTask, id, userID)
+	if err == nil && tag.RowsAffected() == 0 {
+		err = pgx.ErrNoRows
 	}
 	return translate(ctx, err)
 }
 
-// attempt acquires a connection within ctx, then runs call with ctx's deadline set on the
-// connection's socket and a context that cannot be cancelled.
-//
-// Why not let pgx watch ctx: for every statement under a cancellable context pgx starts a
-// goroutine to watch it, and when the statement ends it hands off to that goroutine over an
-// unbuffered channel. With GOMAXPROCS=1 (the server on one core) each handoff waits behind
-// every runnable goroutine, and that wait was most of the service's p99 (get at 16
-// connections under wrk, as make bench runs it: p99 39-56 ms with the watcher, 11-13 ms
-// without). The socket deadline
-// keeps the guarantee the context gave: a statement still running at the deadline fails
-// with a timeout, pgx closes that connection and the pool replaces it. What is given up
-// is cancelling a statement because its client hung up; every statement here is short,
-// and a write the client no longer waits for still either commits whole or not at all.
-func (s *Store) attempt(ctx context.Context, call func(context.Context, *pgxpool.Conn) error) error {
-	conn, err := s.pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
-	deadline, _ := ctx.Deadline()
-	socket := conn.Conn().PgConn().Conn()
-	if err := socket.SetDeadline(deadline); err != nil {
-		return err
-	}
-	err = call(context.WithoutCancel(ctx), conn)
-	// A connection pgx closed (after a timeout, say) is cleaning up under a deadline of
-	// its own, which must stay; it goes back to the pool only to be destroyed.
-	if !conn.Conn().IsClosed() {
-		socket.SetDeadline(time.Time{}) // fails only on a socket already closed
-	}
-	return err
+// oneTask runs a statement that returns at most one task, under the store's deadline.
+func (s *Store) oneTask(ctx context.Context, sql string, args ...any) (Task, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	var t Task
+	err := scanTask(s.pool.QueryRow(ctx, sql, args...), &t)
+	return t, translate(ctx, err)
 }
 
 // translate turns a driver error into one of the store's sentinels, keeping the cause
-// in the chain for the log.
+// in the chain for the log. ctx is the statement's, deadline included.
 func translate(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
@@ -391,10 +363,6 @@ func unavailableCode(code string) bool {
 
 // connectionLost reports errors that mean the connection, not the statement, failed.
 func connectionLost(err error) bool {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02"
-	}
 	var netErr net.Error
 	var connectErr *pgconn.ConnectError
 	return errors.As(err, &netErr) || errors.As(err, &connectErr) ||

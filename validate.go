@@ -21,23 +21,17 @@ const (
 	maxListLimit   = 1000
 )
 
-// apiError is an error whose status and detail are meant for the client.
-type apiError struct {
-	status int
-	detail string
+var errTooLarge = &apiError{status: http.StatusRequestEntityTooLarge, detail: fmt.Sprintf("request body is larger than %d bytes", maxBodyBytes)}
+
+// readTaskBody reads and validates a create or update body. allowCompleted is false for
+// create, where the server, not the client, decides the initial state.
+func readTaskBody(w http.ResponseWriter, r *http.Request, allowCompleted bool) (TaskPatch, error) {
+	fields, err := readJSONObject(w, r)
+	if err != nil {
+		return TaskPatch{}, err
+	}
+	return decodeTaskFields(fields, allowCompleted)
 }
-
-func (e *apiError) Error() string { return e.detail }
-
-func badRequest(format string, args ...any) error {
-	return &apiError{http.StatusBadRequest, fmt.Sprintf(format, args...)}
-}
-
-func unprocessable(format string, args ...any) error {
-	return &apiError{http.StatusUnprocessableEntity, fmt.Sprintf(format, args...)}
-}
-
-var errTooLarge = &apiError{http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than %d bytes", maxBodyBytes)}
 
 // readJSONObject reads a request body that must be one JSON object and returns its
 // members undecoded. It settles every status that depends on the bytes alone: 415 for
@@ -48,7 +42,7 @@ func readJSONObject(w http.ResponseWriter, r *http.Request) (map[string]json.Raw
 		return nil, errTooLarge
 	}
 	if mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mediaType != "application/json" {
-		return nil, &apiError{http.StatusUnsupportedMediaType, "Content-Type must be application/json"}
+		return nil, &apiError{status: http.StatusUnsupportedMediaType, detail: "Content-Type must be application/json"}
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err != nil {
@@ -132,50 +126,41 @@ func hasLoneSurrogate(b []byte) bool {
 	return pendingHigh
 }
 
-// taskInput is a decoded and validated create or update body.
-type taskInput struct {
-	title          *string
-	hasDescription bool
-	description    *string
-	completed      *bool
-}
-
-// decodeTaskInput validates the members of a task body. allowCompleted is false for
-// create, where the server, not the client, decides the initial state.
-func decodeTaskInput(fields map[string]json.RawMessage, allowCompleted bool) (taskInput, error) {
-	var in taskInput
+// decodeTaskFields validates the members of a task body.
+func decodeTaskFields(fields map[string]json.RawMessage, allowCompleted bool) (TaskPatch, error) {
+	var p TaskPatch
 	for name, raw := range fields {
 		switch {
 		case name == "title":
 			s, err := decodeString(name, raw, false)
 			if err != nil {
-				return in, err
+				return p, err
 			}
 			title := strings.TrimSpace(*s)
 			if n := utf8.RuneCountInString(title); n < 1 || n > maxTitle {
-				return in, unprocessable("title must be 1 to %d characters after trimming white space, got %d", maxTitle, n)
+				return p, unprocessable("title must be 1 to %d characters after trimming white space, got %d", maxTitle, n)
 			}
-			in.title = &title
+			p.Title = &title
 		case name == "description":
 			s, err := decodeString(name, raw, true)
 			if err != nil {
-				return in, err
+				return p, err
 			}
 			if s != nil && utf8.RuneCountInString(*s) > maxDescription {
-				return in, unprocessable("description must be at most %d characters", maxDescription)
+				return p, unprocessable("description must be at most %d characters", maxDescription)
 			}
-			in.hasDescription, in.description = true, s
+			p.SetDescription, p.Description = true, s
 		case name == "completed" && allowCompleted:
 			var b bool
 			if isNull(raw) || json.Unmarshal(raw, &b) != nil {
-				return in, unprocessable("completed must be a boolean")
+				return p, unprocessable("completed must be a boolean")
 			}
-			in.completed = &b
+			p.Completed = &b
 		default:
-			return in, unprocessable("unknown field %q", truncate(name, 64))
+			return p, unprocessable("unknown field %q", truncate(name, 64))
 		}
 	}
-	return in, nil
+	return p, nil
 }
 
 // decodeString decodes a JSON string member, or null when nullable.
@@ -275,11 +260,11 @@ func parseListQuery(rawQuery string) (ListQuery, error) {
 	return q, nil
 }
 
-// parseTaskID accepts the decimal form of a positive 64-bit integer and nothing else
-// (no sign, no spaces, no hex), so each task has exactly one URL.
+// parseTaskID accepts the canonical decimal form of a positive 64-bit integer and
+// nothing else (no sign, leading zero, space or hex), so each task has exactly one URL.
 func parseTaskID(s string) (int64, error) {
 	id, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || id < 1 || !isDigits(s) {
+	if err != nil || id < 1 || !isDigits(s) || s[0] == '0' {
 		return 0, badRequest("task id must be a positive integer, got %q", truncate(s, 64))
 	}
 	return id, nil

@@ -1,0 +1,351 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/jackc/pgx/v5"
+)
+
+// Tests that need PostgreSQL use the one named by TEST_DATABASE_URL (make test starts
+// it), in a schema of their own run that TestMain creates and drops, so that nothing
+// piles up in the database from run to run. Within a run, tests isolate themselves by
+// user: each makes fresh random user ids, and every statement is scoped by user, so they
+// run in parallel without seeing each other's rows. Tests of the HTTP layer that never
+// reach the store run without a database (noDatabase).
+
+var (
+	testStoreShared *Store
+	testDatabaseURL string // TEST_DATABASE_URL with the run's schema as search_path
+)
+
+const testSecret = "test-secret-that-is-at-least-32-bytes-long"
+
+func TestMain(m *testing.M) {
+	base := os.Getenv("TEST_DATABASE_URL")
+	if base == "" && os.Getenv("CI") == "true" {
+		fmt.Fprintln(os.Stderr, "TEST_DATABASE_URL is unset: under CI the database tests must run, not skip (use make test)")
+		os.Exit(1)
+	}
+	var drop func()
+	if base != "" {
+		var err error
+		testDatabaseURL, drop, err = newTestSchema(base)
+		if err == nil {
+			testStoreShared, err = openTestStore(testDatabaseURL)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "TEST_DATABASE_URL: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	if testStoreShared != nil {
+		testStoreShared.Close()
+		drop()
+	}
+	os.Exit(code)
+}
+
+// newTestSchema makes a schema for this run and returns base with that schema as its
+// search_path, and a function that drops it. Schemas that runs killed before their
+// cleanup left behind are dropped once they are an hour old.
+func newTestSchema(base string) (string, func(), error) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		return "", nil, err
+	}
+	defer conn.Close(ctx)
+	stale, err := pgx.CollectRows(mustQuery(conn.Query(ctx, `SELECT nspname FROM pg_namespace
+WHERE nspname LIKE 'run\_%' AND split_part(nspname, '_', 2)::bigint < extract(epoch FROM now()) - 3600`)), pgx.RowTo[string])
+	if err != nil {
+		return "", nil, err
+	}
+	for _, s := range stale {
+		conn.Exec(ctx, `DROP SCHEMA `+s+` CASCADE`) //nolint:errcheck // another run may drop it first
+	}
+	schema := fmt.Sprintf("run_%d_%s", time.Now().Unix(), strings.ToLower(rand.Text()[:8]))
+	if _, err := conn.Exec(ctx, `CREATE SCHEMA `+schema); err != nil {
+		return "", nil, err
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		return "", nil, err
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	drop := func() {
+		if conn, err := pgx.Connect(ctx, base); err == nil {
+			conn.Exec(ctx, `DROP SCHEMA `+schema+` CASCADE`) //nolint:errcheck // the next run drops it if this fails
+			conn.Close(ctx)
+		}
+	}
+	return u.String(), drop, nil
+}
+
+func mustQuery(rows pgx.Rows, err error) pgx.Rows {
+	if err != nil {
+		panic(err)
+	}
+	return rows
+}
+
+func openTestStore(databaseURL string) (*Store, error) {
+	cfg, err := newPoolConfig(databaseURL, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return openStore(context.Background(), cfg, 5*time.Second)
+}
+
+// testStore returns the store on the test database, or skips when there is none (only
+// outside CI: TestMain fails the run there).
+func testStore(t testing.TB) *Store {
+	t.Helper()
+	if testStoreShared == nil {
+		t.Skip("TEST_DATABASE_URL is unset; run make test")
+	}
+	return testStoreShared
+}
+
+// noDatabase is a store whose database refuses every connection, for tests of what
+// happens before a request reaches the store; one that does reach it gets a 503.
+func noDatabase(t testing.TB) *Store {
+	t.Helper()
+	cfg, err := newPoolConfig("postgres://nobody@127.0.0.1:1/none?sslmode=disable", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := newStore(cfg, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// newUserID returns a fresh id shaped like Better Auth's: 32 random alphanumerics.
+func newUserID(t testing.TB) string {
+	t.Helper()
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 32)
+	rand.Read(b)
+	for i := range b {
+		b[i] = alphabet[int(b[i])%len(alphabet)]
+	}
+	return string(b)
+}
+
+// validClaims are claims the test server accepts for userID; tests mutate a copy.
+func validClaims(userID string) jwt.RegisteredClaims {
+	now := time.Now()
+	return jwt.RegisteredClaims{
+		Subject:   userID,
+		Issuer:    "taskflow-web",
+		Audience:  jwt.ClaimStrings{"taskflow-api"},
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(15 * time.Minute)),
+	}
+}
+
+func tokenFor(t testing.TB, userID string) string {
+	t.Helper()
+	tok, err := mintToken([]byte(testSecret), validClaims(userID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func discardLogger() *slog.Logger { return slogTo(io.Discard) }
+
+// slogTo returns a logger writing text lines to w.
+func slogTo(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// testAPI is the real handler stack, with the test secret and origin, on a store,
+// driven through httptest.
+type testAPI struct{ handler http.Handler }
+
+const testOrigin = "http://localhost:3000"
+
+func newTestAPI(s *Store) *testAPI {
+	auth := newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api")
+	return &testAPI{handler: newHandler(discardLogger(), s, auth, []string{testOrigin})}
+}
+
+// request is one HTTP call; the zero value of each field means "the usual".
+type request struct {
+	method, path, body string
+	token              string            // "" sends no Authorization header
+	header             map[string]string // extra headers; Content-Type defaults to JSON when there is a body
+	chunked            bool              // no Content-Length, as a streaming client sends
+}
+
+// response is an answer, with the t of the call that got it for its checks.
+type response struct {
+	*httptest.ResponseRecorder
+	t *testing.T
+}
+
+func (a *testAPI) do(t *testing.T, req request) response {
+	t.Helper()
+	var body io.Reader
+	if req.body != "" {
+		body = strings.NewReader(req.body)
+	}
+	r := httptest.NewRequest(req.method, req.path, body)
+	if req.body != "" {
+		r.Header.Set("Content-Type", "application/json")
+	}
+	if req.token != "" {
+		r.Header.Set("Authorization", "Bearer "+req.token)
+	}
+	for k, v := range req.header {
+		r.Header.Set(k, v)
+	}
+	if req.chunked {
+		r.ContentLength = -1
+	}
+	w := httptest.NewRecorder()
+	a.handler.ServeHTTP(w, r)
+	return response{w, t}
+}
+
+// user is a test user with a valid token, talking to a testAPI.
+type user struct {
+	api   *testAPI
+	id    string
+	token string
+}
+
+func (a *testAPI) newUser(t testing.TB) *user {
+	id := newUserID(t)
+	return &user{api: a, id: id, token: tokenFor(t, id)}
+}
+
+// do sends a request as u; "{me}" in path stands for u's id.
+func (u *user) do(t *testing.T, method, path, body string) response {
+	t.Helper()
+	return u.api.do(t, request{method: method, path: strings.ReplaceAll(path, "{me}", u.id), body: body, token: u.token})
+}
+
+// create makes a task through the API and returns it decoded.
+func (u *user) create(t *testing.T, title string) taskJSON {
+	t.Helper()
+	return u.do(t, "POST", "/api/{me}/tasks", fmt.Sprintf(`{"title":%q}`, title)).wantStatus(http.StatusCreated).task()
+}
+
+// taskJSON is the wire form of a task, decoded strictly so a renamed field fails a test.
+type taskJSON struct {
+	ID          int64   `json:"id"`
+	UserID      string  `json:"user_id"`
+	Title       string  `json:"title"`
+	Description *string `json:"description"`
+	Completed   bool    `json:"completed"`
+	CreatedAt   string  `json:"created_at"`
+	UpdatedAt   string  `json:"updated_at"`
+}
+
+func (tj taskJSON) equal(o taskJSON) bool {
+	sameDesc := (tj.Description == nil) == (o.Description == nil) &&
+		(tj.Description == nil || *tj.Description == *o.Description)
+	tj.Description, o.Description = nil, nil
+	return sameDesc && tj == o
+}
+
+func (r response) wantStatus(want int) response {
+	r.t.Helper()
+	if r.Code != want {
+		r.t.Fatalf("status %d, want %d; body %s", r.Code, want, r.Body.String())
+	}
+	return r
+}
+
+func (r response) decode(v any) {
+	r.t.Helper()
+	dec := json.NewDecoder(strings.NewReader(r.Body.String()))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		r.t.Fatalf("decode %s: %v", r.Body.String(), err)
+	}
+}
+
+func (r response) task() taskJSON {
+	r.t.Helper()
+	var tj taskJSON
+	r.decode(&tj)
+	return tj
+}
+
+func (r response) tasks() []taskJSON {
+	r.t.Helper()
+	var tjs []taskJSON
+	r.decode(&tjs)
+	return tjs
+}
+
+// detail checks that r is the contract's error shape and returns its message.
+func (r response) detail() string {
+	r.t.Helper()
+	if ct := r.Header().Get("Content-Type"); ct != "application/json" {
+		r.t.Errorf("Content-Type %q, want application/json", ct)
+	}
+	var e struct {
+		Detail string `json:"detail"`
+	}
+	r.decode(&e)
+	if e.Detail == "" {
+		r.t.Errorf("empty detail in %s", r.Body.String())
+	}
+	return e.Detail
+}
+
+// waitFor polls cond for up to 10 seconds.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitOK waits until a GET of url answers 200.
+func waitOK(t testing.TB, url string) {
+	t.Helper()
+	waitFor(t, url, func() bool {
+		res, err := http.Get(url)
+		if err == nil {
+			res.Body.Close()
+		}
+		return err == nil && res.StatusCode == http.StatusOK
+	})
+}
+
+// envDuration reads a duration knob of make soak, make bench and the like.
+func envDuration(t testing.TB, name string, def time.Duration) time.Duration {
+	if v := os.Getenv(name); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return d
+	}
+	return def
+}

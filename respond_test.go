@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestUnexpectedErrorIsGeneric500(t *testing.T) {
+	t.Parallel()
+	var logs strings.Builder
+	r := httptest.NewRequest("GET", "/x", nil)
+	info := &requestInfo{id: "req-1", log: slogTo(&logs).With("request_id", "req-1")}
+	r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, info))
+	w := httptest.NewRecorder()
+	writeError(w, r, fmt.Errorf(`ERROR: relation "secret_table" does not exist (SQLSTATE 42P01)`))
+	res := response{w, t}
+	res.wantStatus(http.StatusInternalServerError)
+	if d := res.detail(); strings.Contains(d, "secret_table") {
+		t.Errorf("detail %q leaks the cause", d)
+	}
+	if !strings.Contains(logs.String(), "secret_table") || !strings.Contains(logs.String(), "req-1") {
+		t.Errorf("the log lacks the cause or the request id: %s", logs.String())
+	}
+}
+
+func TestStoreErrorsMapToTheirStatus(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		err  error
+		want int
+	}{
+		{ErrNotFound, http.StatusNotFound},
+		{fmt.Errorf("%w: dial tcp: connection refused", ErrUnavailable), http.StatusServiceUnavailable},
+		{fmt.Errorf("%w: check violation", ErrRejected), http.StatusUnprocessableEntity},
+		{unauthorized("no"), http.StatusUnauthorized},
+		{errors.New("anything else"), http.StatusInternalServerError},
+	} {
+		err := c.err
+		h := withRequestLog(discardLogger(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { writeError(w, r, err) }))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("GET", "/", nil))
+		res := response{w, t}
+		res.wantStatus(c.want)
+		if d := res.detail(); strings.Contains(d, "refused") || strings.Contains(d, "violation") {
+			t.Errorf("%v: detail %q leaks the cause", c.err, d)
+		}
+	}
+}
+
+func TestAClientThatLeftGetsNothingAndIsLoggedAs499(t *testing.T) {
+	t.Parallel()
+	var logs strings.Builder
+	h := withRequestLog(slogTo(&logs), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, fmt.Errorf("%w: %w", ErrUnavailable, r.Context().Err()))
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // as net/http does when the client's connection closes
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/api/u/tasks", nil).WithContext(ctx))
+	if w.Body.Len() != 0 {
+		t.Errorf("body %q for a client that has gone", w.Body.String())
+	}
+	if !strings.Contains(logs.String(), "status=499") || strings.Contains(logs.String(), "WARN") {
+		t.Errorf("log %q, want one access line with status 499 and no warning", logs.String())
+	}
+}
+
+func TestTimestampsAreUTCWithSixDigits(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		in   time.Time
+		want string
+	}{
+		{time.Date(2026, 2, 12, 10, 4, 5, 123456000, time.UTC), "2026-02-12T10:04:05.123456Z"},
+		{time.Date(2026, 2, 12, 11, 4, 5, 120000000, time.FixedZone("CET", 3600)), "2026-02-12T10:04:05.120000Z"},
+		{time.Date(2026, 2, 12, 10, 4, 5, 0, time.UTC), "2026-02-12T10:04:05.000000Z"},
+	} {
+		b, err := json.Marshal(Timestamp{c.in})
+		if err != nil || string(b) != `"`+c.want+`"` {
+			t.Errorf("%v: %s, %v; want %q", c.in, b, err, c.want)
+		}
+		var back Timestamp
+		if err := json.Unmarshal(b, &back); err != nil || !back.Equal(c.in) {
+			t.Errorf("%s decodes to %v, %v", b, back, err)
+		}
+	}
+}
+
+func BenchmarkEncodeList50(b *testing.B) {
+	tasks := make([]Task, 50)
+	now := Timestamp{time.Now()}
+	desc := strings.Repeat("d", 100)
+	for i := range tasks {
+		tasks[i] = Task{ID: int64(1000 + i), UserID: "k3Jd9xQ2mZ7pL0aBk3Jd9xQ2mZ7pL0aB", Title: "Task title number something",
+			Completed: i%3 == 0, CreatedAt: now, UpdatedAt: now}
+		if i%3 != 0 {
+			tasks[i].Description = &desc
+		}
+	}
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	for b.Loop() {
+		w.Body.Reset()
+		list := newJSONArray(w)
+		list.begin(http.StatusOK)
+		for i := range tasks {
+			list.add(&tasks[i])
+		}
+		list.end(nil)
+	}
+	b.SetBytes(int64(w.Body.Len()))
+}
