@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -60,6 +62,9 @@ func newAuthenticator(secret []byte, keys keyLookup, issuer, audience string) *A
 			jwt.WithExpirationRequired(),
 			jwt.WithIssuedAt(),
 			jwt.WithLeeway(clockLeeway),
+			// Base64url must be canonical (RFC 4648 3.5): the unused bits of a segment's
+			// last character are zero, so no token has two spellings.
+			jwt.WithStrictDecoding(),
 		),
 	}
 }
@@ -67,6 +72,11 @@ func newAuthenticator(secret []byte, keys keyLookup, issuer, audience string) *A
 // key is the jwt.Keyfunc. HS256 is verified only with the shared secret, never with a
 // JWKS key, so a public key can never be used as an HMAC secret.
 func (a *Authenticator) key(t *jwt.Token) (any, error) {
+	if _, ok := t.Header["crit"]; ok {
+		// RFC 7515 4.1.11: a token whose crit names an extension the verifier does not
+		// understand must be refused, and this verifier understands none.
+		return nil, errCritical
+	}
 	alg := t.Method.Alg()
 	if alg == jwt.SigningMethodHS256.Alg() {
 		return a.secret, nil // the parser only lets HS256 through when a secret is set
@@ -75,15 +85,51 @@ func (a *Authenticator) key(t *jwt.Token) (any, error) {
 	return a.keys.publicKey(kid, alg)
 }
 
+var (
+	errCritical  = errors.New("token has a crit header this server does not understand")
+	errTimeClaim = errors.New("token's exp, nbf or iat is not a number of seconds since 1970 up to year 9999")
+)
+
+// claims are the registered claims, read strictly. golang-jwt alone takes exp, nbf and
+// iat given as strings ("1790000000"), and lets 1e19 overflow into the distant past.
+type claims struct{ jwt.RegisteredClaims }
+
+func (c *claims) UnmarshalJSON(b []byte) error {
+	// The same field names as RegisteredClaims, so both match the same keys.
+	var times struct {
+		Exp json.RawMessage `json:"exp"`
+		Nbf json.RawMessage `json:"nbf"`
+		Iat json.RawMessage `json:"iat"`
+	}
+	if err := json.Unmarshal(b, &times); err != nil {
+		return err
+	}
+	for _, raw := range []json.RawMessage{times.Exp, times.Nbf, times.Iat} {
+		// A JSON string or null fails ParseFloat; the decoded JSON holds no other non-number.
+		if f, err := strconv.ParseFloat(string(raw), 64); raw != nil && (err != nil || f < 0 || f > maxUnixTime) {
+			return errTimeClaim
+		}
+	}
+	return json.Unmarshal(b, &c.RegisteredClaims)
+}
+
+// maxUnixTime is 9999-12-31T23:59:59Z.
+const maxUnixTime = 253402300799
+
 // errNoToken is the 401 for a request without credentials: RFC 6750's bare challenge.
 var errNoToken = &apiError{status: http.StatusUnauthorized, detail: "missing bearer token", challenge: "Bearer"}
 
 // authenticate returns the user id of the request's bearer token, or a 401 apiError.
 func (a *Authenticator) authenticate(r *http.Request) (string, error) {
-	header := r.Header.Get("Authorization")
-	if header == "" {
+	headers := r.Header.Values("Authorization")
+	if len(headers) > 1 {
+		// Which one counts could differ between this service and a proxy in front of it.
+		return "", badRequest("send one Authorization header, not %d", len(headers))
+	}
+	if len(headers) == 0 || headers[0] == "" {
 		return "", errNoToken
 	}
+	header := headers[0]
 	scheme, token, _ := strings.Cut(header, " ")
 	token = strings.TrimSpace(token)
 	if !strings.EqualFold(scheme, "Bearer") || token == "" {
@@ -104,7 +150,7 @@ func (a *Authenticator) verify(token string) (string, error) {
 	if sub, ok := a.cache.get(token, generation); ok {
 		return sub, nil
 	}
-	var claims jwt.RegisteredClaims
+	var claims claims
 	if _, err := a.parser.ParseWithClaims(token, &claims, a.key); err != nil {
 		return "", unauthorized(tokenErrorDetail(err))
 	}
@@ -120,6 +166,10 @@ func (a *Authenticator) verify(token string) (string, error) {
 // and without echoing anything from the token.
 func tokenErrorDetail(err error) string {
 	switch {
+	case errors.Is(err, errCritical):
+		return errCritical.Error()
+	case errors.Is(err, errTimeClaim):
+		return errTimeClaim.Error()
 	case errors.Is(err, jwt.ErrTokenMalformed):
 		return "token is malformed"
 	case errors.Is(err, jwt.ErrTokenSignatureInvalid):

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -203,6 +204,97 @@ func BenchmarkVerify(b *testing.B) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestStrictTokenParsing holds the verifier to the letter of RFC 7515 and RFC 7519 where
+// golang-jwt alone is lenient. None of these tokens could be forged without the key; a
+// verifier should still accept exactly one spelling of exactly the tokens it means to.
+func TestStrictTokenParsing(t *testing.T) {
+	t.Parallel()
+	auth := newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api")
+	me := newUserID(t)
+	// signRaw signs a header and a payload given as JSON text, as a careless or hostile
+	// issuer holding the key could.
+	signRaw := func(header, payload string) string {
+		signing := b64u([]byte(header)) + "." + b64u([]byte(payload))
+		sig, err := jwt.SigningMethodHS256.Sign(signing, []byte(testSecret))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return signing + "." + b64u(sig)
+	}
+	exp := time.Now().Add(time.Hour).Unix()
+	payload := func(extra string) string {
+		return fmt.Sprintf(`{"sub":%q,"iss":"taskflow-web","aud":"taskflow-api","exp":%d%s}`, me, exp, extra)
+	}
+	header := `{"alg":"HS256","typ":"JWT"}`
+	if sub, err := auth.verify(signRaw(header, payload(""))); err != nil || sub != me {
+		t.Fatalf("the well-formed token: %q, %v", sub, err)
+	}
+
+	rejected := map[string]string{
+		"an unknown crit extension": signRaw(`{"alg":"HS256","crit":["x-unknown"],"x-unknown":1}`, payload("")),
+		"exp as a string":           signRaw(header, fmt.Sprintf(`{"sub":%q,"iss":"taskflow-web","aud":"taskflow-api","exp":"%d"}`, me, exp)),
+		"exp as null":               signRaw(header, fmt.Sprintf(`{"sub":%q,"iss":"taskflow-web","aud":"taskflow-api","exp":null}`, me)),
+		"exp past year 9999":        signRaw(header, fmt.Sprintf(`{"sub":%q,"iss":"taskflow-web","aud":"taskflow-api","exp":1e19}`, me)),
+		"nbf of 1e19":               signRaw(header, payload(`,"nbf":1e19`)),
+		"iat of 1e19":               signRaw(header, payload(`,"iat":1e19`)),
+		"a negative iat":            signRaw(header, payload(`,"iat":-1`)),
+		"nbf as a string":           signRaw(header, payload(`,"nbf":"0"`)),
+	}
+	// A 32-byte signature is 43 base64url characters; the last carries 4 bits of data and
+	// 2 unused ones, which canonical encoding sets to zero. Three other characters decode
+	// to the same signature.
+	valid := signRaw(header, payload(""))
+	last := valid[len(valid)-1]
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	pos := strings.IndexByte(alphabet, last)
+	for i := 1; i < 4; i++ {
+		other := alphabet[pos&^3+(pos+i)&3]
+		rejected[fmt.Sprintf("a non-canonical last character %c for %c", other, last)] = valid[:len(valid)-1] + string(other)
+	}
+	for name, token := range rejected {
+		t.Run(name+" is refused", func(t *testing.T) {
+			_, err := auth.verify(token)
+			var apiErr *apiError
+			if !errors.As(err, &apiErr) || apiErr.status != http.StatusUnauthorized {
+				t.Errorf("verify = %v, want a 401", err)
+			}
+		})
+	}
+}
+
+func TestTwoAuthorizationHeadersAre400(t *testing.T) {
+	t.Parallel()
+	api := newTestAPI(noDatabase(t))
+	me := api.newUser(t)
+	r := httptest.NewRequest("GET", "/api/"+me.id+"/tasks", nil)
+	r.Header.Add("Authorization", "Bearer "+me.token)
+	r.Header.Add("Authorization", "Bearer "+tokenFor(t, newUserID(t)))
+	w := httptest.NewRecorder()
+	api.handler.ServeHTTP(w, r)
+	res := response{w, t}
+	res.wantStatus(http.StatusBadRequest)
+	if d := res.detail(); !strings.Contains(d, "one Authorization header") {
+		t.Errorf("detail %q", d)
+	}
+}
+
+func TestAuthenticatedResponsesAreNotStored(t *testing.T) {
+	t.Parallel()
+	api := newTestAPI(noDatabase(t))
+	me := api.newUser(t)
+	for _, req := range []request{
+		{method: "GET", path: "/api/" + me.id + "/tasks"},                               // 401
+		{method: "GET", path: "/api/someone-else/tasks", token: me.token},               // 403
+		{method: "GET", path: "/api/" + me.id + "/tasks/x", token: me.token},            // 400
+		{method: "GET", path: "/api/" + me.id + "/tasks/1", token: me.token},            // 503 here
+		{method: "POST", path: "/api/" + me.id + "/tasks", body: "{}", token: me.token}, // 422
+	} {
+		if got := api.do(t, req).Header().Get("Cache-Control"); got != "no-store" {
+			t.Errorf("%s %s: Cache-Control %q, want no-store", req.method, req.path, got)
 		}
 	}
 }

@@ -56,15 +56,6 @@ type benchUser struct {
 	taskID int64
 }
 
-func envList(name, def string) []string { return strings.Split(envOr(name, def), ",") }
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
 // TestBench measures, row by row (operation x connections), the ceiling and then every
 // target: this tree's service, plus any binaries named in BENCH_COMPARE, so that an A/B
 // (another commit's build, a variant, the Node peer's run.sh) comes from one run.
@@ -311,8 +302,6 @@ func median(runs []measurement) measurement {
 	return m
 }
 
-func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
-
 // benchSeedSQL makes 1000 users with ids like Better Auth's (32 random alphanumerics) and
 // 50 tasks each, a third without description and the rest with about 100 characters,
 // inserted in random order so that no user's tasks are contiguous in the table.
@@ -534,18 +523,4 @@ func pinPostgres(t *testing.T, cpus string) {
 	for _, pid := range pids {
 		exec.Command("taskset", "-a", "-p", "-c", cpus, pid).Run()
 	}
-}
-
-func peakRSS(t *testing.T, pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }

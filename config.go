@@ -24,6 +24,7 @@ type config struct {
 	dbTimeout     time.Duration
 	shutdownGrace time.Duration
 	logFormat     string
+	maxTasks      int // per user
 }
 
 // loadConfig reads and checks the environment. Its errors are one line that names the
@@ -71,6 +72,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if c.shutdownGrace, err = positiveDuration(env("SHUTDOWN_GRACE", "15s"), "SHUTDOWN_GRACE"); err != nil {
 		return c, err
 	}
+	if c.maxTasks, err = positiveInt(env("MAX_TASKS_PER_USER", "10000"), "MAX_TASKS_PER_USER"); err != nil {
+		return c, err
+	}
 	if c.logFormat != "json" && c.logFormat != "text" {
 		return c, fmt.Errorf("LOG_FORMAT must be json or text, got %q", c.logFormat)
 	}
@@ -111,4 +115,12 @@ func positiveDuration(s, name string) (time.Duration, error) {
 		return 0, fmt.Errorf("%s must be a positive duration such as 3s or 500ms, got %q", name, s)
 	}
 	return d, nil
+}
+
+func positiveInt(s, name string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("%s must be a whole number of at least 1, got %q", name, s)
+	}
+	return n, nil
 }

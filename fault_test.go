@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +22,8 @@ import (
 type faultProxy struct {
 	ln     net.Listener
 	target string
+
+	dials atomic.Int64 // connections the service opened to the proxy
 
 	mu      sync.Mutex
 	mode    string // "up", "down" (connections refused and cut) or "hang" (bytes held)
@@ -62,6 +66,7 @@ func (p *faultProxy) serve() {
 		if err != nil {
 			return
 		}
+		p.dials.Add(1)
 		p.mu.Lock()
 		mode := p.mode
 		if mode == "down" {
@@ -131,7 +136,7 @@ func storeVia(t *testing.T, addr string, timeout time.Duration, tweak func(*pgxp
 	if tweak != nil {
 		tweak(cfg)
 	}
-	s, err := openStore(context.Background(), cfg, timeout)
+	s, err := openStore(context.Background(), cfg, testStoreConfig(timeout))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,12 +184,16 @@ func TestDatabaseOutageIs503WithinTheDeadlineAndHeals(t *testing.T) {
 			// Cut before restoring, so that statements held while hanging are never delivered.
 			proxy.set("down")
 			proxy.set("up")
-			// The same store, not restarted, serves again.
+			// The same store, not restarted, serves again within the breaker's backoff.
+			back := time.Now()
+			waitFor(t, "the store to serve again", func() bool { return me.do(t, "GET", "/readyz", "").Code == http.StatusOK })
+			if took := time.Since(back); took > time.Second {
+				t.Errorf("serving again %v after the database returned, want within a second", took)
+			}
 			got := me.do(t, "GET", taskPath, "").wantStatus(http.StatusOK).task()
 			if got.Title != "before the outage" {
 				t.Errorf("after the outage the task is %+v", got)
 			}
-			me.do(t, "GET", "/readyz", "").wantStatus(http.StatusOK)
 		})
 	}
 	me.do(t, "POST", "/api/{me}/tasks", `{"title":"after"}`).wantStatus(http.StatusCreated)
@@ -337,4 +346,113 @@ func TestAcknowledgedWritesSurviveACrash(t *testing.T) {
 		}
 	}
 	me.do(t, "POST", "/api/{me}/tasks", `{"title":"after the crash"}`).wantStatus(http.StatusCreated)
+}
+
+// TestAnOutageIsQuietAndCheap keeps the database away for three seconds under eight busy
+// clients: requests must fail at once without each dialing it, the log must say so in a
+// few lines, and requests must succeed again within a second of its return.
+func TestAnOutageIsQuietAndCheap(t *testing.T) {
+	t.Parallel()
+	proxy := newFaultProxy(t, dbAddr(t))
+	var logs syncBuffer
+	s := storeVia(t, proxy.ln.Addr().String(), 2*time.Second, nil)
+	s.breaker.log = slogTo(&logs)
+	api := &testAPI{handler: newHandler(slogTo(&logs), s, newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), []string{testOrigin})}
+	me := api.newUser(t)
+	taskPath := fmt.Sprintf("/api/{me}/tasks/%d", me.create(t, "before").ID)
+
+	proxy.set("down")
+	start, linesBefore := time.Now(), strings.Count(logs.String(), "\n")
+	// The first requests of the outage, one per client, dial before the breaker knows;
+	// after that it sets the pace.
+	var dialsBefore int64
+	time.AfterFunc(time.Second, func() { dialsBefore = proxy.dials.Load() })
+	var (
+		mu    sync.Mutex
+		slow  []time.Duration
+		count int
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				began := time.Now()
+				if res := me.do(t, "GET", taskPath, ""); res.Code != http.StatusServiceUnavailable {
+					t.Errorf("during the outage: %d", res.Code)
+					return
+				}
+				mu.Lock()
+				count++
+				if took := time.Since(began); took > 50*time.Millisecond {
+					slow = append(slow, took)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	outage := time.Since(start)
+	dials := proxy.dials.Load() - dialsBefore
+	lines := strings.Count(logs.String(), "\n") - linesBefore
+	if perSecond := float64(dials) / (outage - time.Second).Seconds(); perSecond > 5 {
+		t.Errorf("%d connection attempts in the last %v of the outage (%.0f/s); want a few a second", dials, outage-time.Second, perSecond)
+	}
+	if lines > 3 {
+		t.Errorf("%d log lines for %d refused requests in %v; want a few:\n%s", lines, count, outage, logs.String())
+	}
+	if len(slow) > count/100 {
+		t.Errorf("%d of %d requests took over 50 ms during the outage (%v)", len(slow), count, slow)
+	}
+
+	proxy.set("up")
+	back := time.Now()
+	waitFor(t, "a request to succeed", func() bool {
+		return me.do(t, "GET", taskPath, "").Code == http.StatusOK
+	})
+	if took := time.Since(back); took > time.Second {
+		t.Errorf("the first success came %v after the database returned; want under a second", took)
+	}
+	if !strings.Contains(logs.String(), "database reachable again") {
+		t.Errorf("the log does not say the database is back:\n%s", logs.String())
+	}
+	t.Logf("%d requests refused in %v with %d connection attempts and %d log lines", count, outage.Round(time.Millisecond), dials, lines)
+}
+
+// TestAClientHangUpIsNotAnOutage: a client that leaves while its statement waits on the
+// database is logged as 499, never as a 503 or a warning.
+func TestAClientHangUpIsNotAnOutage(t *testing.T) {
+	t.Parallel()
+	proxy := newFaultProxy(t, dbAddr(t))
+	var logs syncBuffer
+	// Two connections open before the hang, so that neither request has to dial (a dial
+	// into a hanging database would rightly warn that it is unreachable).
+	s := storeVia(t, proxy.ln.Addr().String(), time.Second, nil)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.pool.Exec(context.Background(), `SELECT pg_sleep(0.2)`) }()
+	}
+	wg.Wait()
+	srv := httptest.NewServer(newHandler(slogTo(&logs), s, newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), []string{testOrigin}))
+	defer srv.Close()
+	me := newUserID(t)
+	proxy.set("hang")
+	for _, path := range []string{"/tasks", "/tasks/1"} {
+		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "GET /api/%s%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", me, path, tokenFor(t, me))
+		time.Sleep(100 * time.Millisecond)
+		conn.Close()
+	}
+	waitFor(t, "two access log lines", func() bool { return strings.Count(logs.String(), "msg=request") == 2 })
+	if strings.Count(logs.String(), "status=499") != 2 || strings.Contains(logs.String(), "WARN") || strings.Contains(logs.String(), "status=503") {
+		t.Errorf("want two 499s and no warning:\n%s", logs.String())
+	}
+	proxy.set("down")
 }

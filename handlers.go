@@ -53,6 +53,8 @@ type userHandler func(w http.ResponseWriter, r *http.Request, userID string) err
 // token's user id, never the path's, and pass it to every store call.
 func authed(auth *Authenticator, h userHandler) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
+		// A user's tasks, and the errors about them, are for that user only.
+		w.Header().Set("Cache-Control", "no-store")
 		userID, err := auth.authenticate(r)
 		if err != nil {
 			return err

@@ -1,13 +1,20 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 var timestampRE = regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$`)
@@ -217,5 +224,113 @@ func TestHealthReadyAndOpenAPI(t *testing.T) {
 		if !json.Valid(res.Body.Bytes()) || res.Header().Get("Content-Type") != "application/json" {
 			t.Errorf("%s: %q %q", path, res.Header().Get("Content-Type"), res.Body.String())
 		}
+	}
+}
+
+func TestCreatePastTheLimitIs409(t *testing.T) {
+	t.Parallel()
+	s := storeVia(t, "", 5*time.Second, nil)
+	s.maxTasks = 2
+	me := newTestAPI(s).newUser(t)
+	me.create(t, "one")
+	me.create(t, "two")
+	if d := me.do(t, "POST", "/api/{me}/tasks", `{"title":"three"}`).wantStatus(http.StatusConflict).detail(); !strings.Contains(d, "most tasks") {
+		t.Errorf("detail %q", d)
+	}
+}
+
+// insertBigTasks gives userID n tasks of the largest size (a description of 1000
+// four-byte characters: 4 KB), in one statement. 10,000 of them are 40 MB of JSON, more
+// than the socket buffers between PostgreSQL, the server and a client can hold.
+func insertBigTasks(t *testing.T, userID string, n int) {
+	t.Helper()
+	_, err := testStore(t).pool.Exec(context.Background(), `INSERT INTO tasks (user_id, title, description)
+SELECT $1, 'task ' || i, repeat('😀', 1000) FROM generate_series(1, $2) AS i`, userID, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestListStreamsInBoundedMemory holds a client early in a 10,000-task list (40 MB of
+// JSON) and looks at the server's live heap: a list built whole would hold all of it.
+func TestListStreamsInBoundedMemory(t *testing.T) {
+	testStore(t) // not parallel: it measures this process's heap
+	me := newUserID(t)
+	insertBigTasks(t, me, 10000)
+	srv := httptest.NewServer(newTestAPI(testStore(t)).handler)
+	defer srv.Close()
+
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	req, _ := http.NewRequest("GET", srv.URL+"/api/"+me+"/tasks", nil)
+	req.Header.Set("Authorization", "Bearer "+tokenFor(t, me))
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK || res.Header.Get("X-Total-Count") != "10000" {
+		t.Fatalf("status %d, X-Total-Count %q", res.StatusCode, res.Header.Get("X-Total-Count"))
+	}
+	first := make([]byte, 1<<20)
+	if _, err := io.ReadFull(res.Body, first); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the server fills the socket buffers and blocks
+	runtime.GC()
+	var during runtime.MemStats
+	runtime.ReadMemStats(&during)
+	if grew := int64(during.HeapAlloc) - int64(before.HeapAlloc); grew > 4<<20 {
+		t.Errorf("the heap grew by %.1f MiB while a 40 MB list was being sent; want it bounded", float64(grew)/(1<<20))
+	}
+	// The rest of the body completes one valid array of every task.
+	var tasks []taskJSON
+	whole := io.MultiReader(strings.NewReader(string(first)), res.Body)
+	if err := json.NewDecoder(whole).Decode(&tasks); err != nil || len(tasks) != 10000 {
+		t.Errorf("%d tasks decoded, %v; want 10000", len(tasks), err)
+	}
+}
+
+// TestAListEndsWhenItsClientGoes: a client that stops reading (past the write timeout)
+// or hangs up ends the query, which otherwise would hold a pooled connection.
+func TestAListEndsWhenItsClientGoes(t *testing.T) {
+	t.Parallel()
+	appName := "listgone-" + strings.ToLower(newUserID(t)[:12])
+	s := storeVia(t, "", 5*time.Second, func(c *pgxpool.Config) { c.ConnConfig.RuntimeParams["application_name"] = appName })
+	me := newUserID(t)
+	insertBigTasks(t, me, 10000)
+	active := func() int {
+		var n int
+		testStore(t).pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+WHERE application_name = $1 AND state = 'active'`, appName).Scan(&n)
+		return n
+	}
+	var logs syncBuffer
+	srv := httptest.NewUnstartedServer(newHandler(slogTo(&logs), s, newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), []string{testOrigin}))
+	srv.Config.WriteTimeout = time.Second
+	srv.Start()
+	defer srv.Close()
+
+	for _, how := range []string{"stops reading", "hangs up"} {
+		t.Run("a client that "+how, func(t *testing.T) {
+			conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			fmt.Fprintf(conn, "GET /api/%s/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", me, tokenFor(t, me))
+			waitFor(t, "the list to be under way", func() bool { return active() == 1 })
+			if how == "hangs up" {
+				conn.Close()
+			}
+			waitFor(t, "the list's statement to end", func() bool { return active() == 0 })
+		})
+	}
+	waitFor(t, "two access log lines", func() bool { return strings.Count(logs.String(), "route=/api/{user_id}/tasks") == 2 })
+	// Neither is an outage: both are logged as 499 (net/http cancels the request's context
+	// when a write fails too), with no warning.
+	if strings.Contains(logs.String(), "WARN") || strings.Count(logs.String(), "status=499") != 2 {
+		t.Errorf("want both logged as 499 and no warning:\n%s", logs.String())
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -109,7 +110,12 @@ func openTestStore(databaseURL string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return openStore(context.Background(), cfg, 5*time.Second)
+	return openStore(context.Background(), cfg, testStoreConfig(5*time.Second))
+}
+
+// testStoreConfig is a store's configuration for tests, with the default task limit.
+func testStoreConfig(timeout time.Duration) storeConfig {
+	return storeConfig{timeout: timeout, maxTasks: 10000, log: discardLogger()}
 }
 
 // testStore returns the store on the test database, or skips when there is none (only
@@ -130,7 +136,7 @@ func noDatabase(t testing.TB) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := newStore(cfg, time.Second)
+	s, err := newStore(cfg, testStoreConfig(time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,4 +354,30 @@ func envDuration(t testing.TB, name string, def time.Duration) time.Duration {
 		return d
 	}
 	return def
+}
+
+func envList(name, def string) []string { return strings.Split(envOr(name, def), ",") }
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
+
+// peakRSS is a process's peak resident memory (VmHWM).
+func peakRSS(t testing.TB, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }

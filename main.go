@@ -70,7 +70,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	}
 	dbHost := fmt.Sprintf("%s:%d/%s", poolCfg.ConnConfig.Host, poolCfg.ConnConfig.Port, poolCfg.ConnConfig.Database)
-	store, err := openStore(ctx, poolCfg, cfg.dbTimeout)
+	store, err := openStore(ctx, poolCfg, storeConfig{timeout: cfg.dbTimeout, maxTasks: cfg.maxTasks, log: log})
 	if err != nil {
 		return fmt.Errorf("database %s: %w (is it running? check DATABASE_URL)", dbHost, err)
 	}

@@ -35,6 +35,7 @@ func TestConfigErrorsAreOneLineNamingTheVariable(t *testing.T) {
 		{"a bad database URL", map[string]string{"DATABASE_URL": "postgres://u:hunter2@host:notaport/db"}, "DATABASE_URL"},
 		{"a bad timeout", map[string]string{"DB_TIMEOUT": "soon"}, "DB_TIMEOUT"},
 		{"a bad log format", map[string]string{"LOG_FORMAT": "xml"}, "LOG_FORMAT"},
+		{"a task limit of zero", map[string]string{"MAX_TASKS_PER_USER": "0"}, "MAX_TASKS_PER_USER"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -353,12 +354,69 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+var built struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+// testBinary builds the command once per test run.
+func testBinary(t *testing.T) string {
+	t.Helper()
+	built.once.Do(func() {
+		dir, err := os.MkdirTemp("", "taskflow-test-bin")
+		if err != nil {
+			built.err = err
+			return
+		}
+		built.bin = filepath.Join(dir, "taskflow-api")
+		if out, err := exec.Command("go", "build", "-o", built.bin, ".").CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
+	}
+	return built.bin
+}
+
+func TestTheCommandLine(t *testing.T) {
+	t.Parallel()
+	bin := testBinary(t)
+	for _, c := range []struct {
+		args     []string
+		env      []string
+		wantCode int
+		want     string // in the output
+	}{
+		{[]string{"--help"}, nil, 0, "dev-token USER_ID"},
+		{[]string{"-h"}, nil, 0, "usage:"},
+		{[]string{"serve"}, nil, 2, "usage:"},
+		{[]string{"version"}, nil, 0, "taskflow-api "},
+		{[]string{"dev-token", "someone"}, []string{"BETTER_AUTH_SECRET=" + testSecret}, 0, "eyJ"},
+		// Errors are one line, whatever pgx's own message looks like.
+		{nil, []string{"BETTER_AUTH_SECRET=" + testSecret, "PORT=0", "DATABASE_URL=postgres://u@127.0.0.1:1/db?connect_timeout=1"}, 1, "taskflow-api: database 127.0.0.1:1/db:"},
+		{nil, []string{"BETTER_AUTH_SECRET=short"}, 1, "taskflow-api: BETTER_AUTH_SECRET must be"},
+	} {
+		cmd := exec.Command(bin, c.args...)
+		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, c.env...)
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if exitErr, ok := err.(*exec.ExitError); ok {
+			code = exitErr.ExitCode()
+		}
+		if code != c.wantCode || !strings.Contains(string(out), c.want) {
+			t.Errorf("taskflow-api %v: exit %d, output %q; want exit %d with %q", c.args, code, out, c.wantCode, c.want)
+		}
+		if c.wantCode == 1 && strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+			t.Errorf("taskflow-api %v: the error spans several lines:\n%s", c.args, out)
+		}
+	}
+}
+
 func TestSignalsStopTheProcess(t *testing.T) {
 	store := testStore(t)
-	bin := filepath.Join(t.TempDir(), "taskflow-api")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := testBinary(t)
 	appName := "signals-" + strings.ToLower(newUserID(t)[:12])
 	start := func() (*exec.Cmd, string) {
 		port := freePort(t)

@@ -16,9 +16,9 @@ import (
 // layers; withRequestLog owns it, inner layers fill it in.
 type requestInfo struct {
 	id     string
-	route  string // the matched pattern's path; "" when no route matched
 	userID string // set once the token is verified
 	log    *slog.Logger
+	quiet  bool // no access log line: the request is counted elsewhere (see writeError)
 }
 
 type requestInfoKey struct{}
@@ -77,6 +77,9 @@ func withRequestLog(base *slog.Logger, next http.Handler) http.Handler {
 		rw := &statusRecorder{ResponseWriter: w}
 		// Deferred, so that a handler that drops the connection is logged too.
 		defer func() {
+			if info.quiet {
+				return
+			}
 			status := rw.status
 			if r.Context().Err() != nil {
 				// The client went away before the handler was done (the context is
@@ -86,14 +89,15 @@ func withRequestLog(base *slog.Logger, next http.Handler) http.Handler {
 			base.LogAttrs(r.Context(), slog.LevelInfo, "request",
 				slog.String("request_id", id),
 				slog.String("method", r.Method),
-				slog.String("route", info.route),
+				slog.String("route", route(r.Pattern)),
 				slog.Int("status", status),
 				slog.Int("bytes", rw.bytes),
 				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
 				slog.String("user_id", info.userID),
 			)
 		}()
-		next.ServeHTTP(rw, r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, info)))
+		r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, info))
+		next.ServeHTTP(rw, r) // the mux sets r.Pattern
 	})
 }
 
@@ -193,10 +197,13 @@ func withJSONErrors(mux *http.ServeMux) http.Handler {
 			return
 		}
 		mux.ServeHTTP(&muxErrorWriter{ResponseWriter: w, r: r}, r)
-		if info := infoFrom(r.Context()); info != nil {
-			_, info.route, _ = strings.Cut(r.Pattern, " ")
-		}
 	})
+}
+
+// route is the path of a mux pattern such as "GET /healthz"; "" when no route matched.
+func route(pattern string) string {
+	_, path, _ := strings.Cut(pattern, " ")
+	return path
 }
 
 var errNoRoute = &apiError{status: http.StatusNotFound, detail: "not found"}

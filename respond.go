@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,6 +43,7 @@ var storeErrors = []struct {
 	{ErrNotFound, &apiError{status: http.StatusNotFound, detail: "task not found"}},
 	{ErrUnavailable, &apiError{status: http.StatusServiceUnavailable, detail: "database unavailable, try again shortly"}},
 	{ErrRejected, &apiError{status: http.StatusUnprocessableEntity, detail: "a value was rejected by validation"}},
+	{ErrTaskLimit, &apiError{status: http.StatusConflict, detail: "this user already has the most tasks allowed; delete some to make room"}},
 }
 
 // errInternal is all a client learns of an unexpected failure; the log has the cause.
@@ -73,6 +75,12 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case apiErr == nil:
 		log.Error("request failed", "err", err)
 		apiErr = errInternal
+	case errors.Is(err, errDatabaseDown):
+		// The database could not be reached: the breaker logs that, with a count of the
+		// requests it cost, so that an outage is a few log lines instead of one per request.
+		if info := infoFrom(r.Context()); info != nil {
+			info.quiet = true
+		}
 	case apiErr.status >= 500:
 		log.Warn("request failed", "err", err)
 	}
@@ -97,49 +105,68 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(body) //nolint:errcheck // the client has gone; nothing left to tell it
 }
 
-// jsonArray streams a JSON array element by element, so that a list of any length
-// costs the memory of one element.
+// jsonArray sends a JSON array element by element, holding at most about listBuffer bytes:
+// a list that fits goes out in one write with a Content-Length, like any other response,
+// and a longer one streams, chunked, as its elements come.
 type jsonArray struct {
-	w       http.ResponseWriter
-	enc     *json.Encoder
-	started bool // the status and '[' are out
-	n       int  // elements sent
+	w      http.ResponseWriter
+	status int
+	buf    bytes.Buffer
+	enc    *json.Encoder
+	sent   bool // the status line and headers are out
 }
+
+const listBuffer = 32 << 10
 
 func newJSONArray(w http.ResponseWriter) *jsonArray {
-	return &jsonArray{w: w, enc: json.NewEncoder(w)}
+	a := &jsonArray{w: w}
+	a.enc = json.NewEncoder(&a.buf)
+	return a
 }
 
-// begin sends the status and the headers set so far, and opens the array.
+// begin opens the array; the headers set so far go with the status when the first bytes do.
 func (a *jsonArray) begin(status int) error {
+	a.status = status
 	a.w.Header().Set("Content-Type", "application/json")
-	a.w.WriteHeader(status)
-	a.started = true
-	_, err := a.w.Write([]byte{'['})
+	a.buf.WriteByte('[')
+	return nil
+}
+
+// add appends one element; an error means the client stopped taking them.
+func (a *jsonArray) add(v any) error {
+	if a.buf.Len() > 1 || a.sent {
+		a.buf.WriteByte(',')
+	}
+	if err := a.enc.Encode(v); err != nil {
+		return err
+	}
+	if a.buf.Len() < listBuffer {
+		return nil
+	}
+	if !a.sent {
+		a.w.WriteHeader(a.status)
+		a.sent = true
+	}
+	_, err := a.w.Write(a.buf.Bytes())
+	a.buf.Reset()
 	return err
 }
 
-// add sends one element; an error means the client stopped taking them.
-func (a *jsonArray) add(v any) error {
-	if a.n > 0 {
-		if _, err := a.w.Write([]byte{','}); err != nil {
-			return err
-		}
-	}
-	a.n++
-	return a.enc.Encode(v)
-}
-
-// end closes the array. Given the error that cut the list short, it returns that error
-// to be sent as the response when nothing is out yet, and otherwise drops the
-// connection: a client must not mistake a truncated list for a whole one.
+// end closes the array and sends what is left. Given the error that cut the list short, it
+// returns that error to be sent as the response when nothing is out yet, and otherwise
+// drops the connection: a client must not mistake a truncated list for a whole one.
 func (a *jsonArray) end(err error) error {
 	switch {
-	case err == nil:
-		a.w.Write([]byte{']'}) //nolint:errcheck // as in writeJSON
-		return nil
-	case a.started:
+	case err != nil && a.sent:
 		panic(http.ErrAbortHandler)
+	case err != nil:
+		return err
 	}
-	return err
+	a.buf.WriteByte(']')
+	if !a.sent {
+		a.w.Header().Set("Content-Length", strconv.Itoa(a.buf.Len()))
+		a.w.WriteHeader(a.status)
+	}
+	a.w.Write(a.buf.Bytes()) //nolint:errcheck // as in writeJSON
+	return nil
 }

@@ -26,3 +26,17 @@ CREATE TABLE IF NOT EXISTS tasks (
 -- Other sort keys sort one user's rows in memory, which is cheap at the sizes a todo list
 -- reaches; an index per sort key would make every toggle a non-HOT update (updated_at).
 CREATE INDEX IF NOT EXISTS tasks_user_created_idx ON tasks (user_id, created_at, id);
+
+-- How many tasks each user owns, kept by the create and delete statements (store.go),
+-- which check MAX_TASKS_PER_USER against it under this row's lock. Filled from the tasks
+-- when the table is first made, so an existing database upgrades in place.
+DO $$
+BEGIN
+    IF to_regclass('task_counts') IS NULL THEN
+        CREATE TABLE task_counts (
+            user_id text PRIMARY KEY,
+            tasks   integer NOT NULL
+        );
+        INSERT INTO task_counts (user_id, tasks) SELECT user_id, count(*) FROM tasks GROUP BY user_id;
+    END IF;
+END $$;

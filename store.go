@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"strings"
@@ -23,6 +24,7 @@ var (
 	ErrNotFound    = errors.New("task not found")
 	ErrUnavailable = errors.New("database unavailable")
 	ErrRejected    = errors.New("value rejected by the database")
+	ErrTaskLimit   = errors.New("the user owns MAX_TASKS_PER_USER tasks")
 )
 
 //go:embed schema.sql
@@ -73,8 +75,10 @@ type ListHead struct {
 // Store runs the service's SQL. Every statement is scoped by the caller's user id and runs
 // under the store's deadline, so a hanging database is ErrUnavailable, not a hung request.
 type Store struct {
-	pool    *pgxpool.Pool
-	timeout time.Duration
+	pool     *pgxpool.Pool
+	timeout  time.Duration
+	maxTasks int // MAX_TASKS_PER_USER
+	breaker  *breaker
 }
 
 // Pool defaults suited to Neon; each applies only when DATABASE_URL does not set it.
@@ -127,19 +131,29 @@ func hasConnParam(connString, param string) bool {
 	return false
 }
 
+// storeConfig is what a Store needs besides its pool's.
+type storeConfig struct {
+	timeout  time.Duration // DB_TIMEOUT
+	maxTasks int           // MAX_TASKS_PER_USER
+	log      *slog.Logger
+}
+
 // newStore makes a store whose pool connects on first use.
-func newStore(cfg *pgxpool.Config, timeout time.Duration) (*Store, error) {
+func newStore(cfg *pgxpool.Config, sc storeConfig) (*Store, error) {
+	b := &breaker{log: sc.log, connectTimeout: cfg.ConnConfig.ConnectTimeout}
+	cfg.BeforeConnect, cfg.AfterConnect = b.beforeConnect, b.afterConnect
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &Store{pool: pool, timeout: timeout}, nil
+	return &Store{pool: pool, timeout: sc.timeout, maxTasks: sc.maxTasks, breaker: b}, nil
 }
 
 // openStore makes a store, pings the database and applies schema.sql. It fails rather
 // than start a server that could not serve a single request.
-func openStore(ctx context.Context, cfg *pgxpool.Config, timeout time.Duration) (*Store, error) {
-	s, err := newStore(cfg, timeout)
+func openStore(ctx context.Context, cfg *pgxpool.Config, sc storeConfig) (*Store, error) {
+	timeout := sc.timeout
+	s, err := newStore(cfg, sc)
 	if err != nil {
 		return nil, err
 	}
@@ -162,9 +176,9 @@ func (s *Store) Close() { s.pool.Close() }
 
 // Ping reports whether the database answers within the store's deadline.
 func (s *Store) Ping(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	ctx, cancel := s.statement(ctx)
 	defer cancel()
-	return translate(ctx, s.pool.Ping(ctx))
+	return s.translate(ctx, s.pool.Ping(ctx))
 }
 
 const taskColumns = `id, user_id, title, description, completed, created_at, updated_at`
@@ -172,7 +186,15 @@ const taskColumns = `id, user_id, title, description, completed, created_at, upd
 // The statements behind create, get, update, toggle and delete, one per request; the list
 // statements are in listSQL. make bench runs these same texts through pgbench.
 const (
-	sqlCreateTask = `INSERT INTO tasks (user_id, title, description) VALUES ($1, $2, $3)
+	// The task count of the user is checked and raised in the statement that inserts, on
+	// the user's task_counts row, whose lock makes concurrent creates at the limit take
+	// turns: each sees the count the one before it left. At the limit, no row.
+	sqlCreateTask = `WITH slot AS (
+    INSERT INTO task_counts AS c (user_id, tasks) VALUES ($1, 1)
+    ON CONFLICT (user_id) DO UPDATE SET tasks = c.tasks + 1 WHERE c.tasks < $4
+    RETURNING user_id
+)
+INSERT INTO tasks (user_id, title, description) SELECT user_id, $2, $3 FROM slot
 RETURNING ` + taskColumns
 	sqlGetTask = `SELECT ` + taskColumns + ` FROM tasks WHERE id = $1 AND user_id = $2`
 	// One statement, so a concurrent change to a field the patch does not touch is
@@ -189,7 +211,12 @@ RETURNING ` + taskColumns
 	sqlToggleTask = `UPDATE tasks SET completed = NOT completed, updated_at = now()
 WHERE id = $1 AND user_id = $2
 RETURNING ` + taskColumns
-	sqlDeleteTask = `DELETE FROM tasks WHERE id = $1 AND user_id = $2`
+	sqlDeleteTask = `WITH gone AS (
+    DELETE FROM tasks WHERE id = $1 AND user_id = $2 RETURNING user_id
+), counted AS (
+    UPDATE task_counts c SET tasks = greatest(c.tasks - 1, 0) FROM gone WHERE c.user_id = gone.user_id
+)
+SELECT count(*) FROM gone`
 )
 
 // scanTask scans taskColumns into t, then any further columns into extra.
@@ -227,6 +254,10 @@ LIMIT $2 OFFSET $3`
 // ListTasks reads one page of the user's tasks and hands it on as it arrives: head once,
 // before any task, then each for every task in order. An error from head or each stops
 // the query and is returned as it is.
+//
+// Each row must arrive within the store's deadline of asking for it; how long the whole
+// list takes depends on how fast head and each pass it on, which is the caller's to bound
+// (the HTTP server's write timeout). A ctx cancelled by a client that hung up ends it.
 func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head func(ListHead) error, each func(*Task) error) error {
 	query, ok := listSQL[ListQuery{Status: q.Status, Sort: q.Sort, Desc: q.Desc}]
 	if !ok {
@@ -236,11 +267,13 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 	if q.Limit > 0 {
 		limit = &q.Limit
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stalled := time.AfterFunc(s.timeout, func() { cancel(context.DeadlineExceeded) })
+	defer stalled.Stop()
 	rows, err := s.pool.Query(ctx, query, userID, limit, q.Offset)
 	if err != nil {
-		return translate(ctx, err)
+		return s.translate(ctx, err)
 	}
 	defer rows.Close()
 	var (
@@ -249,8 +282,9 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 		headed bool
 	)
 	for rows.Next() {
+		stalled.Stop()
 		if err := scanTask(rows, &t, &h.Total); err != nil {
-			return translate(ctx, err)
+			return s.translate(ctx, err)
 		}
 		if !headed {
 			if err := head(h); err != nil {
@@ -261,9 +295,10 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 		if err := each(&t); err != nil {
 			return err
 		}
+		stalled.Reset(s.timeout)
 	}
 	if err := rows.Err(); err != nil {
-		return translate(ctx, err)
+		return s.translate(ctx, err)
 	}
 	if headed {
 		return nil
@@ -272,15 +307,20 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 	if q.Offset > 0 {
 		err := s.pool.QueryRow(ctx, `SELECT count(*) FROM tasks WHERE user_id = $1`+statusFilter[q.Status], userID).Scan(&h.Total)
 		if err != nil {
-			return translate(ctx, err)
+			return s.translate(ctx, err)
 		}
 	}
 	return head(h)
 }
 
-// CreateTask inserts a task owned by userID; the database assigns id and timestamps.
+// CreateTask inserts a task owned by userID; the database assigns id and timestamps. A
+// user who already owns maxTasks tasks gets ErrTaskLimit.
 func (s *Store) CreateTask(ctx context.Context, userID, title string, description *string) (Task, error) {
-	return s.oneTask(ctx, sqlCreateTask, userID, title, description)
+	t, err := s.oneTask(ctx, sqlCreateTask, userID, title, description, s.maxTasks)
+	if errors.Is(err, ErrNotFound) {
+		err = ErrTaskLimit
+	}
+	return t, err
 }
 
 // GetTask returns the user's task id; another user's task is ErrNotFound, like a missing one.
@@ -300,32 +340,49 @@ func (s *Store) ToggleTask(ctx context.Context, userID string, id int64) (Task, 
 
 // DeleteTask removes the user's task id.
 func (s *Store) DeleteTask(ctx context.Context, userID string, id int64) error {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	ctx, cancel := s.statement(ctx)
 	defer cancel()
-	tag, err := s.pool.Exec(ctx, sqlDeleteTask, id, userID)
-	if err == nil && tag.RowsAffected() == 0 {
+	var deleted int
+	err := s.pool.QueryRow(ctx, sqlDeleteTask, id, userID).Scan(&deleted)
+	if err == nil && deleted == 0 {
 		err = pgx.ErrNoRows
 	}
-	return translate(ctx, err)
+	return s.translate(ctx, err)
 }
 
-// oneTask runs a statement that returns at most one task, under the store's deadline.
+// oneTask runs a statement that returns at most one task.
 func (s *Store) oneTask(ctx context.Context, sql string, args ...any) (Task, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	ctx, cancel := s.statement(ctx)
 	defer cancel()
 	var t Task
 	err := scanTask(s.pool.QueryRow(ctx, sql, args...), &t)
-	return t, translate(ctx, err)
+	return t, s.translate(ctx, err)
+}
+
+// statement is the context of a single-row statement: the store's deadline, and no
+// cancelling when the client hangs up. Such a statement takes a millisecond, and
+// interrupting it would cost its connection (pgx closes a connection it interrupts).
+func (s *Store) statement(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 }
 
 // translate turns a driver error into one of the store's sentinels, keeping the cause
-// in the chain for the log. ctx is the statement's, deadline included.
-func translate(ctx context.Context, err error) error {
+// in the chain for the log, and tells the breaker about failed connection attempts. ctx
+// is the statement's.
+func (s *Store) translate(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ErrNotFound
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		s.breaker.failed(err)
+		return fmt.Errorf("%w: %w: %w", ErrUnavailable, errDatabaseDown, err)
+	}
+	if errors.Is(err, errDatabaseDown) {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {

@@ -378,3 +378,62 @@ func TestStoreDeadline(t *testing.T) {
 		t.Fatalf("toggle after a timed-out one: %v", err)
 	}
 }
+
+// TestCreatesStopAtTheTaskLimit races creates at the limit: the count is checked in the
+// statement that inserts, so exactly the limit is reached, never passed.
+func TestCreatesStopAtTheTaskLimit(t *testing.T) {
+	t.Parallel()
+	s := storeVia(t, "", 5*time.Second, nil)
+	s.maxTasks = 20
+	ctx, me := context.Background(), newUserID(t)
+	for i := 0; i < s.maxTasks-5; i++ {
+		mustCreate(t, s, me, fmt.Sprint("before ", i), nil)
+	}
+	const racers = 50
+	var wg sync.WaitGroup
+	errs := make(chan error, racers)
+	for i := 0; i < racers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.CreateTask(ctx, me, "racer", nil)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	created, refused := 0, 0
+	for err := range errs {
+		switch {
+		case err == nil:
+			created++
+		case errors.Is(err, ErrTaskLimit):
+			refused++
+		default:
+			t.Fatal(err)
+		}
+	}
+	_, total, err := listTasks(s, ctx, me, ListQuery{Status: "all", Sort: "created", Desc: true, Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if created != 5 || refused != racers-5 || total != int64(s.maxTasks) {
+		t.Errorf("%d created, %d refused, %d owned; want 5, %d and %d", created, refused, total, racers-5, s.maxTasks)
+	}
+
+	// A delete makes room for exactly one more.
+	_, err = s.CreateTask(ctx, me, "one too many", nil)
+	if !errors.Is(err, ErrTaskLimit) {
+		t.Fatalf("create at the limit: %v, want ErrTaskLimit", err)
+	}
+	tasks, _, _ := listTasks(s, ctx, me, ListQuery{Status: "all", Sort: "created", Desc: true, Limit: 1})
+	if err := s.DeleteTask(ctx, me, tasks[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, s, me, "in the room a delete made", nil)
+	if _, err := s.CreateTask(ctx, me, "one too many again", nil); !errors.Is(err, ErrTaskLimit) {
+		t.Errorf("create at the limit after the refill: %v, want ErrTaskLimit", err)
+	}
+	// Another user is not affected.
+	mustCreate(t, s, newUserID(t), "someone else", nil)
+}

@@ -1,0 +1,237 @@
+//go:build abuse
+
+// make abuse (go test -tags abuse -run TestAbuse): what a hostile or careless client can
+// make a server spend, for this tree's build and for every binary named in ABUSE_COMPARE
+// (name=path,...; an earlier commit's build, say), one after the other, on loopback. It
+// prints a table and asserts nothing: the figures are for docs/operations.md.
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func TestAbuse(t *testing.T) {
+	testStore(t)
+	outage := envDuration(t, "ABUSE_OUTAGE", 30*time.Second)
+	ctx := context.Background()
+
+	// A database of its own, with one user who owns 10,000 tasks of 1000-character
+	// descriptions: the most a user may own, at the largest description.
+	base := os.Getenv("TEST_DATABASE_URL")
+	admin, err := pgx.Connect(ctx, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`DROP DATABASE IF EXISTS taskflow_abuse`, `CREATE DATABASE taskflow_abuse`} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin.Close(ctx)
+	dbURL := strings.Replace(base, "/taskflow_test?", "/taskflow_abuse?", 1)
+	db, err := openTestStore(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	me := newUserID(t)
+	if _, err := db.pool.Exec(ctx, `INSERT INTO tasks (user_id, title, description)
+SELECT $1, 'task ' || i, repeat('d', 1000) FROM generate_series(1, 10000) AS i`, me); err != nil {
+		t.Fatal(err)
+	}
+	var taskID int64
+	db.pool.QueryRow(ctx, `SELECT min(id) FROM tasks`).Scan(&taskID)
+	db.Close()
+	token := tokenFor(t, me)
+
+	bin := filepath.Join(t.TempDir(), "taskflow-api")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	type figures map[string]string
+	var names []string
+	results := map[string]figures{}
+	for _, spec := range append([]string{"this tree=" + bin}, envList("ABUSE_COMPARE", "")...) {
+		name, path, ok := strings.Cut(spec, "=")
+		if !ok {
+			continue
+		}
+		names = append(names, name)
+		f := figures{}
+		results[name] = f
+
+		proxy := newFaultProxy(t, dbAddr(t))
+		u := strings.Replace(dbURL, dbAddr(t), proxy.ln.Addr().String(), 1)
+		port := freePort(t)
+		srv := exec.Command(path)
+		srv.Env = append(os.Environ(), "DATABASE_URL="+u, "BETTER_AUTH_SECRET="+testSecret, "PORT="+port, "LOG_FORMAT=json")
+		stdout, _ := srv.StdoutPipe()
+		srv.Stderr = os.Stderr
+		var lines atomic.Int64
+		go func() {
+			sc := bufio.NewScanner(stdout)
+			sc.Buffer(make([]byte, 1<<20), 1<<20)
+			for sc.Scan() {
+				lines.Add(1)
+			}
+		}()
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		base := "http://127.0.0.1:" + port
+		waitOK(t, base+"/readyz")
+		get := func(path string) (*http.Response, error) {
+			req, _ := http.NewRequest("GET", base+path, nil)
+			req.Header.Set("Authorization", "Bearer "+token)
+			return http.DefaultClient.Do(req)
+		}
+		list := "/api/" + me + "/tasks"
+
+		// One client, the whole list: time to the first byte and to the last.
+		start := time.Now()
+		res, err := get(list)
+		if err != nil {
+			t.Fatal(err)
+		}
+		firstByte := make([]byte, 1)
+		io.ReadFull(res.Body, firstByte)
+		ttfb := time.Since(start)
+		n, _ := io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		f["10,000-task list: first byte / last byte"] = fmt.Sprintf("%s / %s (%.1f MB)", ms(ttfb), ms(time.Since(start)), float64(n+1)/1e6)
+
+		// Five clients fetching it at once.
+		resetPeakRSS(t, srv.Process.Pid)
+		var wg sync.WaitGroup
+		for range 5 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if res, err := get(list); err == nil {
+					io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+				}
+			}()
+		}
+		wg.Wait()
+		f["peak RSS, 5 clients fetch it at once"] = fmt.Sprintf("%.1f MiB", float64(peakRSS(t, srv.Process.Pid))/(1<<20))
+
+		// 300 clients ask for 1000 tasks each and never read the answer.
+		resetPeakRSS(t, srv.Process.Pid)
+		var conns []net.Conn
+		for range 300 {
+			c, err := net.Dial("tcp", "127.0.0.1:"+port)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(c, "GET %s?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", list, token)
+			conns = append(conns, c)
+		}
+		time.Sleep(10 * time.Second)
+		f["peak RSS, 300 clients ask for 1000 tasks and never read"] = fmt.Sprintf("%.1f MiB", float64(peakRSS(t, srv.Process.Pid))/(1<<20))
+		for _, c := range conns {
+			c.Close()
+		}
+
+		// A database outage under 8 busy clients.
+		waitOK(t, base+"/readyz")
+		time.Sleep(time.Second) // the access lines of the above are written
+		proxy.set("down")
+		dials, logged := proxy.dials.Load(), lines.Load()
+		outCtx, cancel := context.WithTimeout(ctx, outage)
+		var (
+			mu        sync.Mutex
+			latencies []time.Duration
+		)
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for outCtx.Err() == nil {
+					began := time.Now()
+					res, err := get(fmt.Sprintf("%s/%d", list, taskID))
+					if err != nil {
+						continue
+					}
+					io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+					mu.Lock()
+					latencies = append(latencies, time.Since(began))
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		cancel()
+		dials, logged = proxy.dials.Load()-dials, lines.Load()-logged
+		slices.Sort(latencies)
+		f["outage: requests answered (all 503)"] = strconv.Itoa(len(latencies))
+		f["outage: connection attempts (per second)"] = fmt.Sprintf("%d (%.1f/s)", dials, float64(dials)/outage.Seconds())
+		f["outage: log lines written"] = strconv.FormatInt(logged, 10)
+		if len(latencies) > 0 {
+			f["outage: 503 latency p50 / p99"] = fmt.Sprintf("%s / %s", ms(latencies[len(latencies)/2]), ms(latencies[len(latencies)*99/100]))
+		}
+		proxy.set("up")
+		back := time.Now()
+		for {
+			res, err := get(fmt.Sprintf("%s/%d", list, taskID))
+			if err == nil {
+				res.Body.Close()
+				if res.StatusCode == http.StatusOK {
+					break
+				}
+			}
+			if time.Since(back) > 30*time.Second {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		f["outage: first 200 after the database returns"] = ms(time.Since(back))
+
+		srv.Process.Signal(os.Interrupt)
+		srv.Wait()
+	}
+
+	fmt.Printf("\n| figure | %s |\n|---|%s\n", strings.Join(names, " | "), strings.Repeat("---:|", len(names)))
+	for _, row := range []string{
+		"10,000-task list: first byte / last byte",
+		"peak RSS, 5 clients fetch it at once",
+		"peak RSS, 300 clients ask for 1000 tasks and never read",
+		"outage: requests answered (all 503)",
+		"outage: connection attempts (per second)",
+		"outage: log lines written",
+		"outage: 503 latency p50 / p99",
+		"outage: first 200 after the database returns",
+	} {
+		line := "| " + row + " |"
+		for _, name := range names {
+			line += " " + results[name][row] + " |"
+		}
+		fmt.Println(line)
+	}
+	fmt.Printf("\n(outage: %s with the database's TCP proxy refusing and cutting connections)\n", outage)
+}
+
+// resetPeakRSS starts a new peak for VmHWM (see proc(5), clear_refs).
+func resetPeakRSS(t *testing.T, pid int) {
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		t.Fatal(err)
+	}
+}
