@@ -119,47 +119,66 @@ const maxUnixTime = 253402300799
 // errNoToken is the 401 for a request without credentials: RFC 6750's bare challenge.
 var errNoToken = &apiError{status: http.StatusUnauthorized, detail: "missing bearer token", challenge: "Bearer"}
 
-// authenticate returns the user id of the request's bearer token, or a 401 apiError.
-func (a *Authenticator) authenticate(r *http.Request) (string, error) {
+// A caller is who a verified token speaks for, and until when.
+type caller struct {
+	userID  string
+	expires time.Time
+}
+
+// authenticate verifies the request's bearer token and returns its caller, or a 401. The
+// events route, which browsers reach with EventSource, cannot send headers: there the
+// token may come as the access_token query parameter instead.
+func (a *Authenticator) authenticate(r *http.Request) (caller, error) {
 	headers := r.Header.Values("Authorization")
 	if len(headers) > 1 {
 		// Which one counts could differ between this service and a proxy in front of it.
-		return "", badRequest("send one Authorization header, not %d", len(headers))
+		return caller{}, badRequest("send one Authorization header, not %d", len(headers))
 	}
 	if len(headers) == 0 || headers[0] == "" {
-		return "", errNoToken
+		if r.Pattern == eventsRoute && r.URL.Query().Has("access_token") {
+			return a.verifyQueryToken(r)
+		}
+		return caller{}, errNoToken
 	}
-	header := headers[0]
-	scheme, token, _ := strings.Cut(header, " ")
+	scheme, token, _ := strings.Cut(headers[0], " ")
 	token = strings.TrimSpace(token)
 	if !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return "", unauthorized("Authorization header must be: Bearer <token>")
+		return caller{}, unauthorized("Authorization header must be: Bearer <token>")
 	}
 	return a.verify(token)
 }
 
-// verify checks a token's signature and claims and returns its subject.
-func (a *Authenticator) verify(token string) (string, error) {
+func (a *Authenticator) verifyQueryToken(r *http.Request) (caller, error) {
+	values := r.URL.Query()["access_token"]
+	if len(values) != 1 || values[0] == "" {
+		return caller{}, unauthorized("access_token must be given once, and not empty")
+	}
+	return a.verify(values[0])
+}
+
+// verify checks a token's signature and claims and returns its caller.
+func (a *Authenticator) verify(token string) (caller, error) {
 	if len(token) > maxTokenBytes {
-		return "", unauthorized("token is too long")
+		return caller{}, unauthorized("token is too long")
 	}
 	var generation uint64
 	if a.keys != nil {
 		generation = a.keys.generation()
 	}
-	if sub, ok := a.cache.get(token, generation); ok {
-		return sub, nil
+	if who, ok := a.cache.get(token, generation); ok {
+		return who, nil
 	}
 	var claims claims
 	if _, err := a.parser.ParseWithClaims(token, &claims, a.key); err != nil {
-		return "", unauthorized(tokenErrorDetail(err))
+		return caller{}, unauthorized(tokenErrorDetail(err))
 	}
 	sub := claims.Subject
 	if sub == "" || len(sub) > maxUserIDBytes || !utf8.ValidString(sub) || strings.IndexByte(sub, 0) >= 0 {
-		return "", unauthorized("token subject is not a valid user id")
+		return caller{}, unauthorized("token subject is not a valid user id")
 	}
-	a.cache.put(token, sub, claims.ExpiresAt.Time, generation) // exp is required, so set
-	return sub, nil
+	who := caller{userID: sub, expires: claims.ExpiresAt.Time} // exp is required, so set
+	a.cache.put(token, who, generation)
+	return who, nil
 }
 
 // tokenErrorDetail says why a token was refused, precisely enough to debug a client

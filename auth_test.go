@@ -115,8 +115,8 @@ func TestAuthAccepts(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := httptest.NewRequest("GET", "/api/"+me+"/tasks", nil)
 			r.Header.Set("Authorization", tt.authorization)
-			if sub, err := auth.authenticate(r); err != nil || sub != me {
-				t.Errorf("authenticate = %q, %v; want %q", sub, err, me)
+			if who, err := auth.authenticate(r); err != nil || who.userID != me {
+				t.Errorf("authenticate = %+v, %v; want %q", who, err, me)
 			}
 		})
 	}
@@ -131,8 +131,8 @@ func TestAuthConfiguredIssuerAndAudience(t *testing.T) {
 		t.Error("accepted the default issuer and audience")
 	}
 	c.Issuer, c.Audience = "my-web", jwt.ClaimStrings{"my-api"}
-	if sub, err := auth.verify(signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)); err != nil || sub != me {
-		t.Errorf("verify = %q, %v; want the configured issuer and audience accepted", sub, err)
+	if who, err := auth.verify(signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)); err != nil || who.userID != me {
+		t.Errorf("verify = %+v, %v; want the configured issuer and audience accepted", who, err)
 	}
 }
 
@@ -152,7 +152,8 @@ func FuzzVerifyToken(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, token string) {
-		sub, err := auth.verify(token)
+		who, err := auth.verify(token)
+		sub := who.userID
 		if err == nil {
 			// Forging an HS256 signature by chance is not going to happen: whatever
 			// verifies must be the seed's own token, or one equivalent to it.
@@ -230,8 +231,8 @@ func TestStrictTokenParsing(t *testing.T) {
 		return fmt.Sprintf(`{"sub":%q,"iss":"taskflow-web","aud":"taskflow-api","exp":%d%s}`, me, exp, extra)
 	}
 	header := `{"alg":"HS256","typ":"JWT"}`
-	if sub, err := auth.verify(signRaw(header, payload(""))); err != nil || sub != me {
-		t.Fatalf("the well-formed token: %q, %v", sub, err)
+	if who, err := auth.verify(signRaw(header, payload(""))); err != nil || who.userID != me {
+		t.Fatalf("the well-formed token: %+v, %v", who, err)
 	}
 
 	rejected := map[string]string{

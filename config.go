@@ -14,17 +14,21 @@ const devDatabaseURL = "postgres://postgres@127.0.0.1:54329/taskflow?sslmode=dis
 
 // config is everything the server reads from its environment.
 type config struct {
-	databaseURL   string
-	secret        []byte // nil when BETTER_AUTH_SECRET is unset
-	issuer        string
-	audience      string
-	jwksURL       string
-	corsOrigins   []string
-	port          string
-	dbTimeout     time.Duration
-	shutdownGrace time.Duration
-	logFormat     string
-	maxTasks      int // per user
+	databaseURL    string
+	secret         []byte // nil when BETTER_AUTH_SECRET is unset
+	issuer         string
+	audience       string
+	jwksURL        string
+	corsOrigins    []string
+	port           string
+	dbTimeout      time.Duration
+	shutdownGrace  time.Duration
+	logFormat      string
+	maxTasks       int // per user
+	listenURL      string
+	listenURLVar   string // which variable listenURL came from
+	maxStreams     int    // per instance
+	maxUserStreams int    // per user and instance
 }
 
 // loadConfig reads and checks the environment. Its errors are one line that names the
@@ -74,6 +78,18 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if c.maxTasks, err = positiveInt(env("MAX_TASKS_PER_USER", "10000"), "MAX_TASKS_PER_USER"); err != nil {
 		return c, err
+	}
+	if c.maxStreams, err = positiveInt(env("MAX_STREAMS", "10000"), "MAX_STREAMS"); err != nil {
+		return c, err
+	}
+	if c.maxUserStreams, err = positiveInt(env("MAX_STREAMS_PER_USER", "16"), "MAX_STREAMS_PER_USER"); err != nil {
+		return c, err
+	}
+	c.listenURL, c.listenURLVar = env("DATABASE_LISTEN_URL", ""), "DATABASE_LISTEN_URL"
+	if c.listenURL == "" {
+		c.listenURL, c.listenURLVar = c.databaseURL, "DATABASE_URL"
+	} else if _, err := newPoolConfig(c.listenURL, c.dbTimeout); err != nil {
+		return c, fmt.Errorf("DATABASE_LISTEN_URL is not a valid PostgreSQL URL: %w", err)
 	}
 	if c.logFormat != "json" && c.logFormat != "text" {
 		return c, fmt.Errorf("LOG_FORMAT must be json or text, got %q", c.logFormat)

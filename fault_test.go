@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -26,17 +25,14 @@ type faultProxy struct {
 	dials atomic.Int64 // connections the service opened to the proxy
 
 	mu      sync.Mutex
-	mode    string // "up", "down" (connections refused and cut) or "hang" (bytes held)
+	mode    string // "up", "down" (connections refused and cut), "hang" (bytes held) or "deaf" (answers lost)
 	changed chan struct{}
 	conns   map[net.Conn]bool
 }
 
 func newFaultProxy(t *testing.T, target string) *faultProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenLoopback(t)
 	p := &faultProxy{ln: ln, target: target, mode: "up", changed: make(chan struct{}), conns: map[net.Conn]bool{}}
 	t.Cleanup(func() {
 		ln.Close()
@@ -85,14 +81,15 @@ func (p *faultProxy) serve() {
 			p.mu.Lock()
 			p.conns[server] = true
 			p.mu.Unlock()
-			go p.pipe(server, client)
-			p.pipe(client, server)
+			go p.pipe(server, client, false)
+			p.pipe(client, server, true)
 		}()
 	}
 }
 
-// pipe copies src to dst, holding each chunk while the proxy hangs.
-func (p *faultProxy) pipe(dst, src net.Conn) {
+// pipe copies src to dst, holding each chunk while the proxy hangs, and dropping what
+// goes to the client while it is deaf.
+func (p *faultProxy) pipe(dst, src net.Conn, toClient bool) {
 	defer dst.Close()
 	defer src.Close()
 	buf := make([]byte, 32<<10)
@@ -107,7 +104,10 @@ func (p *faultProxy) pipe(dst, src net.Conn) {
 			}
 			<-changed
 		}
-		if n > 0 {
+		p.mu.Lock()
+		deaf := p.mode == "deaf"
+		p.mu.Unlock()
+		if n > 0 && !(deaf && toClient) {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
 			}
@@ -357,7 +357,7 @@ func TestAnOutageIsQuietAndCheap(t *testing.T) {
 	var logs syncBuffer
 	s := storeVia(t, proxy.ln.Addr().String(), 2*time.Second, nil)
 	s.breaker.log = slogTo(&logs)
-	api := &testAPI{handler: newHandler(slogTo(&logs), s, newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), []string{testOrigin})}
+	api := &testAPI{handler: newHandler(slogTo(&logs), s, newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), nil, []string{testOrigin})}
 	me := api.newUser(t)
 	taskPath := fmt.Sprintf("/api/{me}/tasks/%d", me.create(t, "before").ID)
 
@@ -437,8 +437,7 @@ func TestAClientHangUpIsNotAnOutage(t *testing.T) {
 		go func() { defer wg.Done(); s.pool.Exec(context.Background(), `SELECT pg_sleep(0.2)`) }()
 	}
 	wg.Wait()
-	srv := httptest.NewServer(newHandler(slogTo(&logs), s, newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), []string{testOrigin}))
-	defer srv.Close()
+	srv := newTestServer(t, newHandler(slogTo(&logs), s, newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), nil, []string{testOrigin}))
 	me := newUserID(t)
 	proxy.set("hang")
 	for _, path := range []string{"/tasks", "/tasks/1"} {
@@ -455,4 +454,41 @@ func TestAClientHangUpIsNotAnOutage(t *testing.T) {
 		t.Errorf("want two 499s and no warning:\n%s", logs.String())
 	}
 	proxy.set("down")
+}
+
+// TestARetryAfterALostAnswerWritesOnce: the statement of a create reaches PostgreSQL and
+// commits, but its answer is lost on the way back, so the client gets a 503 that says the
+// outcome is unknown. Its retry, with the same key, once the database is back, gets the
+// first answer, and there is one task.
+func TestARetryAfterALostAnswerWritesOnce(t *testing.T) {
+	t.Parallel()
+	proxy := newFaultProxy(t, dbAddr(t))
+	me := newTestAPI(storeVia(t, proxy.ln.Addr().String(), time.Second, nil)).newUser(t)
+	me.create(t, "before") // a pooled connection, so that the create below needs no dial
+	key := map[string]string{"Idempotency-Key": "lost-answer"}
+
+	proxy.set("deaf")
+	d := me.doWith(t, "POST", "/api/{me}/tasks", `{"title":"committed, answer lost"}`, key).wantStatus(http.StatusServiceUnavailable).detail()
+	if !strings.Contains(d, "retry with the same Idempotency-Key") {
+		t.Errorf("the 503 of a write says %q, want it to say to retry with the same key", d)
+	}
+	proxy.set("down")
+	proxy.set("up")
+
+	var retry response
+	waitFor(t, "the retry to be answered", func() bool {
+		retry = me.doWith(t, "POST", "/api/{me}/tasks", `{"title":"committed, answer lost"}`, key)
+		return retry.Code != http.StatusServiceUnavailable
+	})
+	retry.wantStatus(http.StatusCreated)
+	if retry.Header().Get("Idempotent-Replayed") != "true" {
+		t.Error("the retry was not answered from the first request")
+	}
+	tasks := me.do(t, "GET", "/api/{me}/tasks?order=asc", "").wantStatus(http.StatusOK).tasks()
+	if len(tasks) != 2 || !tasks[1].equal(retry.task()) {
+		t.Fatalf("tasks %+v after the retry, want [before, %s]", tasks, retry.Body)
+	}
+	if want := fmt.Sprintf("/api/%s/tasks/%d", me.id, tasks[1].ID); retry.Header().Get("Location") != want {
+		t.Errorf("Location %q, want %q", retry.Header().Get("Location"), want)
+	}
 }

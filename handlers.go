@@ -2,6 +2,7 @@ package main
 
 import (
 	_ "embed"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -15,7 +16,7 @@ type router interface {
 }
 
 // addRoutes is the whole API at a glance.
-func addRoutes(mux router, store *Store, auth *Authenticator) {
+func addRoutes(mux router, store *Store, auth *Authenticator, events *Events) {
 	mux.Handle("GET /healthz", handleHealthz())
 	mux.Handle("GET /readyz", handleReadyz(store))
 	mux.Handle("GET /openapi.json", handleOpenAPI())
@@ -26,13 +27,18 @@ func addRoutes(mux router, store *Store, auth *Authenticator) {
 	mux.Handle("PUT /api/{user_id}/tasks/{id}", authed(auth, handleUpdateTask(store)))
 	mux.Handle("DELETE /api/{user_id}/tasks/{id}", authed(auth, handleDeleteTask(store)))
 	mux.Handle("PATCH /api/{user_id}/tasks/{id}/complete", authed(auth, handleToggleTask(store)))
+	mux.Handle(eventsRoute, authed(auth, handleEvents(events)))
 }
+
+// eventsRoute is the live-updates stream, the one route that takes its token from the
+// query too (see Authenticator.authenticate).
+const eventsRoute = "GET /api/{user_id}/events"
 
 // newHandler assembles the server: request log → panic recovery → CORS → the mux, whose
 // own 404 and 405 answers are turned into JSON; each /api route checks its token first.
-func newHandler(log *slog.Logger, store *Store, auth *Authenticator, corsOrigins []string) http.Handler {
+func newHandler(log *slog.Logger, store *Store, auth *Authenticator, events *Events, corsOrigins []string) http.Handler {
 	mux := http.NewServeMux()
-	addRoutes(mux, store, auth)
+	addRoutes(mux, store, auth, events)
 	return withRequestLog(log, withRecover(withCORS(corsOrigins, withJSONErrors(mux))))
 }
 
@@ -47,25 +53,25 @@ func (h handlerFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // userHandler serves an authenticated user's request for their own tasks.
-type userHandler func(w http.ResponseWriter, r *http.Request, userID string) error
+type userHandler func(w http.ResponseWriter, r *http.Request, who caller) error
 
 // authed checks the bearer token and that the path names its user. Handlers receive the
-// token's user id, never the path's, and pass it to every store call.
+// token's caller, never the path's user, and pass who.userID to every store call.
 func authed(auth *Authenticator, h userHandler) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		// A user's tasks, and the errors about them, are for that user only.
 		w.Header().Set("Cache-Control", "no-store")
-		userID, err := auth.authenticate(r)
+		who, err := auth.authenticate(r)
 		if err != nil {
 			return err
 		}
 		if info := infoFrom(r.Context()); info != nil {
-			info.userID = userID
+			info.userID = who.userID
 		}
-		if r.PathValue("user_id") != userID {
+		if r.PathValue("user_id") != who.userID {
 			return &apiError{status: http.StatusForbidden, detail: "the token does not grant access to this user's tasks"}
 		}
-		return h(w, r, userID)
+		return h(w, r, who)
 	}
 }
 
@@ -98,83 +104,117 @@ func handleOpenAPI() handlerFunc {
 }
 
 func handleListTasks(store *Store) userHandler {
-	return func(w http.ResponseWriter, r *http.Request, userID string) error {
+	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		q, err := parseListQuery(r.URL.RawQuery)
 		if err != nil {
 			return err
 		}
-		list := newJSONArray(w)
-		err = store.ListTasks(r.Context(), userID, q, func(h ListHead) error {
+		list := newTaskList(w)
+		err = store.ListTasks(r.Context(), who.userID, q, func(h ListHead) error {
+			etag := listETag(h, q)
+			if match, err := noneMatch(r, etag); match || err != nil {
+				if err == nil {
+					writeNotModified(w, etag)
+					err = errNotModified
+				}
+				return err
+			}
+			w.Header().Set("ETag", etag)
 			w.Header().Set("X-Total-Count", strconv.FormatInt(h.Total, 10))
 			return list.begin(http.StatusOK)
-		}, func(t *Task) error { return list.add(t) })
+		}, list.add)
+		if errors.Is(err, errNotModified) {
+			err = nil
+		}
 		return list.end(err)
 	}
 }
 
+// errNotModified stops a list whose head shows the client has it already.
+var errNotModified = errors.New("not modified")
+
 func handleCreateTask(store *Store) userHandler {
-	return func(w http.ResponseWriter, r *http.Request, userID string) error {
-		in, err := readTaskBody(w, r, false)
+	return func(w http.ResponseWriter, r *http.Request, who caller) error {
+		in, body, err := readTaskBody(w, r, false)
 		if err != nil {
 			return err
 		}
 		if in.Title == nil {
 			return unprocessable("title is required")
 		}
-		t, err := store.CreateTask(r.Context(), userID, *in.Title, in.Description)
+		key, err := readIdempotencyKey(r, body)
 		if err != nil {
 			return err
 		}
-		w.Header().Set("Location", taskPath(userID, t.ID))
-		writeJSON(w, http.StatusCreated, t)
+		t, replayed, err := store.CreateTask(r.Context(), who.userID, *in.Title, in.Description, key)
+		if err != nil {
+			return err
+		}
+		w.Header().Set("Location", taskPath(who.userID, t.ID))
+		writeTask(w, http.StatusCreated, t, replayed)
 		return nil
 	}
 }
 
 func handleGetTask(store *Store) userHandler {
-	return func(w http.ResponseWriter, r *http.Request, userID string) error {
+	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		id, err := parseTaskID(r.PathValue("id"))
 		if err != nil {
 			return err
 		}
-		t, err := store.GetTask(r.Context(), userID, id)
+		t, err := store.GetTask(r.Context(), who.userID, id)
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, t)
+		etag := taskETag(t.Version)
+		if match, err := noneMatch(r, etag); match || err != nil {
+			if err == nil {
+				writeNotModified(w, etag)
+			}
+			return err
+		}
+		writeTask(w, http.StatusOK, t, false)
 		return nil
 	}
 }
 
 func handleUpdateTask(store *Store) userHandler {
-	return func(w http.ResponseWriter, r *http.Request, userID string) error {
+	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		id, err := parseTaskID(r.PathValue("id"))
 		if err != nil {
 			return err
 		}
-		patch, err := readTaskBody(w, r, true)
+		patch, _, err := readTaskBody(w, r, true)
 		if err != nil {
 			return err
 		}
 		if patch == (TaskPatch{}) {
 			return unprocessable("the body must set at least one of title, description, completed")
 		}
-		t, err := store.UpdateTask(r.Context(), userID, id, patch)
+		ifMatch, err := readIfMatch(r)
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, t)
+		t, err := store.UpdateTask(r.Context(), who.userID, id, patch, ifMatch)
+		if err != nil {
+			return err
+		}
+		writeTask(w, http.StatusOK, t, false)
 		return nil
 	}
 }
 
 func handleDeleteTask(store *Store) userHandler {
-	return func(w http.ResponseWriter, r *http.Request, userID string) error {
+	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		id, err := parseTaskID(r.PathValue("id"))
 		if err != nil {
 			return err
 		}
-		if err := store.DeleteTask(r.Context(), userID, id); err != nil {
+		ifMatch, err := readIfMatch(r)
+		if err != nil {
+			return err
+		}
+		if err := store.DeleteTask(r.Context(), who.userID, id, ifMatch); err != nil {
 			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -183,16 +223,38 @@ func handleDeleteTask(store *Store) userHandler {
 }
 
 func handleToggleTask(store *Store) userHandler {
-	return func(w http.ResponseWriter, r *http.Request, userID string) error {
+	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		id, err := parseTaskID(r.PathValue("id"))
 		if err != nil {
 			return err
 		}
-		t, err := store.ToggleTask(r.Context(), userID, id)
+		ifMatch, err := readIfMatch(r)
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, t)
+		key, err := readIdempotencyKey(r, nil)
+		if err != nil {
+			return err
+		}
+		t, replayed, err := store.ToggleTask(r.Context(), who.userID, id, ifMatch, key)
+		if err != nil {
+			return err
+		}
+		writeTask(w, http.StatusOK, t, replayed)
+		return nil
+	}
+}
+
+// handleEvents serves a stream of the user's changes (text/event-stream) until the token
+// expires, the client leaves or falls too far behind, or the server shuts down.
+func handleEvents(events *Events) userHandler {
+	return func(w http.ResponseWriter, r *http.Request, who caller) error {
+		s, err := events.subscribe(r.Context(), who.userID)
+		if err != nil {
+			return err
+		}
+		defer events.unsubscribe(s)
+		writeEventStream(w, r, s, who.expires, events.heartbeat)
 		return nil
 	}
 }

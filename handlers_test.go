@@ -257,8 +257,7 @@ func TestListStreamsInBoundedMemory(t *testing.T) {
 	testStore(t) // not parallel: it measures this process's heap
 	me := newUserID(t)
 	insertBigTasks(t, me, 10000)
-	srv := httptest.NewServer(newTestAPI(testStore(t)).handler)
-	defer srv.Close()
+	srv := newTestServer(t, newTestAPI(testStore(t)).handler)
 
 	runtime.GC()
 	var before runtime.MemStats
@@ -307,8 +306,10 @@ WHERE application_name = $1 AND state = 'active'`, appName).Scan(&n)
 		return n
 	}
 	var logs syncBuffer
-	srv := httptest.NewUnstartedServer(newHandler(slogTo(&logs), s, newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), []string{testOrigin}))
+	srv := httptest.NewUnstartedServer(newHandler(slogTo(&logs), s, newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), nil, []string{testOrigin}))
 	srv.Config.WriteTimeout = time.Second
+	srv.Listener.Close()
+	srv.Listener = listenLoopback(t)
 	srv.Start()
 	defer srv.Close()
 

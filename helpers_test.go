@@ -7,12 +7,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -190,7 +194,7 @@ const testOrigin = "http://localhost:3000"
 
 func newTestAPI(s *Store) *testAPI {
 	auth := newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api")
-	return &testAPI{handler: newHandler(discardLogger(), s, auth, []string{testOrigin})}
+	return &testAPI{handler: newHandler(discardLogger(), s, auth, nil, []string{testOrigin})}
 }
 
 // request is one HTTP call; the zero value of each field means "the usual".
@@ -246,7 +250,13 @@ func (a *testAPI) newUser(t testing.TB) *user {
 // do sends a request as u; "{me}" in path stands for u's id.
 func (u *user) do(t *testing.T, method, path, body string) response {
 	t.Helper()
-	return u.api.do(t, request{method: method, path: strings.ReplaceAll(path, "{me}", u.id), body: body, token: u.token})
+	return u.api.do(t, request{method: method, path: strings.ReplaceAll(path, "{me}", url.PathEscape(u.id)), body: body, token: u.token})
+}
+
+// doWith is do with extra request headers.
+func (u *user) doWith(t *testing.T, method, path, body string, header map[string]string) response {
+	t.Helper()
+	return u.api.do(t, request{method: method, path: strings.ReplaceAll(path, "{me}", url.PathEscape(u.id)), body: body, token: u.token, header: header})
 }
 
 // create makes a task through the API and returns it decoded.
@@ -380,4 +390,96 @@ func peakRSS(t testing.TB, pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// pgBouncer is a running pgbouncer; see startPgBouncer.
+type pgBouncer struct {
+	url         string // a DATABASE_URL through it
+	start, stop func()
+}
+
+// startPgBouncer runs Debian's pgbouncer with deploy/pgbouncer.ini (transaction pooling,
+// as Neon's -pooler endpoint) in front of the database of databaseURL. make test installs
+// pgbouncer; elsewhere the calling test is skipped without it.
+func startPgBouncer(t *testing.T, databaseURL string) *pgBouncer {
+	t.Helper()
+	bin, err := exec.LookPath("pgbouncer")
+	if err != nil {
+		bin = "/usr/sbin/pgbouncer"
+	}
+	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("pgbouncer is not installed: run the tests through make test")
+		}
+		t.Skip("pgbouncer is not installed; make test installs it")
+	}
+	direct, err := url.Parse(databaseURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As root, pgbouncer runs as postgres (it refuses root), which must reach its files.
+	dir, err := os.MkdirTemp("", "pgbouncer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o777)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	port := freePort(t)
+	template, err := os.ReadFile("deploy/pgbouncer.ini")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var options string
+	if schema := direct.Query().Get("search_path"); schema != "" {
+		// A test run's schema is a start-up parameter pgbouncer does not pass on; its
+		// server connections set it themselves.
+		options = "connect_query='SET search_path = " + schema + "'"
+	}
+	ini := strings.NewReplacer("@DATABASE@", strings.TrimPrefix(direct.Path, "/"), "@PGHOST@", direct.Hostname(),
+		"@PGPORT@", direct.Port(), "@DBOPTIONS@", options, "@PORT@", port, "@DIR@", dir).Replace(string(template))
+	if options != "" {
+		ini = strings.Replace(ini, "[pgbouncer]\n", "[pgbouncer]\nignore_startup_parameters = search_path\n", 1)
+	}
+	for name, body := range map[string]string{"pgbouncer.ini": ini, "users.txt": `"postgres" ""` + "\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	argv := []string{bin, filepath.Join(dir, "pgbouncer.ini")}
+	if os.Geteuid() == 0 {
+		argv = append([]string{"runuser", "-u", "postgres", "--"}, argv...)
+	}
+	var cmd *exec.Cmd
+	b := &pgBouncer{}
+	b.start = func() {
+		cmd = exec.Command(argv[0], argv[1:]...)
+		cmd.Dir = "/"
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "pgbouncer to listen", func() bool {
+			c, err := net.Dial("tcp", "127.0.0.1:"+port)
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		})
+	}
+	b.stop = func() {
+		if cmd != nil {
+			cmd.Process.Signal(syscall.SIGTERM) // immediate shutdown
+			cmd.Wait()
+			cmd = nil
+		}
+	}
+	b.start()
+	t.Cleanup(b.stop)
+	through := *direct
+	through.Host = "127.0.0.1:" + port
+	q := through.Query()
+	q.Del("search_path")
+	q.Set("default_query_exec_mode", "exec") // see deploy/pgbouncer.ini
+	through.RawQuery = q.Encode()
+	b.url = through.String()
+	return b
 }

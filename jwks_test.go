@@ -95,7 +95,7 @@ type jwksServer struct {
 func newJWKSServer(t testing.TB, keys ...testKey) *jwksServer {
 	s := &jwksServer{status: http.StatusOK}
 	s.setKeys(keys...)
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.fetches.Add(1)
 		s.mu.Lock()
 		body, status, hang := s.body, s.status, s.hang
@@ -111,6 +111,9 @@ func newJWKSServer(t testing.TB, keys ...testKey) *jwksServer {
 		w.WriteHeader(status)
 		fmt.Fprint(w, body)
 	}))
+	s.Listener.Close()
+	s.Listener = listenLoopback(t)
+	s.Start()
 	t.Cleanup(func() {
 		s.mu.Lock()
 		if s.hang != nil {
@@ -169,7 +172,8 @@ func verifyWith(j *JWKS, secret []byte) *Authenticator {
 
 func wantAccepted(t *testing.T, auth *Authenticator, token, sub string) {
 	t.Helper()
-	got, err := auth.verify(token)
+	who, err := auth.verify(token)
+	got := who.userID
 	if err != nil || got != sub {
 		t.Errorf("verify: sub %q, err %v; want %q accepted", got, err, sub)
 	}

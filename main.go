@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/jackc/pgx/v5"
 )
 
 // version is set at build time: go build -ldflags "-X main.version=...".
@@ -76,6 +77,8 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	defer store.Close()
 
+	go expireKeys(ctx, store, log)
+
 	var keys keyLookup
 	authModes := []string{}
 	if cfg.secret != nil {
@@ -89,8 +92,19 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	auth := newAuthenticator(cfg.secret, keys, cfg.issuer, cfg.audience)
 
+	listenCfg, err := pgx.ParseConfig(cfg.listenURL)
+	if err != nil {
+		return fmt.Errorf("%s: %w", cfg.listenURLVar, err)
+	}
+	if !hasConnParam(cfg.listenURL, "connect_timeout") {
+		listenCfg.ConnectTimeout = cfg.dbTimeout
+	}
+	events := newEvents(listenCfg, cfg.listenURLVar, store, log, cfg.maxUserStreams, cfg.maxStreams)
+	go events.Check(ctx)
+	go events.Listen(ctx)
+
 	srv := &http.Server{
-		Handler: newHandler(log, store, auth, cfg.corsOrigins),
+		Handler: newHandler(log, store, auth, events, cfg.corsOrigins),
 		// A client gets 5 s to send its headers (so trickling them ties up nothing for
 		// long), 30 s for a whole request of at most 64 KiB, and 30 s to take the answer.
 		ReadHeaderTimeout: 5 * time.Second,
@@ -114,6 +128,8 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		"db_timeout", cfg.dbTimeout.String(),
 	)
 
+	// Event streams end at once on shutdown; they must not hold the drain.
+	srv.RegisterOnShutdown(events.Close)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
@@ -163,6 +179,23 @@ func printDevToken(getenv func(string) string, userID string, stdout io.Writer) 
 	}
 	_, err = fmt.Fprintln(stdout, token)
 	return err
+}
+
+// expireKeys forgets idempotency keys past their 24 hours, at start and then hourly, off
+// the path of any request.
+func expireKeys(ctx context.Context, store *Store, log *slog.Logger) {
+	for {
+		if n, err := store.ExpireKeys(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("expiring idempotency keys failed", "err", err)
+		} else if n > 0 {
+			log.Info("idempotency keys expired", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Hour):
+		}
+	}
 }
 
 func newLogger(format string, w io.Writer) *slog.Logger {

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,20 +64,48 @@ func TestConfigErrorsAreOneLineNamingTheVariable(t *testing.T) {
 	}
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) string {
+// listenLoopback listens on a free loopback port below Linux's ephemeral range
+// (32768-60999): a server there, once stopped, could be dialled by a client the kernel
+// gave that same port, which would then be connected to itself.
+func listenLoopback(t testing.TB) net.Listener {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 10000+mathrand.IntN(22000))); err == nil {
+			return ln
+		}
 	}
-	defer l.Close()
-	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	t.Fatal("no free loopback port below 32768")
+	return nil
+}
+
+// freePort returns a loopback port below 32768 that was free a moment ago.
+func freePort(t testing.TB) string {
+	t.Helper()
+	ln := listenLoopback(t)
+	defer ln.Close()
+	return fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
+}
+
+// newTestServer is httptest.NewServer on a port below 32768.
+func newTestServer(t testing.TB, h http.Handler) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener.Close()
+	srv.Listener = listenLoopback(t)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
 }
 
 // startRun runs the whole program as main would, and waits until /healthz answers.
 // It returns the base URL and a function that cancels the context and returns run's error.
 func startRun(t *testing.T, env map[string]string) (string, func() error) {
+	t.Helper()
+	return startRunTo(t, env, io.Discard)
+}
+
+// startRunTo is startRun with the server's log written to stdout.
+func startRunTo(t *testing.T, env map[string]string, stdout io.Writer) (string, func() error) {
 	t.Helper()
 	testStore(t)
 	port := freePort(t)
@@ -89,7 +119,7 @@ func startRun(t *testing.T, env map[string]string) (string, func() error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, func(k string) string { return full[k] }, io.Discard) }()
+	go func() { done <- run(ctx, func(k string) string { return full[k] }, stdout) }()
 	base := "http://127.0.0.1:" + port
 	deadline := time.Now().Add(10 * time.Second)
 	for {

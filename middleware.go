@@ -140,8 +140,8 @@ func withRecover(next http.Handler) http.Handler {
 
 const (
 	corsAllowMethods  = "GET, POST, PUT, PATCH, DELETE"
-	corsAllowHeaders  = "Authorization, Content-Type, X-Request-ID"
-	corsExposeHeaders = "Location, X-Total-Count, X-Request-ID"
+	corsAllowHeaders  = "Authorization, Content-Type, X-Request-ID, Idempotency-Key, If-Match, If-None-Match"
+	corsExposeHeaders = "Location, X-Total-Count, X-Request-ID, ETag, Idempotent-Replayed"
 	corsMaxAge        = "600"
 )
 

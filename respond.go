@@ -1,12 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
+	"sync"
+	"time"
 )
 
 // Everything the service sends back goes through this file: the error type, the one
@@ -41,6 +43,9 @@ var storeErrors = []struct {
 	api *apiError
 }{
 	{ErrNotFound, &apiError{status: http.StatusNotFound, detail: "task not found"}},
+	{ErrPrecondition, &apiError{status: http.StatusPreconditionFailed, detail: "the task has changed since the ETag in If-Match; fetch it again"}},
+	{ErrKeyReused, &apiError{status: http.StatusUnprocessableEntity, detail: "this Idempotency-Key was first used with a different request; use a new key for a new request"}},
+	{ErrOutcomeUnknown, &apiError{status: http.StatusServiceUnavailable, detail: "database unavailable: the change may or may not have been made; retry with the same Idempotency-Key"}},
 	{ErrUnavailable, &apiError{status: http.StatusServiceUnavailable, detail: "database unavailable, try again shortly"}},
 	{ErrRejected, &apiError{status: http.StatusUnprocessableEntity, detail: "a value was rejected by validation"}},
 	{ErrTaskLimit, &apiError{status: http.StatusConflict, detail: "this user already has the most tasks allowed; delete some to make room"}},
@@ -105,68 +110,168 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(body) //nolint:errcheck // the client has gone; nothing left to tell it
 }
 
-// jsonArray sends a JSON array element by element, holding at most about listBuffer bytes:
-// a list that fits goes out in one write with a Content-Length, like any other response,
-// and a longer one streams, chunked, as its elements come.
-type jsonArray struct {
+// writeTask sends one task with its ETag. A replayed answer (the first answer to an
+// Idempotency-Key, sent again) says so.
+func writeTask(w http.ResponseWriter, status int, t Task, replayed bool) {
+	h := w.Header()
+	h.Set("ETag", taskETag(t.Version))
+	if replayed {
+		h.Set("Idempotent-Replayed", "true")
+	}
+	buf := getBuffer()
+	defer putBuffer(buf)
+	*buf = appendTask(*buf, &t)
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(*buf)))
+	w.WriteHeader(status)
+	w.Write(*buf) //nolint:errcheck // as in writeJSON
+}
+
+// taskETag is a task's strong ETag: its version, which every write changes.
+func taskETag(version int64) string { return `"` + strconv.FormatInt(version, 10) + `"` }
+
+// listETag is a list's: a task's change raises the newest version among the tasks the
+// list's filter matches, a delete lowers their count, and a task coming in or going out
+// of the filter changes one of them, so it changes whenever the page could; with the
+// query, so that two pages never share one.
+func listETag(h ListHead, q ListQuery) string {
+	order := "asc"
+	if q.Desc {
+		order = "desc"
+	}
+	return fmt.Sprintf(`"%d.%d.%s.%s.%s.%d.%d"`, h.Total, h.Newest, q.Status, q.Sort, order, q.Limit, q.Offset)
+}
+
+// writeNotModified answers a GET whose If-None-Match names the current ETag.
+func writeNotModified(w http.ResponseWriter, etag string) {
+	w.Header().Set("ETag", etag)
+	w.WriteHeader(http.StatusNotModified)
+}
+
+// taskList sends a JSON array of tasks as they come, holding at most about listBuffer
+// bytes: a list that fits goes out in one write with a Content-Length, like any other
+// response, and a longer one streams, chunked.
+type taskList struct {
 	w      http.ResponseWriter
 	status int
-	buf    bytes.Buffer
-	enc    *json.Encoder
+	buf    *[]byte
 	sent   bool // the status line and headers are out
+	n      int  // tasks added
 }
 
 const listBuffer = 32 << 10
 
-func newJSONArray(w http.ResponseWriter) *jsonArray {
-	a := &jsonArray{w: w}
-	a.enc = json.NewEncoder(&a.buf)
-	return a
-}
+func newTaskList(w http.ResponseWriter) *taskList { return &taskList{w: w} }
 
 // begin opens the array; the headers set so far go with the status when the first bytes do.
-func (a *jsonArray) begin(status int) error {
-	a.status = status
-	a.w.Header().Set("Content-Type", "application/json")
-	a.buf.WriteByte('[')
+func (l *taskList) begin(status int) error {
+	l.status, l.buf = status, getBuffer()
+	l.w.Header().Set("Content-Type", "application/json")
+	*l.buf = append(*l.buf, '[')
 	return nil
 }
 
-// add appends one element; an error means the client stopped taking them.
-func (a *jsonArray) add(v any) error {
-	if a.buf.Len() > 1 || a.sent {
-		a.buf.WriteByte(',')
+// add appends one task; an error means the client stopped taking them.
+func (l *taskList) add(t *Task) error {
+	if l.n > 0 {
+		*l.buf = append(*l.buf, ',')
 	}
-	if err := a.enc.Encode(v); err != nil {
-		return err
-	}
-	if a.buf.Len() < listBuffer {
+	l.n++
+	*l.buf = appendTask(*l.buf, t)
+	if len(*l.buf) < listBuffer {
 		return nil
 	}
-	if !a.sent {
-		a.w.WriteHeader(a.status)
-		a.sent = true
+	if !l.sent {
+		l.w.WriteHeader(l.status)
+		l.sent = true
 	}
-	_, err := a.w.Write(a.buf.Bytes())
-	a.buf.Reset()
+	_, err := l.w.Write(*l.buf)
+	*l.buf = (*l.buf)[:0]
 	return err
 }
 
-// end closes the array and sends what is left. Given the error that cut the list short, it
-// returns that error to be sent as the response when nothing is out yet, and otherwise
-// drops the connection: a client must not mistake a truncated list for a whole one.
-func (a *jsonArray) end(err error) error {
+// end closes the array, sends what is left and gives the buffer back. Given the error
+// that cut the list short, it returns that error to be sent as the response when nothing
+// is out yet, and otherwise drops the connection: a client must not mistake a truncated
+// list for a whole one.
+func (l *taskList) end(err error) error {
+	if l.buf != nil {
+		defer putBuffer(l.buf)
+	}
 	switch {
-	case err != nil && a.sent:
+	case err != nil && l.sent:
 		panic(http.ErrAbortHandler)
-	case err != nil:
+	case err != nil, l.buf == nil: // an error, or a 304 already written
 		return err
 	}
-	a.buf.WriteByte(']')
-	if !a.sent {
-		a.w.Header().Set("Content-Length", strconv.Itoa(a.buf.Len()))
-		a.w.WriteHeader(a.status)
+	*l.buf = append(*l.buf, ']')
+	if !l.sent {
+		l.w.Header().Set("Content-Length", strconv.Itoa(len(*l.buf)))
+		l.w.WriteHeader(l.status)
 	}
-	a.w.Write(a.buf.Bytes()) //nolint:errcheck // as in writeJSON
+	l.w.Write(*l.buf) //nolint:errcheck // as in writeJSON
 	return nil
 }
+
+// buffers recycles encoding buffers: a 50-task list is about 15 KiB, and allocating that
+// for every request was most of the garbage a list request made.
+var buffers = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+func getBuffer() *[]byte { return buffers.Get().(*[]byte) }
+
+func putBuffer(b *[]byte) {
+	if cap(*b) <= 2*listBuffer { // one huge task list must not pin its buffer
+		*b = (*b)[:0]
+		buffers.Put(b)
+	}
+}
+
+// writeEventStream sends a stream's events as Server-Sent Events, after the ready event
+// the stream was opened with, until its token expires (an expired event first), the
+// client goes, or the stream is dropped (shutdown, or a client too far behind).
+func writeEventStream(w http.ResponseWriter, r *http.Request, s *stream, expires time.Time, heartbeat time.Duration) {
+	rc := http.NewResponseController(w)
+	// The server's read and write timeouts are for a request and its answer; a stream
+	// outlives them. It has read all it will; each write gets a deadline of its own, so a
+	// client that stops reading is cut loose.
+	rc.SetReadDeadline(time.Time{}) //nolint:errcheck // net/http's own writer supports it
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
+	w.WriteHeader(http.StatusOK)
+	send := func(frame string) bool {
+		rc.SetWriteDeadline(time.Now().Add(eventWriteTimeout)) //nolint:errcheck // as above
+		_, err := io.WriteString(w, frame)
+		return err == nil && rc.Flush() == nil
+	}
+	// retry: how long a browser's EventSource waits before it reconnects.
+	if !send("retry: 2000\nevent: ready\ndata: {}\n\n") {
+		return
+	}
+	beat := time.NewTicker(heartbeat)
+	defer beat.Stop()
+	expiry := time.NewTimer(time.Until(expires))
+	defer expiry.Stop()
+	for {
+		var frame string
+		select {
+		case ev := <-s.events:
+			frame = "event: " + ev.name + "\ndata: " + string(ev.data) + "\n\n"
+		case <-beat.C:
+			frame = ": keep-alive\n\n"
+		case <-expiry.C:
+			send("event: expired\ndata: {}\n\n")
+			return
+		case <-s.gone:
+			return
+		case <-r.Context().Done():
+			return
+		}
+		if !send(frame) {
+			return
+		}
+	}
+}
+
+// eventWriteTimeout is how long one event may take to reach a client.
+const eventWriteTimeout = 10 * time.Second

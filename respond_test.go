@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 )
 
 func TestUnexpectedErrorIsGeneric500(t *testing.T) {
@@ -70,50 +68,4 @@ func TestAClientThatLeftGetsNothingAndIsLoggedAs499(t *testing.T) {
 	if !strings.Contains(logs.String(), "status=499") || strings.Contains(logs.String(), "WARN") {
 		t.Errorf("log %q, want one access line with status 499 and no warning", logs.String())
 	}
-}
-
-func TestTimestampsAreUTCWithSixDigits(t *testing.T) {
-	t.Parallel()
-	for _, c := range []struct {
-		in   time.Time
-		want string
-	}{
-		{time.Date(2026, 2, 12, 10, 4, 5, 123456000, time.UTC), "2026-02-12T10:04:05.123456Z"},
-		{time.Date(2026, 2, 12, 11, 4, 5, 120000000, time.FixedZone("CET", 3600)), "2026-02-12T10:04:05.120000Z"},
-		{time.Date(2026, 2, 12, 10, 4, 5, 0, time.UTC), "2026-02-12T10:04:05.000000Z"},
-	} {
-		b, err := json.Marshal(Timestamp{c.in})
-		if err != nil || string(b) != `"`+c.want+`"` {
-			t.Errorf("%v: %s, %v; want %q", c.in, b, err, c.want)
-		}
-		var back Timestamp
-		if err := json.Unmarshal(b, &back); err != nil || !back.Equal(c.in) {
-			t.Errorf("%s decodes to %v, %v", b, back, err)
-		}
-	}
-}
-
-func BenchmarkEncodeList50(b *testing.B) {
-	tasks := make([]Task, 50)
-	now := Timestamp{time.Now()}
-	desc := strings.Repeat("d", 100)
-	for i := range tasks {
-		tasks[i] = Task{ID: int64(1000 + i), UserID: "k3Jd9xQ2mZ7pL0aBk3Jd9xQ2mZ7pL0aB", Title: "Task title number something",
-			Completed: i%3 == 0, CreatedAt: now, UpdatedAt: now}
-		if i%3 != 0 {
-			tasks[i].Description = &desc
-		}
-	}
-	w := httptest.NewRecorder()
-	b.ReportAllocs()
-	for b.Loop() {
-		w.Body.Reset()
-		list := newJSONArray(w)
-		list.begin(http.StatusOK)
-		for i := range tasks {
-			list.add(&tasks[i])
-		}
-		list.end(nil)
-	}
-	b.SetBytes(int64(w.Body.Len()))
 }

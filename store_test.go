@@ -28,7 +28,7 @@ func listTasks(s *Store, ctx context.Context, userID string, q ListQuery) ([]Tas
 
 func mustCreate(t *testing.T, s *Store, userID, title string, description *string) Task {
 	t.Helper()
-	task, err := s.CreateTask(context.Background(), userID, title, description)
+	task, _, err := s.CreateTask(context.Background(), userID, title, description, nil)
 	if err != nil {
 		t.Fatalf("CreateTask(%q): %v", title, err)
 	}
@@ -44,7 +44,7 @@ func TestStoreCreateAndGet(t *testing.T) {
 	if created.ID <= 0 || created.UserID != me || created.Title != "Buy milk" || *created.Description != "2 litres" || created.Completed {
 		t.Fatalf("created %+v", created)
 	}
-	if created.CreatedAt.Before(before) || !created.UpdatedAt.Equal(created.CreatedAt.Time) {
+	if created.CreatedAt.Before(before) || !created.UpdatedAt.Equal(created.CreatedAt) {
 		t.Errorf("timestamps created %v updated %v, want now and equal", created.CreatedAt, created.UpdatedAt)
 	}
 	got, err := s.GetTask(ctx, me, created.ID)
@@ -70,13 +70,13 @@ func TestStoreScopesEveryStatementByUser(t *testing.T) {
 	if _, err := s.GetTask(ctx, other, task.ID); !errors.Is(err, ErrNotFound) {
 		t.Errorf("GetTask by another user: %v, want ErrNotFound", err)
 	}
-	if _, err := s.UpdateTask(ctx, other, task.ID, TaskPatch{Title: ptr("Hijacked")}); !errors.Is(err, ErrNotFound) {
+	if _, err := s.UpdateTask(ctx, other, task.ID, TaskPatch{Title: ptr("Hijacked")}, nil); !errors.Is(err, ErrNotFound) {
 		t.Errorf("UpdateTask by another user: %v, want ErrNotFound", err)
 	}
-	if _, err := s.ToggleTask(ctx, other, task.ID); !errors.Is(err, ErrNotFound) {
+	if _, _, err := s.ToggleTask(ctx, other, task.ID, nil, nil); !errors.Is(err, ErrNotFound) {
 		t.Errorf("ToggleTask by another user: %v, want ErrNotFound", err)
 	}
-	if err := s.DeleteTask(ctx, other, task.ID); !errors.Is(err, ErrNotFound) {
+	if err := s.DeleteTask(ctx, other, task.ID, nil); !errors.Is(err, ErrNotFound) {
 		t.Errorf("DeleteTask by another user: %v, want ErrNotFound", err)
 	}
 	if tasks, total, err := listTasks(s, ctx, other, ListQuery{Status: "all", Sort: "created", Desc: true}); err != nil || len(tasks) != 0 || total != 0 {
@@ -126,17 +126,17 @@ func TestStoreUpdateChangesOnlyTheGivenFields(t *testing.T) {
 	}
 	prev := task
 	for _, tt := range tests {
-		got, err := s.UpdateTask(ctx, me, task.ID, tt.patch)
+		got, err := s.UpdateTask(ctx, me, task.ID, tt.patch, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
 		if msg := tt.want(got); msg != "" {
 			t.Errorf("%s: %s: got %+v", tt.name, msg, got)
 		}
-		if !got.CreatedAt.Equal(task.CreatedAt.Time) {
+		if !got.CreatedAt.Equal(task.CreatedAt) {
 			t.Errorf("%s: created_at moved from %v to %v", tt.name, task.CreatedAt, got.CreatedAt)
 		}
-		if !got.UpdatedAt.After(prev.UpdatedAt.Time) {
+		if !got.UpdatedAt.After(prev.UpdatedAt) {
 			t.Errorf("%s: updated_at %v, want after %v", tt.name, got.UpdatedAt, prev.UpdatedAt)
 		}
 		prev = got
@@ -161,7 +161,7 @@ func TestStoreToggleIsAtomicUnderConcurrency(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, err := s.ToggleTask(ctx, me, task.ID)
+				_, _, err := s.ToggleTask(ctx, me, task.ID, nil, nil)
 				errs <- err
 			}()
 		}
@@ -179,7 +179,7 @@ func TestStoreToggleIsAtomicUnderConcurrency(t *testing.T) {
 		if want := before.Completed != (n%2 == 1); after.Completed != want {
 			t.Errorf("after %d concurrent toggles completed = %v, want %v", n, after.Completed, want)
 		}
-		if !after.UpdatedAt.After(before.UpdatedAt.Time) {
+		if !after.UpdatedAt.After(before.UpdatedAt) {
 			t.Errorf("toggle did not refresh updated_at")
 		}
 	}
@@ -189,13 +189,13 @@ func TestStoreDelete(t *testing.T) {
 	t.Parallel()
 	s, ctx, me := testStore(t), context.Background(), newUserID(t)
 	task := mustCreate(t, s, me, "Doomed", nil)
-	if err := s.DeleteTask(ctx, me, task.ID); err != nil {
+	if err := s.DeleteTask(ctx, me, task.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.GetTask(ctx, me, task.ID); !errors.Is(err, ErrNotFound) {
 		t.Errorf("GetTask after delete: %v, want ErrNotFound", err)
 	}
-	if err := s.DeleteTask(ctx, me, task.ID); !errors.Is(err, ErrNotFound) {
+	if err := s.DeleteTask(ctx, me, task.ID, nil); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second delete: %v, want ErrNotFound", err)
 	}
 }
@@ -216,11 +216,11 @@ func TestStoreConstraintsBackTheValidation(t *testing.T) {
 		"user id over 255 bytes": {strings.Repeat("u", 256), "ok", nil},
 	}
 	for name, c := range cases {
-		if _, err := s.CreateTask(context.Background(), c.userID, c.title, c.description); !errors.Is(err, ErrRejected) {
+		if _, _, err := s.CreateTask(context.Background(), c.userID, c.title, c.description, nil); !errors.Is(err, ErrRejected) {
 			t.Errorf("%s: %v, want ErrRejected", name, err)
 		}
 	}
-	if _, err := s.CreateTask(context.Background(), me, strings.Repeat("é", 200), ptr(strings.Repeat("d", 1000))); err != nil {
+	if _, _, err := s.CreateTask(context.Background(), me, strings.Repeat("é", 200), ptr(strings.Repeat("d", 1000)), nil); err != nil {
 		t.Errorf("the largest valid task: %v", err)
 	}
 }
@@ -295,9 +295,9 @@ func ordered(a, b Task, key string, desc bool) bool {
 	cmp := 0
 	switch key {
 	case "created":
-		cmp = a.CreatedAt.Compare(b.CreatedAt.Time)
+		cmp = a.CreatedAt.Compare(b.CreatedAt)
 	case "updated":
-		cmp = a.UpdatedAt.Compare(b.UpdatedAt.Time)
+		cmp = a.UpdatedAt.Compare(b.UpdatedAt)
 	case "title":
 		cmp = strings.Compare(a.Title, b.Title) // the test database's collation is C.UTF-8
 	}
@@ -368,13 +368,13 @@ func TestStoreDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	release := time.AfterFunc(10*time.Second, func() { tx.Rollback(ctx) })
-	_, err = s.ToggleTask(ctx, me, task.ID)
+	_, _, err = s.ToggleTask(ctx, me, task.ID, nil, nil)
 	release.Stop()
 	tx.Rollback(ctx)
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("toggle held past its deadline: %v, want ErrUnavailable", err)
 	}
-	if _, err := s.ToggleTask(ctx, me, task.ID); err != nil {
+	if _, _, err := s.ToggleTask(ctx, me, task.ID, nil, nil); err != nil {
 		t.Fatalf("toggle after a timed-out one: %v", err)
 	}
 }
@@ -396,7 +396,7 @@ func TestCreatesStopAtTheTaskLimit(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := s.CreateTask(ctx, me, "racer", nil)
+			_, _, err := s.CreateTask(ctx, me, "racer", nil, nil)
 			errs <- err
 		}()
 	}
@@ -422,16 +422,16 @@ func TestCreatesStopAtTheTaskLimit(t *testing.T) {
 	}
 
 	// A delete makes room for exactly one more.
-	_, err = s.CreateTask(ctx, me, "one too many", nil)
+	_, _, err = s.CreateTask(ctx, me, "one too many", nil, nil)
 	if !errors.Is(err, ErrTaskLimit) {
 		t.Fatalf("create at the limit: %v, want ErrTaskLimit", err)
 	}
 	tasks, _, _ := listTasks(s, ctx, me, ListQuery{Status: "all", Sort: "created", Desc: true, Limit: 1})
-	if err := s.DeleteTask(ctx, me, tasks[0].ID); err != nil {
+	if err := s.DeleteTask(ctx, me, tasks[0].ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	mustCreate(t, s, me, "in the room a delete made", nil)
-	if _, err := s.CreateTask(ctx, me, "one too many again", nil); !errors.Is(err, ErrTaskLimit) {
+	if _, _, err := s.CreateTask(ctx, me, "one too many again", nil, nil); !errors.Is(err, ErrTaskLimit) {
 		t.Errorf("create at the limit after the refill: %v, want ErrTaskLimit", err)
 	}
 	// Another user is not affected.

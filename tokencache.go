@@ -24,8 +24,7 @@ type tokenCache struct {
 }
 
 type cachedToken struct {
-	sub        string
-	exp        time.Time
+	caller
 	generation uint64
 }
 
@@ -33,24 +32,24 @@ func newTokenCache(max int) *tokenCache {
 	return &tokenCache{entries: make(map[[sha256.Size]byte]cachedToken), max: max, now: time.Now}
 }
 
-func (c *tokenCache) get(token string, generation uint64) (string, bool) {
+func (c *tokenCache) get(token string, generation uint64) (caller, bool) {
 	key := sha256.Sum256([]byte(token))
 	c.mu.RLock()
 	e, ok := c.entries[key]
 	c.mu.RUnlock()
 	if !ok {
-		return "", false
+		return caller{}, false
 	}
-	if e.generation != generation || !c.now().Before(e.exp) {
+	if e.generation != generation || !c.now().Before(e.expires) {
 		c.mu.Lock()
 		delete(c.entries, key)
 		c.mu.Unlock()
-		return "", false
+		return caller{}, false
 	}
-	return e.sub, true
+	return e.caller, true
 }
 
-func (c *tokenCache) put(token, sub string, exp time.Time, generation uint64) {
+func (c *tokenCache) put(token string, who caller, generation uint64) {
 	key := sha256.Sum256([]byte(token))
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -65,5 +64,5 @@ func (c *tokenCache) put(token, sub string, exp time.Time, generation uint64) {
 			}
 		}
 	}
-	c.entries[key] = cachedToken{sub: sub, exp: exp, generation: generation}
+	c.entries[key] = cachedToken{caller: who, generation: generation}
 }

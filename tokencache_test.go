@@ -10,15 +10,15 @@ func TestTokenCacheServesOnlyBeforeExp(t *testing.T) {
 	now := time.Now()
 	c.now = func() time.Time { return now }
 	exp := now.Add(time.Minute)
-	c.put("tok", "alice", exp, 1)
+	c.put("tok", caller{userID: "alice", expires: exp}, 1)
 
-	if sub, ok := c.get("tok", 1); !ok || sub != "alice" {
-		t.Fatalf("get before exp = %q, %v; want alice", sub, ok)
+	if who, ok := c.get("tok", 1); !ok || who.userID != "alice" {
+		t.Fatalf("get before exp = %+v, %v; want alice", who, ok)
 	}
 	if _, ok := c.get("tok", 2); ok {
 		t.Error("served after the key set changed")
 	}
-	c.put("tok", "alice", exp, 1)
+	c.put("tok", caller{userID: "alice", expires: exp}, 1)
 	now = exp // the full check would still allow its leeway; the cache does not
 	if _, ok := c.get("tok", 1); ok {
 		t.Error("served at exp")
@@ -32,7 +32,7 @@ func TestTokenCacheIsBounded(t *testing.T) {
 	c := newTokenCache(100)
 	exp := time.Now().Add(time.Hour)
 	for i := 0; i < 1000; i++ {
-		c.put(string(rune('a'+i%26))+time.Duration(i).String(), "u", exp, 0)
+		c.put(string(rune('a'+i%26))+time.Duration(i).String(), caller{userID: "u", expires: exp}, 0)
 	}
 	if n := len(c.entries); n > 100 {
 		t.Errorf("%d entries, want at most 100", n)

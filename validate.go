@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,21 +24,27 @@ const (
 
 var errTooLarge = &apiError{status: http.StatusRequestEntityTooLarge, detail: fmt.Sprintf("request body is larger than %d bytes", maxBodyBytes)}
 
-// readTaskBody reads and validates a create or update body. allowCompleted is false for
-// create, where the server, not the client, decides the initial state.
-func readTaskBody(w http.ResponseWriter, r *http.Request, allowCompleted bool) (TaskPatch, error) {
-	fields, err := readJSONObject(w, r)
+// readTaskBody reads and validates a create or update body, which it also returns as
+// sent. allowCompleted is false for create, where the server, not the client, decides
+// the initial state.
+func readTaskBody(w http.ResponseWriter, r *http.Request, allowCompleted bool) (TaskPatch, []byte, error) {
+	body, err := readJSONBody(w, r)
 	if err != nil {
-		return TaskPatch{}, err
+		return TaskPatch{}, nil, err
 	}
-	return decodeTaskFields(fields, allowCompleted)
+	fields, err := parseJSONObject(body)
+	if err != nil {
+		return TaskPatch{}, nil, err
+	}
+	p, err := decodeTaskFields(fields, allowCompleted)
+	return p, body, err
 }
 
-// readJSONObject reads a request body that must be one JSON object and returns its
+// readJSONBody reads a request body that must be one JSON object and returns its
 // members undecoded. It settles every status that depends on the bytes alone: 415 for
 // the wrong content type, 413 past the size limit, 400 for anything that is not
 // well-formed UTF-8 JSON (trailing data included), 422 for JSON that is not an object.
-func readJSONObject(w http.ResponseWriter, r *http.Request) (map[string]json.RawMessage, error) {
+func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	if r.ContentLength > maxBodyBytes {
 		return nil, errTooLarge
 	}
@@ -52,10 +59,11 @@ func readJSONObject(w http.ResponseWriter, r *http.Request) (map[string]json.Raw
 		}
 		return nil, badRequest("could not read the request body")
 	}
-	return parseJSONObject(body)
+	return body, nil
 }
 
-// parseJSONObject is the byte-level half of readJSONObject, apart so that it can be fuzzed.
+// parseJSONObject checks the bytes of a body that must be one JSON object and returns its
+// members undecoded.
 func parseJSONObject(body []byte) (map[string]json.RawMessage, error) {
 	// encoding/json silently turns invalid UTF-8 and unpaired surrogate escapes into
 	// U+FFFD; a client that sent them would get back text it never wrote.
@@ -277,4 +285,92 @@ func isDigits(s string) bool {
 		}
 	}
 	return s != ""
+}
+
+// readIdempotencyKey returns the request's Idempotency-Key, nil without one, with the
+// fingerprint of the request: method, path and body.
+func readIdempotencyKey(r *http.Request, body []byte) (*IdempotencyKey, error) {
+	values := r.Header.Values("Idempotency-Key")
+	if len(values) == 0 {
+		return nil, nil
+	}
+	key := values[0]
+	if len(values) > 1 || !visibleASCII(key, 255) {
+		return nil, badRequest("Idempotency-Key must be one value of 1 to 255 visible ASCII characters")
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "%s %s\n", r.Method, r.URL.EscapedPath())
+	h.Write(body)
+	k := &IdempotencyKey{Key: key}
+	h.Sum(k.Request[:0])
+	return k, nil
+}
+
+func visibleASCII(s string, maxLen int) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return s != "" && len(s) <= maxLen
+}
+
+// readIfMatch returns the versions a write's If-Match names: nil without the header or
+// with "*" (any existing task), else those of its strong entity tags, which may be none
+// (a weak tag never matches for a write, RFC 9110 13.1.1).
+func readIfMatch(r *http.Request) ([]int64, error) {
+	tags, err := entityTags(r, "If-Match")
+	if err != nil || tags == nil {
+		return nil, err
+	}
+	versions := []int64{}
+	for _, tag := range tags {
+		if strings.HasPrefix(tag, "W/") {
+			continue
+		}
+		if v, err := strconv.ParseInt(strings.Trim(tag, `"`), 10, 64); err == nil {
+			versions = append(versions, v)
+		}
+	}
+	return versions, nil
+}
+
+// noneMatch reports whether a GET's If-None-Match names etag, or is "*" (RFC 9110
+// 13.1.2: compared weakly, so W/"1" names "1").
+func noneMatch(r *http.Request, etag string) (bool, error) {
+	tags, err := entityTags(r, "If-None-Match")
+	if err != nil || tags == nil {
+		return false, err
+	}
+	for _, tag := range tags {
+		if tag == "*" || strings.TrimPrefix(tag, "W/") == etag {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// entityTags splits a conditional header into its entity tags: nil when absent or "*"
+// for If-Match (for If-None-Match "*" is one of the tags).
+func entityTags(r *http.Request, header string) ([]string, error) {
+	values := r.Header.Values(header)
+	if len(values) == 0 {
+		return nil, nil
+	}
+	var tags []string
+	for _, v := range values {
+		for _, tag := range strings.Split(v, ",") {
+			tag = strings.TrimSpace(tag)
+			opaque := strings.TrimPrefix(tag, "W/")
+			switch {
+			case tag == "*" && header == "If-Match":
+				return nil, nil
+			case tag == "*", len(opaque) >= 2 && opaque[0] == '"' && opaque[len(opaque)-1] == '"' && !strings.ContainsAny(opaque[1:len(opaque)-1], `" `):
+				tags = append(tags, tag)
+			default:
+				return nil, badRequest(`%s must be * or a list of entity tags such as "123", got %q`, header, truncate(v, 64))
+			}
+		}
+	}
+	return tags, nil
 }

@@ -11,6 +11,9 @@ if ! command -v gcc >/dev/null; then
   echo "test: installing gcc for the race detector" >&2
   apt_install gcc libc6-dev
 fi
+# The live-updates tests run PgBouncer, as Neon's pooler runs, to show what it does to LISTEN.
+export PATH="$PATH:/usr/sbin"
+command -v pgbouncer >/dev/null || { echo "test: installing pgbouncer" >&2; apt_install pgbouncer; }
 use_devdb
 
 echo "== gofmt"

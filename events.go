@@ -1,0 +1,421 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Live updates, as the contract's "Live updates" section has them. Every change of a task
+// notifies on eventsChannel from the statement that makes it (a trigger, schema.sql), and
+// PostgreSQL delivers the notification to every listening session when, and only if, the
+// change commits. Each instance listens on one connection of its own, held only while at
+// least one stream is open, and hands each change to the open streams of its user.
+
+const eventsChannel = "taskflow_tasks"
+
+// Events is one instance's fan-out: its open streams, by user, and its listener.
+type Events struct {
+	listenConfig *pgx.ConnConfig // DATABASE_LISTEN_URL, or DATABASE_URL
+	listenURLVar string          // which of the two, for the log
+	store        *Store          // the self-check notifies through it, as writes do
+	log          *slog.Logger
+	maxPerUser   int
+	maxTotal     int
+
+	// Timings; tests shorten them.
+	readyWait time.Duration // how long a new stream waits for the listener
+	checkWait time.Duration // how long the listener waits for its own notification
+	heartbeat time.Duration // a comment line at least this often keeps proxies from cutting a stream
+	linger    time.Duration // the listener's connection outlives the last stream by this much
+
+	mu      sync.Mutex
+	streams map[string]map[*stream]bool // by userKey: notifications name users so
+	total   int
+	live    bool      // the listener listens and received its own notification
+	fault   error     // why the last try to listen failed; nil once live
+	faultAt time.Time // when
+	idleAt  time.Time // when the last stream ended
+	wake    chan struct{}
+	closed  bool
+}
+
+// stream is one open event stream.
+type stream struct {
+	userID string
+	key    string
+	events chan event    // what the handler is to send, in order
+	ready  bool          // its ready event is in events
+	gone   chan struct{} // closed when Events drops it: too slow, or shutting down
+}
+
+type event struct {
+	name string
+	data []byte
+}
+
+// streamBuffer is how many events a stream may have waiting for its client; a client so
+// far behind is cut loose (it reconnects and refetches) rather than slowing others.
+const streamBuffer = 64
+
+func newEvents(listenConfig *pgx.ConnConfig, listenURLVar string, store *Store, log *slog.Logger, maxPerUser, maxTotal int) *Events {
+	return &Events{
+		listenConfig: listenConfig,
+		listenURLVar: listenURLVar,
+		store:        store,
+		log:          log,
+		maxPerUser:   maxPerUser,
+		maxTotal:     maxTotal,
+		readyWait:    5 * time.Second,
+		checkWait:    3 * time.Second,
+		heartbeat:    15 * time.Second,
+		linger:       30 * time.Second,
+		streams:      map[string]map[*stream]bool{},
+		wake:         make(chan struct{}, 1),
+	}
+}
+
+// userKey is how a notification names a user: the hex SHA-256 of the id, 64 characters
+// whatever the id, which keeps the largest task's notification under NOTIFY's limit.
+func userKey(userID string) string {
+	sum := sha256.Sum256([]byte(userID))
+	return hex.EncodeToString(sum[:])
+}
+
+var (
+	errTooManyStreams = &apiError{status: http.StatusTooManyRequests, detail: "too many open event streams for this user (MAX_STREAMS_PER_USER)"}
+	errStreamsFull    = &apiError{status: http.StatusServiceUnavailable, detail: "this server holds all the event streams it may (MAX_STREAMS); try again shortly"}
+	errEventsDown     = &apiError{status: http.StatusServiceUnavailable, detail: "live updates are unavailable: the database does not answer; try again shortly"}
+	errShuttingDown   = &apiError{status: http.StatusServiceUnavailable, detail: "the server is shutting down"}
+)
+
+// subscribe opens a stream for userID and returns it once the listener is live (the
+// stream's first event, ready, has been taken). It fails at once past the limits, or
+// while the listener's last try found that notifications never come back, and after
+// readyWait when the listener cannot listen.
+func (e *Events) subscribe(ctx context.Context, userID string) (*stream, error) {
+	key := userKey(userID)
+	e.mu.Lock()
+	switch {
+	case e.closed:
+		e.mu.Unlock()
+		return nil, errShuttingDown
+	case e.total >= e.maxTotal:
+		e.mu.Unlock()
+		return nil, errStreamsFull
+	case len(e.streams[key]) >= e.maxPerUser:
+		e.mu.Unlock()
+		return nil, errTooManyStreams
+	case e.fault == errSwallowed && time.Since(e.faultAt) < time.Minute:
+		e.mu.Unlock()
+		return nil, errSwallowed
+	}
+	s := &stream{userID: userID, key: key, events: make(chan event, streamBuffer), gone: make(chan struct{})}
+	if e.streams[key] == nil {
+		e.streams[key] = map[*stream]bool{}
+	}
+	e.streams[key][s] = true
+	e.total++
+	if e.live {
+		e.readyLocked(s)
+	}
+	e.mu.Unlock()
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+
+	timer := time.NewTimer(e.readyWait)
+	defer timer.Stop()
+	select {
+	case <-s.events: // ready
+		return s, nil
+	case <-s.gone:
+	case <-ctx.Done():
+	case <-timer.C:
+	}
+	e.unsubscribe(s)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch {
+	case e.closed:
+		return nil, errShuttingDown
+	case e.fault == errSwallowed:
+		return nil, errSwallowed
+	}
+	return nil, errEventsDown
+}
+
+// unsubscribe forgets a stream; its handler has returned, or never will start.
+func (e *Events) unsubscribe(s *stream) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.dropLocked(s)
+}
+
+func (e *Events) dropLocked(s *stream) {
+	if !e.streams[s.key][s] {
+		return
+	}
+	delete(e.streams[s.key], s)
+	if len(e.streams[s.key]) == 0 {
+		delete(e.streams, s.key)
+	}
+	e.total--
+	if e.total == 0 {
+		e.idleAt = time.Now()
+	}
+	close(s.gone)
+}
+
+// sendLocked hands an event to a stream without waiting: a stream whose client is so far
+// behind that its buffer is full is dropped instead.
+func (e *Events) sendLocked(s *stream, ev event) {
+	select {
+	case s.events <- ev:
+	default:
+		e.dropLocked(s)
+	}
+}
+
+// Close ends every stream at once, for shutdown: they must not hold the server's drain.
+func (e *Events) Close() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.closed = true
+	for _, streams := range e.streams {
+		for s := range streams {
+			e.dropLocked(s)
+		}
+	}
+}
+
+func (e *Events) readyLocked(s *stream) {
+	s.ready = true
+	e.sendLocked(s, event{name: "ready", data: []byte("{}")})
+}
+
+// setLive records whether the listener is live. Becoming live, it tells every stream:
+// ready to a new one, resync to one that may have missed changes while it was not. Found
+// to receive nothing, it turns away the streams still waiting.
+func (e *Events) setLive(live bool, fault error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.live, e.fault = live, fault
+	if fault != nil {
+		e.faultAt = time.Now()
+	}
+	for _, streams := range e.streams {
+		for s := range streams {
+			switch {
+			case live && s.ready:
+				e.sendLocked(s, event{name: "resync", data: []byte("{}")})
+			case live:
+				e.readyLocked(s)
+			case fault == errSwallowed && !s.ready:
+				e.dropLocked(s)
+			}
+		}
+	}
+}
+
+// notification is what the tasks trigger sends (schema.sql).
+type notification struct {
+	User string `json:"user"`
+	Op   string `json:"op"`   // created, updated or deleted
+	ID   int64  `json:"id"`   // deleted
+	Task *Task  `json:"task"` // created and updated, without user_id
+}
+
+// dispatch hands one notification to the ready streams of its user.
+func (e *Events) dispatch(payload string) {
+	var n notification
+	if err := json.Unmarshal([]byte(payload), &n); err != nil || n.User == "" {
+		return // the self-check's, or not ours
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	streams := e.streams[n.User]
+	if len(streams) == 0 {
+		return
+	}
+	var ev event
+	switch n.Op {
+	case "deleted":
+		ev = event{name: "task.deleted", data: []byte(`{"id":` + strconv.FormatInt(n.ID, 10) + `}`)}
+	case "created", "updated":
+		if n.Task == nil {
+			return
+		}
+		for s := range streams {
+			n.Task.UserID = s.userID // all the same: they share the user's key
+			break
+		}
+		ev = event{name: "task." + n.Op, data: appendTask(nil, n.Task)}
+	default:
+		return
+	}
+	for s := range streams {
+		if s.ready {
+			e.sendLocked(s, ev)
+		}
+	}
+}
+
+// errIdle ends a listener connection nobody has needed for linger.
+var errIdle = errors.New("no stream for a while")
+
+// Listen keeps the listener going until ctx ends: connected while streams are open (and
+// linger after), reconnecting when cut, 250 ms to 1 s apart, and idle without a
+// connection while none are, so that it never keeps a Neon compute awake for nobody, nor
+// wakes one.
+func (e *Events) Listen(ctx context.Context) {
+	const minBackoff, maxBackoff = 250 * time.Millisecond, time.Second
+	backoff := minBackoff
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.wake:
+		}
+		if !e.wanted() {
+			continue
+		}
+		wasLive, err := e.listenOnce(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case wasLive:
+			backoff = minBackoff
+		}
+		if errors.Is(err, errIdle) {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, maxBackoff)
+		select { // try again, if a stream still wants it
+		case e.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (e *Events) wanted() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.total > 0 || time.Since(e.idleAt) < e.linger
+}
+
+// listenOnce connects, listens, checks that its own notification comes back, and then
+// passes on notifications until the connection fails or nobody has needed it for linger.
+// It reports whether it got that far.
+func (e *Events) listenOnce(ctx context.Context) (wasLive bool, err error) {
+	conn, err := e.connect(ctx)
+	if err != nil {
+		e.setLive(false, err)
+		return false, err
+	}
+	defer conn.Close(context.Background())
+	e.setLive(true, nil)
+	defer e.setLive(false, nil)
+	for {
+		waitCtx, cancel := context.WithTimeout(ctx, e.heartbeat)
+		n, err := conn.WaitForNotification(waitCtx)
+		cancel()
+		switch {
+		case err == nil:
+			e.dispatch(n.Payload)
+			if !e.wanted() { // other users' changes alone must not keep it open
+				return true, errIdle
+			}
+			continue
+		case ctx.Err() != nil:
+			return true, ctx.Err()
+		case !errors.Is(err, context.DeadlineExceeded):
+			e.log.Warn("live updates: the listener lost its connection; reconnecting", "err", err)
+			return true, err
+		}
+		// A quiet while: end the connection if nobody needs it, or see that it lives.
+		if !e.wanted() {
+			return true, errIdle
+		}
+		pingCtx, cancel := context.WithTimeout(ctx, e.checkWait)
+		err = conn.Ping(pingCtx)
+		cancel()
+		if err != nil {
+			e.log.Warn("live updates: the listener lost its connection; reconnecting", "err", err)
+			return true, err
+		}
+	}
+}
+
+// Check tries the listener once, at start, so that a DATABASE_LISTEN_URL to fix is in
+// the log before the first stream opens; the connection does not stay open.
+func (e *Events) Check(ctx context.Context) {
+	conn, err := e.connect(ctx)
+	if err == nil {
+		conn.Close(context.Background())
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err == errSwallowed {
+		e.fault, e.faultAt = err, time.Now()
+	}
+}
+
+// connect opens the listener's connection, LISTENs, and sends a notification through the
+// store, as a write would, which must come back: a transaction-mode pooler (Neon's
+// -pooler endpoint, PgBouncer) accepts LISTEN and then delivers nothing.
+func (e *Events) connect(ctx context.Context) (*pgx.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.listenConfig.ConnectTimeout+e.checkWait+e.store.timeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(ctx, e.listenConfig)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+eventsChannel); err != nil {
+		conn.Close(context.Background())
+		return nil, err
+	}
+	nonce := rand.Text()
+	if err := e.store.Notify(ctx, eventsChannel, `{"check":"`+nonce+`"}`); err != nil {
+		conn.Close(context.Background())
+		return nil, err
+	}
+	checkCtx, cancelCheck := context.WithTimeout(ctx, e.checkWait)
+	defer cancelCheck()
+	for {
+		n, err := conn.WaitForNotification(checkCtx)
+		if err != nil {
+			conn.Close(context.Background())
+			if checkCtx.Err() == nil {
+				return nil, err
+			}
+			e.log.Error(fmt.Sprintf("live updates are off: the listener's connection (%s, %s) received none of its own notifications within %s; "+
+				"it goes through a transaction-mode pooler (such as Neon's -pooler endpoint), which cannot carry LISTEN: set DATABASE_LISTEN_URL to the database's direct URL",
+				e.listenURLVar, e.listenConfig.Host, e.checkWait))
+			return nil, errSwallowed
+		}
+		if n.Payload == `{"check":"`+nonce+`"}` {
+			return conn, nil
+		}
+	}
+}
+
+var errSwallowed = &apiError{status: http.StatusServiceUnavailable,
+	detail: "live updates are unavailable: the server's database listener receives no notifications; its operator must set DATABASE_LISTEN_URL to the database's direct (non-pooler) URL"}
