@@ -112,10 +112,72 @@ try {
   eq("bob deleting it is 404", (await b("DELETE", bobPath)).status, 404);
   eq("bob's own list is empty", (await b("GET", `/api/${bob.userId}/tasks`)).total, "0");
 
+  // Safe retries: a create sent and aborted as if the network dropped, then sent again
+  // with the same Idempotency-Key, is one task.
+  const key = { "Idempotency-Key": `e2e-${Date.now()}` };
+  const aborted = await alicePage.evaluate(([t, p, k]) => window.e2e.call(t, "POST", p, { title: "Retried" }, k, 5), [alice.token, base, key]);
+  check("the first create was aborted by the page", aborted.status === 0, JSON.stringify(aborted));
+  await new Promise((r) => setTimeout(r, 300));
+  const retried = await alicePage.evaluate(([t, p, k]) => window.e2e.call(t, "POST", p, { title: "Retried" }, k), [alice.token, base, key]);
+  eq("the retry with the same key is 201", retried.status, 201);
+  const retriedList = await a("GET", base);
+  eq("one task for the create sent twice", retriedList.body?.filter((x) => x.title === "Retried").length, 1);
+  // The answer to a create that landed, sent again for the same key, says so.
+  const key2 = { "Idempotency-Key": `e2e-second-${Date.now()}` };
+  const first = await alicePage.evaluate(([t, p, k]) => window.e2e.call(t, "POST", p, { title: "Sent twice" }, k), [alice.token, base, key2]);
+  const again = await alicePage.evaluate(([t, p, k]) => window.e2e.call(t, "POST", p, { title: "Sent twice" }, k), [alice.token, base, key2]);
+  eq("the same key again gets the first answer", again.body?.id, first.body?.id);
+  eq("Idempotent-Replayed is readable cross-origin", again.replayed, "true");
+
+  // ETags: a repeat read with If-None-Match is a 304; a stale If-Match is a 412 the page can read.
+  const fresh = await a("GET", taskPath);
+  check("the ETag is readable cross-origin", typeof fresh.etag === "string" && fresh.etag.startsWith('"'), String(fresh.etag));
+  const unchanged = await alicePage.evaluate(([t, p, e]) => window.e2e.call(t, "GET", p, undefined, { "If-None-Match": e }), [alice.token, taskPath, fresh.etag]);
+  eq("a repeat read with If-None-Match is 304", unchanged.status, 304);
+  await a("PUT", taskPath, { description: "changed elsewhere" });
+  const stale = await alicePage.evaluate(([t, p, e]) => window.e2e.call(t, "PUT", p, { title: "lost update" }, { "If-Match": e }), [alice.token, taskPath, fresh.etag]);
+  eq("a write with a stale If-Match is 412", stale.status, 412);
+  check("the 412 says why", typeof stale.body?.detail === "string" && stale.body.detail.length > 0);
+
   const after = await a("GET", taskPath);
   eq("alice's task is untouched by bob", `${after.body?.title}/${after.body?.completed}`, "Buy oat milk/true");
   eq("delete is 204", (await a("DELETE", taskPath)).status, 204);
   eq("a deleted task is 404", (await a("GET", taskPath)).status, 404);
+
+  // Live updates: alice in a second tab (the same browser session) and bob each watch
+  // with EventSource; alice's changes in the first tab show in her second within 1 s,
+  // and bob sees none of them.
+  const aliceTab2 = await alicePage.context().newPage();
+  await aliceTab2.goto(`${origin}/?api=${encodeURIComponent(apiURL)}`);
+  const tab2Token = await aliceTab2.evaluate(() => window.e2e.token());
+  eq("the second tab is ready", await aliceTab2.evaluate(([t, u]) => window.e2e.watch(t, u), [tab2Token, alice.userId]), true);
+  eq("bob's page is ready", await bobPage.evaluate(([t, u]) => window.e2e.watch(t, u), [bob.token, bob.userId]), true);
+  const seen = async (name, id, sentAt) => {
+    for (let i = 0; i < 20; i++) {
+      const hit = (await aliceTab2.evaluate(() => window.e2e.events)).find((e) => e.name === name && (e.data.id === id) && e.at >= sentAt);
+      if (hit) return hit.at - sentAt;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return Infinity;
+  };
+  let sentAt = Date.now();
+  const live = await a("POST", base, { title: "Live" });
+  const liveID = live.body?.id;
+  const delays = [await seen("task.created", liveID, sentAt)];
+  sentAt = Date.now();
+  await a("PATCH", `${base}/${liveID}/complete`);
+  delays.push(await seen("task.updated", liveID, sentAt));
+  sentAt = Date.now();
+  await a("PUT", `${base}/${liveID}`, { title: "Live, edited" });
+  delays.push(await seen("task.updated", liveID, sentAt));
+  sentAt = Date.now();
+  await a("DELETE", `${base}/${liveID}`);
+  delays.push(await seen("task.deleted", liveID, sentAt));
+  check("create, toggle, edit and delete show in the other tab within 1 s", delays.every((d) => d <= 1000), JSON.stringify(delays));
+  const tab2Events = await aliceTab2.evaluate(() => window.e2e.events);
+  eq("the edit arrives as the task", tab2Events.filter((e) => e.name === "task.updated").at(-1)?.data?.title, "Live, edited");
+  const bobEvents = await bobPage.evaluate(() => window.e2e.events.map((e) => e.name));
+  eq("bob's page receives nothing of alice's", JSON.stringify(bobEvents), JSON.stringify(["ready"]));
 
   const cors = await alicePage.evaluate(async (url) => {
     const res = await fetch(url + "/healthz", { credentials: "include" });
