@@ -1,6 +1,6 @@
 # The two commands a new user needs: `make run` and `make test`. See README.md.
 SHELL := bash
-.PHONY: run test e2e build fuzz soak abuse bench db-stop
+.PHONY: run test e2e cluster build fuzz soak abuse bench bench-live db-stop
 
 run:
 	@scripts/run.sh
@@ -12,13 +12,18 @@ test:
 e2e:
 	@scripts/e2e.sh
 
+# Three instances behind HAProxy and PgBouncer through restarts (deploy/, docs/operations.md);
+# CLUSTER_SHORT=1 for the ~30 s run CI does.
+cluster:
+	@scripts/cluster.sh
+
 build:
 	go build -ldflags "-X main.version=$$(git describe --always --dirty 2>/dev/null || echo dev)" -o bin/taskflow-api .
 
 # Each fuzz target for FUZZTIME; the seed corpora already run in make test.
 FUZZTIME ?= 60s
 fuzz:
-	@. scripts/lib.sh && use_devdb && for f in FuzzDecodeTaskBody FuzzVerifyToken; do \
+	@. scripts/lib.sh && use_devdb && for f in FuzzDecodeTaskBody FuzzAppendJSONString FuzzVerifyToken; do \
 		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) . || exit 1; done
 
 # Mixed load on loopback for SOAK_DURATION (30s) with PostgreSQL crash-restarted once.
@@ -33,6 +38,10 @@ abuse:
 # The service against pgbench running the same statements; prints tables (docs/performance.md).
 bench:
 	@scripts/bench.sh
+
+# Live updates' cost on one instance: 10,000 idle streams, and delivery delays (docs/performance.md).
+bench-live:
+	@BENCH_RUN='^TestBenchLive$$' scripts/bench.sh
 
 db-stop:
 	@scripts/devdb.sh stop

@@ -31,8 +31,6 @@ import (
 )
 
 const (
-	benchUsers        = 1000
-	benchTasksPerUser = 50
 	// pgbench variables cannot hold strings, so the ceiling asks a sample of the users,
 	// one script each, with the user id in a -D variable: the statement text and its
 	// parameters are then exactly the service's. All the data sit in shared_buffers, so
@@ -45,17 +43,6 @@ const (
 	ceilingUsers = 16
 )
 
-type measurement struct {
-	rps              float64
-	p50, p99         time.Duration
-	non2xx, sockErrs int
-}
-
-type benchUser struct {
-	id     string
-	taskID int64
-}
-
 // TestBench measures, row by row (operation x connections), the ceiling and then every
 // target: this tree's service, plus any binaries named in BENCH_COMPARE, so that an A/B
 // (another commit's build, a variant, the Node peer's run.sh) comes from one run.
@@ -63,7 +50,7 @@ func TestBench(t *testing.T) {
 	testStore(t)
 	duration := envDuration(t, "BENCH_DURATION", 15*time.Second)
 	warmup := envDuration(t, "BENCH_WARMUP", 3*time.Second)
-	ops := envList("BENCH_OPS", "list,get,toggle,create")
+	ops := envList("BENCH_OPS", "list,list-304,get,toggle,create,create-key")
 	var concs []int
 	for _, c := range envList("BENCH_CONC", "16,64") {
 		n, err := strconv.Atoi(c)
@@ -166,7 +153,25 @@ func TestBench(t *testing.T) {
 		authEnv = []string{"BETTER_AUTH_SECRET=", "JWT_JWKS_URL=" + jwks.URL}
 	}
 	usersFile := filepath.Join(dir, "users.txt")
-	writeBenchUsers(t, usersFile, users, token)
+	writeBenchUsers(t, usersFile, users, token, nil)
+	// listETags are the ETags of every user's whole list as it is now, as the service
+	// computes them, for list-304's If-None-Match: toggles change them between rows.
+	listETags := func() map[string]string {
+		rows, err := db.pool.Query(ctx, `SELECT user_id, count(*), max(version) FROM tasks GROUP BY user_id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		etags := map[string]string{}
+		for rows.Next() {
+			var id string
+			var h ListHead
+			if err := rows.Scan(&id, &h.Total, &h.Newest); err != nil {
+				t.Fatal(err)
+			}
+			etags[id] = listETag(h, ListQuery{Status: "all", Sort: "created", Desc: true})
+		}
+		return etags
+	}
 
 	// Every target runs at once, each pinned to the server core and idle while another is
 	// measured, so that each row measures the ceiling and every target back to back: on a
@@ -176,9 +181,14 @@ func TestBench(t *testing.T) {
 		name, base string
 		server     *exec.Cmd
 		rows       map[string]measurement
+		noNotify   bool // measured with the tasks_notify trigger off: what live updates cost
 	}
 	var targets []*target
-	for _, spec := range append([]string{"service=" + bin}, envList("BENCH_COMPARE", "")...) {
+	specs := []string{"service=" + bin}
+	if os.Getenv("BENCH_NOTIFY_AB") == "1" {
+		specs = append(specs, "service, no NOTIFY="+bin)
+	}
+	for _, spec := range append(specs, envList("BENCH_COMPARE", "")...) {
 		name, path, ok := strings.Cut(spec, "=")
 		if !ok {
 			if spec != "" {
@@ -187,7 +197,8 @@ func TestBench(t *testing.T) {
 			continue
 		}
 		port := freePort(t)
-		tg := &target{name: name, base: "http://127.0.0.1:" + port, rows: map[string]measurement{}, server: pinned(serverCPU, path)}
+		tg := &target{name: name, base: "http://127.0.0.1:" + port, rows: map[string]measurement{}, server: pinned(serverCPU, path),
+			noNotify: name == "service, no NOTIFY"}
 		// LOG=1 turns on the Node peer's request log, as this service always logs.
 		tg.server.Env = append(os.Environ(), "DATABASE_URL="+benchURL.String(), "LOG_FORMAT=text", "LOG=1", "PORT="+port)
 		tg.server.Env = append(tg.server.Env, authEnv...)
@@ -221,15 +232,27 @@ func TestBench(t *testing.T) {
 			for i := range targets {
 				tg := targets[(turn+i)%len(targets)]
 				reset()
+				if op == "list-304" {
+					writeBenchUsers(t, usersFile, users, token, listETags())
+				}
+				if tg.noNotify {
+					setNotify(t, db, false)
+				}
 				runWrk(t, pinned, loadCPU, tg.base, usersFile, op, c, warmup) // discarded
 				runs[tg] = append(runs[tg], runWrk(t, pinned, loadCPU, tg.base, usersFile, op, c, duration))
+				if tg.noNotify {
+					setNotify(t, db, true)
+				}
 			}
 			turn++
 		}
 		ceiling[k] = median(ceilingRuns)
+		line := fmt.Sprintf("%s/%d: ceiling %.0f req/s", op, c, ceiling[k].rps)
 		for _, tg := range targets {
 			tg.rows[k] = median(runs[tg])
+			line += fmt.Sprintf("; %s %.0f req/s p99 %s", tg.name, tg.rows[k].rps, ms(tg.rows[k].p99))
 		}
+		fmt.Println(line) // as it comes, so that a run cut short still says something
 	})
 	reset()
 
@@ -237,13 +260,13 @@ func TestBench(t *testing.T) {
 		auth, benchUsers, benchTasksPerUser, repeats, duration, warmup, serverCPU, loadCPU)
 	for _, tg := range targets {
 		fmt.Printf("\n%s (peak RSS %.1f MiB)\n\n", tg.name, float64(peakRSS(t, tg.server.Process.Pid))/(1<<20))
-		fmt.Println("| operation | conc | ceiling req/s | req/s | / ceiling | ceiling p50 / p99 | p50 / p99 | p99 / ceiling's | non-2xx | socket errors |")
-		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+		fmt.Println("| operation | conc | ceiling req/s | req/s | / ceiling | ceiling p50 / p99 | p50 / p99 | p99 / ceiling's | bytes/req | non-2xx | socket errors |")
+		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		eachRow(ops, concs, func(op string, c int, k string) {
 			cm, sm := ceiling[k], tg.rows[k]
-			fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s | %s / %s | %.2f | %d | %d |\n",
+			fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s | %s / %s | %.2f | %.0f | %d | %d |\n",
 				op, c, cm.rps, sm.rps, sm.rps/cm.rps, ms(cm.p50), ms(cm.p99), ms(sm.p50), ms(sm.p99),
-				float64(sm.p99)/float64(cm.p99), sm.non2xx, sm.sockErrs)
+				float64(sm.p99)/float64(cm.p99), sm.bytesPerReq, sm.non2xx, sm.sockErrs)
 		})
 	}
 	if len(targets) < 2 {
@@ -266,6 +289,17 @@ func TestBench(t *testing.T) {
 		}
 		fmt.Println(line)
 	})
+}
+
+// setNotify turns the tasks_notify trigger (schema.sql) on or off.
+func setNotify(t *testing.T, db *Store, on bool) {
+	state := "DISABLE"
+	if on {
+		state = "ENABLE"
+	}
+	if _, err := db.pool.Exec(context.Background(), `ALTER TABLE tasks `+state+` TRIGGER tasks_notify`); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // eachRow calls f for every row of the tables, in their order; k keys the row's results.
@@ -291,9 +325,10 @@ func median(runs []measurement) measurement {
 		return (v[len(v)/2-1] + v[len(v)/2]) / 2
 	}
 	m := measurement{
-		rps: mid(func(m measurement) float64 { return m.rps }),
-		p50: time.Duration(mid(func(m measurement) float64 { return float64(m.p50) })),
-		p99: time.Duration(mid(func(m measurement) float64 { return float64(m.p99) })),
+		rps:         mid(func(m measurement) float64 { return m.rps }),
+		bytesPerReq: mid(func(m measurement) float64 { return m.bytesPerReq }),
+		p50:         time.Duration(mid(func(m measurement) float64 { return float64(m.p50) })),
+		p99:         time.Duration(mid(func(m measurement) float64 { return float64(m.p99) })),
 	}
 	for _, r := range runs {
 		m.non2xx += r.non2xx
@@ -302,85 +337,33 @@ func median(runs []measurement) measurement {
 	return m
 }
 
-// benchSeedSQL makes 1000 users with ids like Better Auth's (32 random alphanumerics) and
-// 50 tasks each, a third without description and the rest with about 100 characters,
-// inserted in random order so that no user's tasks are contiguous in the table.
-const benchSeedSQL = `
-CREATE TABLE bench_users AS
-SELECT n, (SELECT string_agg(substr('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789',
-                                   1 + floor(random() * 62)::int, 1), '')
-           FROM generate_series(1, 32) WHERE n > 0) AS id
-FROM generate_series(1, 1000) AS n;
-
-INSERT INTO tasks (user_id, title, description, completed, created_at, updated_at)
-SELECT id, title, description, completed, ts, ts
-FROM (SELECT u.id,
-             'Task ' || t || ' for the benchmark' AS title,
-             CASE WHEN random() < 1.0 / 3 THEN NULL ELSE left(repeat(md5(random()::text), 4), 100) END AS description,
-             random() < 0.5 AS completed,
-             now() - random() * interval '30 days' AS ts
-      FROM bench_users u CROSS JOIN generate_series(1, 50) AS t) AS s
-ORDER BY random();
-`
-
-func loadBenchUsers(t *testing.T, db *Store) []benchUser {
-	// One task of each user, chosen at random, is the one get and toggle ask for.
-	rows, err := db.pool.Query(context.Background(),
-		`SELECT DISTINCT ON (user_id) user_id, id FROM tasks ORDER BY user_id, random()`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var users []benchUser
-	for rows.Next() {
-		var u benchUser
-		if err := rows.Scan(&u.id, &u.taskID); err != nil {
-			t.Fatal(err)
-		}
-		users = append(users, u)
-	}
-	if len(users) != benchUsers {
-		t.Fatalf("%d users seeded, want %d", len(users), benchUsers)
-	}
-	return users
-}
-
-func writeBenchUsers(t *testing.T, path string, users []benchUser, token func(benchUser) string) {
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	w := bufio.NewWriter(f)
-	for _, u := range users {
-		fmt.Fprintf(w, "%s %s %d\n", u.id, token(u), u.taskID)
-	}
-	if err := w.Flush(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// ceilingSQL is the statement the service runs for op, with its $n parameters named as
-// pgbench variables (which pgbench -M prepared binds as parameters again).
+// ceilingSQL is the pgbench script for op: the statement the service runs, with its $n
+// parameters named as pgbench variables (which pgbench -M prepared binds as parameters
+// again). A pgbench variable cannot be NULL, so the parameters the service binds to NULL
+// (no If-Match, no Idempotency-Key) are the literal NULL here.
 func ceilingSQL(op string, k int) string {
 	u, tid := fmt.Sprintf(":u%d", k), fmt.Sprintf(":t%d", k)
-	var sql string
+	var sql, script string
 	var args []string
 	switch op {
-	case "list":
-		// The service binds LIMIT to NULL; a pgbench variable cannot be NULL, and a limit
-		// of 1000 returns the same 50 rows through the same plan.
+	case "list", "list-304":
+		// The service binds LIMIT to NULL too; a limit of 1000 returns the same 50 rows
+		// through the same plan.
 		sql, args = listSQL[ListQuery{Status: "all", Sort: "created", Desc: true}], []string{u, ":lim", ":off"}
 	case "get":
 		sql, args = sqlGetTask, []string{tid, u}
 	case "toggle":
-		sql, args = sqlToggleTask, []string{tid, u}
+		sql, args = sqlToggleTask, []string{tid, u, "NULL", "NULL", "NULL"}
 	case "create":
-		sql, args = sqlCreateTask, []string{u, ":title", ":desc"}
+		sql, args = sqlCreateTask, []string{u, ":title", ":desc", ":max", "NULL", "NULL"}
+	case "create-key":
+		script = "\\set key random(1, 1000000000000000)\n"
+		sql, args = sqlCreateTask, []string{u, ":title", ":desc", ":max", ":key", ":req"}
 	}
 	for i := len(args); i >= 1; i-- {
 		sql = strings.ReplaceAll(sql, fmt.Sprintf("$%d", i), args[i-1])
 	}
-	return strings.Join(strings.Fields(sql), " ") + ";\n" // pgbench wants one line
+	return script + strings.Join(strings.Fields(sql), " ") + ";\n" // pgbench wants one line
 }
 
 func runPgbench(t *testing.T, pinned func(string, ...string) *exec.Cmd, cpu, dir string, dbURL *url.URL, op string, conc int, users []benchUser, warmup, duration time.Duration) measurement {
@@ -391,7 +374,8 @@ func runPgbench(t *testing.T, pinned func(string, ...string) *exec.Cmd, cpu, dir
 	argv := []string{"pgbench", "-n", "-M", "prepared", "-c", fmt.Sprint(conc), "-j", "1",
 		"-T", fmt.Sprint(int((warmup + duration).Seconds())), "-l", "--log-prefix", filepath.Join(runDir, "log"),
 		"-h", dbURL.Hostname(), "-p", dbURL.Port(), "-U", dbURL.User.Username(),
-		"-D", "lim=1000", "-D", "off=0", "-D", "title=bench create", "-D", "desc=created by make bench"}
+		"-D", "lim=1000", "-D", "off=0", "-D", "title=bench create", "-D", "desc=created by make bench",
+		"-D", "max=1000000", "-D", `req=\x8a1f6b0f7c5e3d2a1b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a`}
 	for k, u := range users {
 		script := filepath.Join(runDir, fmt.Sprintf("u%d.sql", k))
 		if err := os.WriteFile(script, []byte(ceilingSQL(op, k)), 0o644); err != nil {
@@ -450,59 +434,6 @@ func runPgbench(t *testing.T, pinned func(string, ...string) *exec.Cmd, cpu, dir
 		}
 	}
 	return summarize(lats, time.Duration((last-from)*float64(time.Second)))
-}
-
-func summarize(lats []time.Duration, over time.Duration) measurement {
-	slices.Sort(lats)
-	if len(lats) == 0 {
-		return measurement{}
-	}
-	return measurement{
-		rps: float64(len(lats)) / over.Seconds(),
-		p50: lats[len(lats)/2],
-		p99: lats[len(lats)*99/100],
-	}
-}
-
-var (
-	wrkRPS     = regexp.MustCompile(`Requests/sec:\s+([\d.]+)`)
-	wrkPct     = regexp.MustCompile(`(?m)^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$`)
-	wrkNon2xx  = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
-	wrkSockErr = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
-)
-
-func runWrk(t *testing.T, pinned func(string, ...string) *exec.Cmd, cpu, base, usersFile, op string, conc int, d time.Duration) measurement {
-	t.Helper()
-	cmd := pinned(cpu, "wrk", "-t", "1", "-c", fmt.Sprint(conc), "-d", fmt.Sprintf("%ds", int(d.Seconds())),
-		"--latency", "-s", "scripts/bench.lua", base, "--", usersFile, op)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("wrk %s c=%d: %v\n%s", op, conc, err, out)
-	}
-	var m measurement
-	if r := wrkRPS.FindSubmatch(out); r != nil {
-		m.rps, _ = strconv.ParseFloat(string(r[1]), 64)
-	}
-	for _, p := range wrkPct.FindAllSubmatch(out, -1) {
-		v, _ := strconv.ParseFloat(string(p[2]), 64)
-		unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[string(p[3])]
-		dur := time.Duration(v * float64(unit))
-		if string(p[1]) == "50" {
-			m.p50 = dur
-		} else {
-			m.p99 = dur
-		}
-	}
-	if r := wrkNon2xx.FindSubmatch(out); r != nil {
-		m.non2xx, _ = strconv.Atoi(string(r[1]))
-	}
-	if r := wrkSockErr.FindSubmatch(out); r != nil {
-		for _, g := range r[1:] {
-			n, _ := strconv.Atoi(string(g))
-			m.sockErrs += n
-		}
-	}
-	return m
 }
 
 // pinPostgres sets the CPU affinity of the test cluster's processes; backends forked

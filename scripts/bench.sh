@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # make bench: seeds a fresh database, then measures pgbench (the ceiling: the service's own
 # statements, nothing else) and the service under wrk, pinned to separate cores, and prints
-# the tables. Knobs: BENCH_DURATION (15s), BENCH_WARMUP (3s), BENCH_CONC (16,64),
-# BENCH_OPS (list,get,toggle,create), BENCH_AUTH (HS256 or EdDSA), BENCH_REPEAT (1),
-# BENCH_COMPARE (name=binary,... measured beside this tree's service, in the same run).
+# the tables (docs/performance.md). Knobs: BENCH_DURATION (15s), BENCH_WARMUP (3s),
+# BENCH_CONC (16,64), BENCH_OPS (list,list-304,get,toggle,create,create-key), BENCH_AUTH
+# (HS256 or EdDSA), BENCH_REPEAT (1), BENCH_NOTIFY_AB=1 (the service also with its
+# notification trigger off), BENCH_COMPARE (name=binary,... measured beside this tree's
+# service in the same run). make bench-live runs TestBenchLive instead (BENCH_RUN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -11,4 +13,4 @@ command -v wrk >/dev/null || { echo "bench: installing wrk" >&2; apt_install wrk
 command -v taskset >/dev/null || apt_install util-linux
 use_devdb
 export PATH="$TASKFLOW_PGBIN:$PATH" # pgbench ships with the server
-go test -tags bench -run '^TestBench$' -count=1 -timeout 60m -v . | grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok '
+go test -tags bench -run "${BENCH_RUN:-^TestBench\$}" -count=1 -timeout 90m -v . | grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok '

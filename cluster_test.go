@@ -1,0 +1,631 @@
+//go:build cluster
+
+// make cluster (go test -tags cluster -run TestCluster): three instances of the service
+// behind HAProxy (deploy/haproxy.cfg), their requests through PgBouncer in transaction
+// mode (deploy/pgbouncer.ini) and their listeners direct to PostgreSQL, under mixed load
+// from several users who also hold live-update streams, while the harness restarts each
+// instance in turn, kills one, restarts PgBouncer and restarts PostgreSQL. It prints what
+// each phase cost and fails on a lost or doubled write, a stream that ends up wrong, or
+// a failed request during the rolling deploy. CLUSTER_SHORT=1 is the ~30 s run of CI;
+// the full run also measures throughput through HAProxy with 1, 2 and 3 instances.
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// instance is one taskflow-api process of the cluster, restartable on its port.
+type instance struct {
+	name, port string
+	env        []string
+	bin, logs  string
+	cmd        *exec.Cmd
+	exited     chan struct{}
+}
+
+func (in *instance) start(t *testing.T) {
+	t.Helper()
+	log, err := os.OpenFile(in.logs, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.cmd = exec.Command(in.bin)
+	in.cmd.Env = append(os.Environ(), append(in.env, "PORT="+in.port)...)
+	in.cmd.Stdout, in.cmd.Stderr = log, log
+	if err := in.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	in.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, log *os.File, exited chan struct{}) {
+		cmd.Wait()
+		log.Close()
+		close(exited)
+	}(in.cmd, log, in.exited)
+	waitOK(t, "http://127.0.0.1:"+in.port+"/readyz")
+}
+
+// stop signals the process and waits for it to exit.
+func (in *instance) stop(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	in.cmd.Process.Signal(sig)
+	select {
+	case <-in.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s still runs 30 s after signal %v", in.name, sig)
+	}
+}
+
+// outcome is one logical request of the load, after the client's own retry if any.
+type outcome struct {
+	start, end time.Time
+	status     int // 0: no answer (a connection error)
+}
+
+// clusterLoad is the mixed load: users with workers, each worker owning the tasks it
+// creates, so that what each task must look like at the end is known.
+type clusterLoad struct {
+	base   string
+	client *http.Client
+
+	mu       sync.Mutex
+	outcomes []outcome
+	retried  int
+	samples  map[int]string // a body of each failing status, for the report
+}
+
+// do sends one request; a create or toggle carries an Idempotency-Key. A connection
+// error or a 502/503 is retried once, with the same key, as the contract tells clients
+// to: only requests that are safe to repeat are sent here without a key.
+func (l *clusterLoad) do(method, path, token, body, key string) (int, []byte) {
+	start := time.Now()
+	status, resp := l.once(method, path, token, body, key)
+	if status == 0 || status == http.StatusBadGateway || status == http.StatusServiceUnavailable {
+		l.mu.Lock()
+		l.retried++
+		l.mu.Unlock()
+		time.Sleep(200 * time.Millisecond)
+		status, resp = l.once(method, path, token, body, key)
+		if method == "DELETE" && status == http.StatusNotFound {
+			status = http.StatusNoContent // the first attempt deleted it; its answer was lost
+		}
+	}
+	l.mu.Lock()
+	l.outcomes = append(l.outcomes, outcome{start, time.Now(), status})
+	if status >= 400 && l.samples[status] == "" {
+		l.samples[status] = method + " " + path + ": " + string(resp)
+	}
+	l.mu.Unlock()
+	return status, resp
+}
+
+func (l *clusterLoad) once(method, path, token, body, key string) (int, []byte) {
+	req, _ := http.NewRequest(method, l.base+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
+	res, err := l.client.Do(req)
+	if err != nil {
+		return 0, nil
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, b
+}
+
+// owned is what a worker knows of one of its tasks.
+type owned struct {
+	title         string
+	acked         bool // the create was answered 201; else its outcome is unknown
+	id            int64
+	completed     bool
+	completedSure bool // no toggle since the last acknowledged one failed
+	deleted       bool
+	deleteSure    bool
+}
+
+// worker runs one worker of one user until ctx ends, and returns its tasks.
+func (l *clusterLoad) worker(ctx context.Context, name, userID, token string) []*owned {
+	var tasks []*owned
+	live := func() *owned {
+		var candidates []*owned
+		for _, o := range tasks {
+			if o.acked && !o.deleted {
+				candidates = append(candidates, o)
+			}
+		}
+		if len(candidates) == 0 {
+			return nil
+		}
+		return candidates[rand.IntN(len(candidates))]
+	}
+	base := "/api/" + userID + "/tasks"
+	for seq := 0; ctx.Err() == nil; seq++ {
+		o := live()
+		switch p := rand.IntN(100); {
+		case p < 30 || o == nil:
+			title := fmt.Sprintf("%s #%d", name, seq)
+			status, body := l.do("POST", base, token, fmt.Sprintf(`{"title":%q}`, title), fmt.Sprintf("%s-create-%d", name, seq))
+			t := &owned{title: title, completedSure: true, deleteSure: true}
+			if status == http.StatusCreated {
+				var got taskJSON
+				json.Unmarshal(body, &got)
+				t.acked, t.id = true, got.ID
+			}
+			tasks = append(tasks, t)
+		case p < 50:
+			status, body := l.do("PATCH", fmt.Sprintf("%s/%d/complete", base, o.id), token, "", fmt.Sprintf("%s-toggle-%d", name, seq))
+			if status == http.StatusOK {
+				var got taskJSON
+				json.Unmarshal(body, &got)
+				o.completed, o.completedSure = got.Completed, true
+			} else {
+				o.completedSure = false
+			}
+		case p < 60:
+			l.do("PUT", fmt.Sprintf("%s/%d", base, o.id), token, fmt.Sprintf(`{"description":"%s %d"}`, name, seq), "")
+		case p < 67:
+			status, _ := l.do("DELETE", fmt.Sprintf("%s/%d", base, o.id), token, "", "")
+			o.deleted, o.deleteSure = true, status == http.StatusNoContent
+		case p < 85:
+			l.do("GET", base+"?limit=20", token, "", "")
+		default:
+			l.do("GET", fmt.Sprintf("%s/%d", base, o.id), token, "", "")
+		}
+	}
+	return tasks
+}
+
+// watcher is a user's live-update stream, kept as a browser's EventSource keeps it: it
+// reconnects when the stream ends, and refetches the list after every ready and resync.
+type watcher struct {
+	base, userID, token string
+	client              *http.Client
+
+	mu                         sync.Mutex
+	tasks                      map[int64]taskJSON
+	events, resyncs, reconnect int
+}
+
+func (w *watcher) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		w.follow(ctx)
+		w.mu.Lock()
+		w.reconnect++
+		w.mu.Unlock()
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (w *watcher) follow(ctx context.Context) {
+	req, _ := http.NewRequestWithContext(ctx, "GET", w.base+"/api/"+w.userID+"/events", nil)
+	req.Header.Set("Authorization", "Bearer "+w.token)
+	res, err := w.client.Do(req)
+	if err != nil {
+		return
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return
+	}
+	sc := bufio.NewScanner(res.Body)
+	sc.Buffer(make([]byte, 64<<10), 64<<10)
+	var name string
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "event: "):
+			name = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			w.apply(name, strings.TrimPrefix(line, "data: "))
+		}
+	}
+}
+
+func (w *watcher) apply(name, data string) {
+	if name == "ready" || name == "resync" {
+		tasks := w.refetch()
+		w.mu.Lock()
+		if tasks != nil {
+			w.tasks = tasks
+		}
+		if name == "resync" {
+			w.resyncs++
+		}
+		w.mu.Unlock()
+		return
+	}
+	var task taskJSON
+	json.Unmarshal([]byte(data), &task)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.events++
+	switch name {
+	case "task.created", "task.updated":
+		w.tasks[task.ID] = task
+	case "task.deleted":
+		delete(w.tasks, task.ID)
+	}
+}
+
+func (w *watcher) refetch() map[int64]taskJSON {
+	req, _ := http.NewRequest("GET", w.base+"/api/"+w.userID+"/tasks", nil)
+	req.Header.Set("Authorization", "Bearer "+w.token)
+	for range 20 {
+		if res, err := w.client.Do(req); err == nil {
+			var list []taskJSON
+			err := json.NewDecoder(res.Body).Decode(&list)
+			res.Body.Close()
+			if err == nil && res.StatusCode == http.StatusOK {
+				m := map[int64]taskJSON{}
+				for _, t := range list {
+					m[t.ID] = t
+				}
+				return m
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return nil
+}
+
+func TestCluster(t *testing.T) {
+	testStore(t)
+	short := os.Getenv("CLUSTER_SHORT") == "1"
+	settle := 5 * time.Second
+	users, workersPerUser := 8, 3
+	if short {
+		settle, users, workersPerUser = 2*time.Second, 4, 2
+	}
+	ctx := context.Background()
+	dir := t.TempDir()
+
+	// A database of its own.
+	base := os.Getenv("TEST_DATABASE_URL")
+	admin, err := pgx.Connect(ctx, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`DROP DATABASE IF EXISTS taskflow_cluster`, `CREATE DATABASE taskflow_cluster`} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	admin.Close(ctx)
+	direct := strings.Replace(base, "/taskflow_test?", "/taskflow_cluster?", 1)
+	bouncer := startPgBouncer(t, direct)
+
+	bin := filepath.Join(dir, "taskflow-api")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	env := []string{"DATABASE_URL=" + bouncer.url, "DATABASE_LISTEN_URL=" + direct, "BETTER_AUTH_SECRET=" + testSecret, "LOG_FORMAT=json"}
+	var instances []*instance
+	for i := 1; i <= 3; i++ {
+		in := &instance{name: fmt.Sprint("i", i), port: freePort(t), env: env, bin: bin, logs: filepath.Join(dir, fmt.Sprintf("i%d.log", i))}
+		in.start(t)
+		t.Cleanup(func() { in.stop(t, syscall.SIGKILL) })
+		instances = append(instances, in)
+	}
+	haproxyPort, adminSocket := freePort(t), filepath.Join(dir, "haproxy.sock")
+	haproxy := exec.Command("haproxy", "-f", "deploy/haproxy.cfg", "-db")
+	haproxy.Env = append(os.Environ(), "HAPROXY_BIND=127.0.0.1:"+haproxyPort, "HAPROXY_ADMIN_SOCKET="+adminSocket,
+		"INSTANCE1=127.0.0.1:"+instances[0].port, "INSTANCE2=127.0.0.1:"+instances[1].port, "INSTANCE3=127.0.0.1:"+instances[2].port)
+	haproxy.Stderr = os.Stderr
+	if err := haproxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { haproxy.Process.Kill(); haproxy.Wait() })
+	front := "http://127.0.0.1:" + haproxyPort
+	waitOK(t, front+"/readyz")
+
+	// The load, and a stream per user.
+	transport := &http.Transport{MaxIdleConnsPerHost: 64}
+	load := &clusterLoad{base: front, client: &http.Client{Timeout: 10 * time.Second, Transport: transport}, samples: map[int]string{}}
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	type worker struct {
+		userID string
+		tasks  []*owned
+	}
+	var (
+		wg      sync.WaitGroup
+		workers []*worker
+		streams []*watcher
+	)
+	streamCtx, stopStreams := context.WithCancel(ctx)
+	defer stopStreams()
+	for u := range users {
+		userID := newUserID(t)
+		token := tokenFor(t, userID)
+		w := &watcher{base: front, userID: userID, token: token, client: &http.Client{Transport: transport}, tasks: map[int64]taskJSON{}}
+		streams = append(streams, w)
+		go w.run(streamCtx)
+		for k := range workersPerUser {
+			wk := &worker{userID: userID}
+			workers = append(workers, wk)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				wk.tasks = load.worker(loadCtx, fmt.Sprintf("u%dw%d", u, k), userID, token)
+			}()
+		}
+	}
+
+	// The phases, each with its window.
+	type phase struct {
+		name                 string
+		start, down, up, end time.Time // down..up: the component is away
+	}
+	var phases []*phase
+	run := func(name string, action func(p *phase)) {
+		time.Sleep(settle)
+		p := &phase{name: name, start: time.Now()}
+		action(p)
+		time.Sleep(settle)
+		p.end = time.Now()
+		phases = append(phases, p)
+		t.Logf("%s: done", name)
+	}
+	run("1. rolling deploy (SIGTERM, restart, /readyz; each instance in turn)", func(p *phase) {
+		for _, in := range instances {
+			in.stop(t, syscall.SIGTERM)
+			in.start(t)
+			time.Sleep(time.Second) // HAProxy's health check takes it back
+		}
+	})
+	run("2. one instance killed (SIGKILL) and started again", func(p *phase) {
+		instances[1].stop(t, syscall.SIGKILL)
+		p.down = time.Now()
+		instances[1].start(t)
+		p.up = time.Now()
+	})
+	run("3. PgBouncer restarted", func(p *phase) {
+		p.down = time.Now()
+		bouncer.stop()
+		bouncer.start()
+		p.up = time.Now()
+	})
+	run("4. PostgreSQL restarted (immediate stop, start)", func(p *phase) {
+		p.down = time.Now()
+		pgCtl(t, "stop", "-m", "immediate", "-w")
+		pgCtl(t, "start")
+		p.up = time.Now()
+	})
+	stopLoad()
+	wg.Wait()
+
+	// What each phase cost.
+	fmt.Printf("\n%d users x %d workers through HAProxy, %d instances, PgBouncer (transaction mode); the client retries a failed request once (with its Idempotency-Key); %d retries in all\n\n",
+		users, workersPerUser, len(instances), load.retried)
+	fmt.Println("| phase | requests | 2xx | 4xx | 5xx | connection errors | p99 | 5xx outside the outage (+1 s) |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|")
+	failures := map[string]int{}
+	for _, p := range phases {
+		var n, ok, c4, c5, connErr, late int
+		var lats []time.Duration
+		for _, o := range load.outcomes {
+			if o.start.Before(p.start) || !o.start.Before(p.end) {
+				continue
+			}
+			n++
+			lats = append(lats, o.end.Sub(o.start))
+			switch {
+			case o.status == 0:
+				connErr++
+			case o.status < 300:
+				ok++
+			case o.status < 500:
+				c4++
+			default:
+				c5++
+				if p.down.IsZero() || o.end.Before(p.down) || o.start.After(p.up.Add(time.Second)) {
+					late++
+				}
+			}
+		}
+		slices.Sort(lats)
+		p99 := time.Duration(0)
+		if len(lats) > 0 {
+			p99 = lats[len(lats)*99/100]
+		}
+		failures[p.name] = c5 + connErr + c4
+		fmt.Printf("| %s | %d | %d | %d | %d | %d | %s | %d |\n", p.name, n, ok, c4, c5, connErr, ms(p99), late)
+		if strings.HasPrefix(p.name, "1.") && c4+c5+connErr > 0 {
+			t.Errorf("%s: %d requests failed; want none", p.name, c4+c5+connErr)
+		}
+		if (strings.HasPrefix(p.name, "3.") || strings.HasPrefix(p.name, "4.")) && late > 0 {
+			t.Errorf("%s: %d 5xx outside the outage and its first second", p.name, late)
+		}
+	}
+
+	for status, body := range load.samples {
+		fmt.Printf("  a %d: %s\n", status, body)
+	}
+
+	// Every acknowledged write is there, once; none is there twice.
+	pool, err := openTestStore(direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	stored := map[string][]taskJSON{} // by title
+	rows, err := pool.pool.Query(ctx, `SELECT id, user_id, title, description, completed, created_at, updated_at FROM tasks`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byUser := map[string]map[int64]taskJSON{}
+	for rows.Next() {
+		var tk Task
+		if err := rows.Scan(&tk.ID, &tk.UserID, &tk.Title, &tk.Description, &tk.Completed, &tk.CreatedAt, &tk.UpdatedAt); err != nil {
+			t.Fatal(err)
+		}
+		var tj taskJSON
+		b, _ := json.Marshal(tk)
+		json.Unmarshal(b, &tj)
+		stored[tk.Title] = append(stored[tk.Title], tj)
+		if byUser[tk.UserID] == nil {
+			byUser[tk.UserID] = map[int64]taskJSON{}
+		}
+		byUser[tk.UserID][tk.ID] = tj
+	}
+	var acked, unknown, lost, doubled, wrongToggle, undeleted int
+	for _, w := range workers {
+		for _, o := range w.tasks {
+			copies := stored[o.title]
+			switch {
+			case len(copies) > 1:
+				doubled++
+			case o.acked && len(copies) == 0 && !o.deleted: // a delete with no answer may have happened
+				lost++
+				t.Logf("lost: %+v", *o)
+			case o.acked && o.deleted && o.deleteSure && len(copies) == 1:
+				undeleted++
+			case o.acked && !o.deleted && o.completedSure && len(copies) == 1 && copies[0].Completed != o.completed:
+				wrongToggle++
+			}
+			if o.acked {
+				acked++
+			} else {
+				unknown++
+			}
+		}
+	}
+	fmt.Printf("\n%d creates acknowledged, %d with no answer even after the retry; %d lost, %d stored twice, %d toggles not as acknowledged, %d acknowledged deletes undone\n",
+		acked, unknown, lost, doubled, wrongToggle, undeleted)
+	if lost+doubled+wrongToggle+undeleted > 0 {
+		t.Error("acknowledged writes were lost, doubled or undone")
+	}
+
+	// Every stream shows its user's tasks as they are.
+	var events, resyncs, reconnects, wrong int
+	for _, w := range streams {
+		ok := false
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			w.mu.Lock()
+			ok = fmt.Sprint(sortedTasks(w.tasks)) == fmt.Sprint(sortedTasks(byUser[w.userID]))
+			w.mu.Unlock()
+			if ok {
+				break
+			}
+		}
+		if !ok {
+			wrong++
+		}
+		w.mu.Lock()
+		events, resyncs, reconnects = events+w.events, resyncs+w.resyncs, reconnects+w.reconnect
+		w.mu.Unlock()
+	}
+	stopStreams()
+	fmt.Printf("%d streams: %d events, %d resyncs, %d reconnects; %d end up unlike the database\n", len(streams), events, resyncs, reconnects, wrong)
+	if wrong > 0 {
+		t.Errorf("%d streams do not show their user's tasks as stored", wrong)
+	}
+
+	if short {
+		return
+	}
+	clusterThroughput(t, dir, direct, bouncer, instances, front, adminSocket, bin)
+}
+
+func sortedTasks(m map[int64]taskJSON) []string {
+	var out []string
+	for _, t := range m {
+		desc := ""
+		if t.Description != nil {
+			desc = *t.Description
+		}
+		out = append(out, fmt.Sprint(t.ID, t.Title, desc, t.Completed, t.UpdatedAt))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// clusterThroughput measures list and get with wrk: one instance on PostgreSQL directly,
+// one through PgBouncer, and HAProxy in front of 1, 2 and 3 of them (the others taken out
+// through HAProxy's admin socket).
+func clusterThroughput(t *testing.T, dir, direct string, bouncer *pgBouncer, instances []*instance, front, adminSocket, bin string) {
+	ctx := context.Background()
+	db, err := openTestStore(direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.pool.Exec(ctx, `TRUNCATE tasks, task_counts`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.pool.Exec(ctx, benchSeedSQL); err != nil {
+		t.Fatal(err)
+	}
+	users := loadBenchUsers(t, db)
+	usersFile := filepath.Join(dir, "users.txt")
+	writeBenchUsers(t, usersFile, users, func(u benchUser) string { return tokenFor(t, u.id) }, nil)
+
+	plain := &instance{name: "direct", port: freePort(t), bin: bin, logs: filepath.Join(dir, "direct.log"),
+		env: []string{"DATABASE_URL=" + direct, "BETTER_AUTH_SECRET=" + testSecret, "LOG_FORMAT=json"}}
+	plain.start(t)
+	defer plain.stop(t, syscall.SIGTERM)
+
+	haproxyAdmin := func(cmd string) {
+		c, err := net.Dial("unix", adminSocket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintln(c, cmd)
+		io.ReadAll(c)
+	}
+	targets := []struct {
+		name, base string
+		enabled    int
+	}{
+		{"one instance, PostgreSQL direct", "http://127.0.0.1:" + plain.port, 0},
+		{"one instance through PgBouncer", "http://127.0.0.1:" + instances[0].port, 0},
+		{"HAProxy + 1 instance through PgBouncer", front, 1},
+		{"HAProxy + 2 instances", front, 2},
+		{"HAProxy + 3 instances", front, 3},
+	}
+	pinned := func(_ string, argv ...string) *exec.Cmd { return exec.Command(argv[0], argv[1:]...) }
+	fmt.Printf("\nThroughput with wrk (16 connections, 10 s; everything on the same 2 cores, unpinned)\n\n")
+	fmt.Println("| target | list req/s | list p99 | get req/s | get p99 |")
+	fmt.Println("|---|---:|---:|---:|---:|")
+	for _, tg := range targets {
+		if tg.enabled > 0 {
+			for i := 2; i <= 3; i++ {
+				state := "enable"
+				if i > tg.enabled {
+					state = "disable"
+				}
+				haproxyAdmin(fmt.Sprintf("%s server instances/i%d", state, i))
+			}
+			time.Sleep(time.Second)
+		}
+		list := runWrk(t, pinned, "", tg.base, usersFile, "list", 16, 10*time.Second)
+		get := runWrk(t, pinned, "", tg.base, usersFile, "get", 16, 10*time.Second)
+		fmt.Printf("| %s | %.0f | %s | %.0f | %s |\n", tg.name, list.rps, ms(list.p99), get.rps, ms(get.p99))
+	}
+}
