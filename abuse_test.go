@@ -24,8 +24,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 func TestAbuse(t *testing.T) {
@@ -35,18 +33,7 @@ func TestAbuse(t *testing.T) {
 
 	// A database of its own, with one user who owns 10,000 tasks of 1000-character
 	// descriptions: the most a user may own, at the largest description.
-	base := os.Getenv("TEST_DATABASE_URL")
-	admin, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{`DROP DATABASE IF EXISTS taskflow_abuse`, `CREATE DATABASE taskflow_abuse`} {
-		if _, err := admin.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	admin.Close(ctx)
-	dbURL := strings.Replace(base, "/taskflow_test?", "/taskflow_abuse?", 1)
+	dbURL := freshDatabase(t, "taskflow_abuse")
 	db, err := openTestStore(dbURL)
 	if err != nil {
 		t.Fatal(err)

@@ -125,17 +125,17 @@ type caller struct {
 	expires time.Time
 }
 
-// authenticate verifies the request's bearer token and returns its caller, or a 401. The
-// events route, which browsers reach with EventSource, cannot send headers: there the
-// token may come as the access_token query parameter instead.
-func (a *Authenticator) authenticate(r *http.Request) (caller, error) {
+// authenticate verifies the request's bearer token and returns its caller, or a 401.
+// Where fromQuery, a request without the header may send the token as the access_token
+// query parameter instead.
+func (a *Authenticator) authenticate(r *http.Request, fromQuery bool) (caller, error) {
 	headers := r.Header.Values("Authorization")
 	if len(headers) > 1 {
 		// Which one counts could differ between this service and a proxy in front of it.
 		return caller{}, badRequest("send one Authorization header, not %d", len(headers))
 	}
 	if len(headers) == 0 || headers[0] == "" {
-		if r.Pattern == eventsRoute && r.URL.Query().Has("access_token") {
+		if fromQuery && r.URL.Query().Has("access_token") {
 			return a.verifyQueryToken(r)
 		}
 		return caller{}, errNoToken

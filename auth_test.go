@@ -115,7 +115,7 @@ func TestAuthAccepts(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := httptest.NewRequest("GET", "/api/"+me+"/tasks", nil)
 			r.Header.Set("Authorization", tt.authorization)
-			if who, err := auth.authenticate(r); err != nil || who.userID != me {
+			if who, err := auth.authenticate(r, false); err != nil || who.userID != me {
 				t.Errorf("authenticate = %+v, %v; want %q", who, err, me)
 			}
 		})

@@ -27,7 +27,6 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/jackc/pgx/v5"
 )
 
 const (
@@ -68,19 +67,7 @@ func TestBench(t *testing.T) {
 	dir := t.TempDir()
 
 	// A fresh database, seeded by SQL.
-	testURL, _ := url.Parse(os.Getenv("TEST_DATABASE_URL"))
-	admin, err := pgx.Connect(ctx, testURL.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{`DROP DATABASE IF EXISTS taskflow_bench`, `CREATE DATABASE taskflow_bench`} {
-		if _, err := admin.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	admin.Close(ctx)
-	benchURL := *testURL
-	benchURL.Path = "/taskflow_bench"
+	benchURL, _ := url.Parse(freshDatabase(t, "taskflow_bench"))
 	db, err := openTestStore(benchURL.String())
 	if err != nil {
 		t.Fatal(err)
@@ -157,7 +144,7 @@ func TestBench(t *testing.T) {
 	// listETags are the ETags of every user's whole list as it is now, as the service
 	// computes them, for list-304's If-None-Match: toggles change them between rows.
 	listETags := func() map[string]string {
-		rows, err := db.pool.Query(ctx, `SELECT user_id, count(*), max(version) FROM tasks GROUP BY user_id`)
+		rows, err := db.pool.Query(ctx, `SELECT user_id, count(*), `+versionDigest+` FROM tasks GROUP BY user_id`)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -165,7 +152,7 @@ func TestBench(t *testing.T) {
 		for rows.Next() {
 			var id string
 			var h ListHead
-			if err := rows.Scan(&id, &h.Total, &h.Newest); err != nil {
+			if err := rows.Scan(&id, &h.Total, &h.Digest); err != nil {
 				t.Fatal(err)
 			}
 			etags[id] = listETag(h, ListQuery{Status: "all", Sort: "created", Desc: true})
@@ -228,7 +215,7 @@ func TestBench(t *testing.T) {
 		var ceilingRuns []measurement
 		for range repeats {
 			reset()
-			ceilingRuns = append(ceilingRuns, runPgbench(t, pinned, loadCPU, dir, &benchURL, op, c, ceilingUsersSample, warmup, duration))
+			ceilingRuns = append(ceilingRuns, runPgbench(t, pinned, loadCPU, dir, benchURL, op, c, ceilingUsersSample, warmup, duration))
 			for i := range targets {
 				tg := targets[(turn+i)%len(targets)]
 				reset()

@@ -59,20 +59,46 @@ func (b *breaker) beforeConnect(context.Context, *pgx.ConnConfig) error {
 		}
 		return errDatabaseDown
 	}
-	// This attempt's outcome, or its connect timeout, decides when the next one may go.
-	b.next = now.Add(b.connectTimeout)
+	// This attempt's end (TraceConnectEnd) decides when the next one may go; the margin
+	// past its connect timeout lets that end arrive after the request that started it
+	// gave up, at its own deadline, which may be the same length.
+	b.next = now.Add(b.connectTimeout + time.Second)
 	return nil
 }
 
-// afterConnect is pgxpool's AfterConnect hook: an attempt got through.
-func (b *breaker) afterConnect(context.Context, *pgx.Conn) error {
+// The breaker learns how each attempt ended as pgx's connect tracer: pgxpool finishes an
+// attempt in the background when the request that started it gave up first, and only
+// the tracer sees that ending.
+
+func (b *breaker) TraceConnectStart(ctx context.Context, _ pgx.TraceConnectStartData) context.Context {
+	return ctx
+}
+
+func (b *breaker) TraceConnectEnd(_ context.Context, data pgx.TraceConnectEndData) {
+	if data.Err != nil {
+		b.failed(data.Err)
+		return
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.down {
 		b.log.Info("database reachable again", "down_for", time.Since(b.since).Round(time.Millisecond).String(), "requests_refused", b.total)
 	}
 	b.down, b.backoff, b.refused, b.total = false, 0, 0, 0
-	return nil
+}
+
+// A connect tracer must be a query tracer too; queries are none of the breaker's business.
+
+func (b *breaker) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	return ctx
+}
+
+func (b *breaker) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+func (b *breaker) setLog(log *slog.Logger) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.log = log
 }
 
 // failed records an attempt that did not get through.

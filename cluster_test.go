@@ -29,8 +29,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // instance is one taskflow-api process of the cluster, restartable on its port.
@@ -295,7 +293,7 @@ func (w *watcher) refetch() map[int64]taskJSON {
 }
 
 func TestCluster(t *testing.T) {
-	testStore(t)
+	needOwnCluster(t) // phase 4 restarts it
 	short := os.Getenv("CLUSTER_SHORT") == "1"
 	settle := 5 * time.Second
 	users, workersPerUser := 8, 3
@@ -305,19 +303,7 @@ func TestCluster(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 
-	// A database of its own.
-	base := os.Getenv("TEST_DATABASE_URL")
-	admin, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{`DROP DATABASE IF EXISTS taskflow_cluster`, `CREATE DATABASE taskflow_cluster`} {
-		if _, err := admin.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	admin.Close(ctx)
-	direct := strings.Replace(base, "/taskflow_test?", "/taskflow_cluster?", 1)
+	direct := freshDatabase(t, "taskflow_cluster")
 	bouncer := startPgBouncer(t, direct)
 
 	bin := filepath.Join(dir, "taskflow-api")

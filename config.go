@@ -10,7 +10,7 @@ import (
 )
 
 // devDatabaseURL is the database scripts/devdb.sh starts; see the Makefile.
-const devDatabaseURL = "postgres://postgres@127.0.0.1:54329/taskflow?sslmode=disable"
+const devDatabaseURL = "postgres://postgres@127.0.0.1:15432/taskflow?sslmode=disable"
 
 // config is everything the server reads from its environment.
 type config struct {

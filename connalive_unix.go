@@ -12,7 +12,8 @@ import (
 // kernel has the FIN, and usually the FATAL message before it, long before pgx would
 // notice: pgx only learns on its next read, after a statement was sent, when a write may
 // no longer be retried. A non-blocking peek at the socket costs one system call and
-// catches that before anything is sent.
+// catches that before anything is sent; without it a fault test fails
+// (docs/performance.md, "The liveness peek").
 func connAlive(c net.Conn) bool {
 	tlsConn, isTLS := c.(interface{ NetConn() net.Conn })
 	if isTLS {
@@ -39,7 +40,7 @@ func connAlive(c net.Conn) bool {
 			alive = false // reset, or end of stream
 		default:
 			// PostgreSQL sends nothing to an idle session except a FATAL before closing it
-			// (LISTEN is not used here). Under TLS, though, unread bytes may be a session
+			// (the pool's sessions never LISTEN; the listener has a connection of its own). Under TLS, though, unread bytes may be a session
 			// ticket, so only a plain connection is judged by them.
 			alive = isTLS
 		}

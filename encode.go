@@ -6,8 +6,8 @@ import (
 	"unicode/utf8"
 )
 
-// timeLayout is RFC 3339 in UTC with a fixed six-digit fraction: PostgreSQL's precision, and the
-// shape the earlier design produced, so clients that compare strings keep working.
+// timeLayout is RFC 3339 in UTC with a fixed six-digit fraction, PostgreSQL's precision,
+// so that clients may compare timestamps as strings.
 const timeLayout = "2006-01-02T15:04:05.000000Z07:00" // Z07:00 prints Z for UTC
 
 // appendTask encodes t as the contract's Task object: by hand, because encoding/json made

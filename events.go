@@ -8,10 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -41,7 +43,7 @@ type Events struct {
 	linger    time.Duration // the listener's connection outlives the last stream by this much
 
 	mu      sync.Mutex
-	streams map[string]map[*stream]bool // by userKey: notifications name users so
+	streams map[string]map[*stream]bool // by userKey, which is how notifications name users
 	total   int
 	live    bool      // the listener listens and received its own notification
 	fault   error     // why the last try to listen failed; nil once live
@@ -53,11 +55,12 @@ type Events struct {
 
 // stream is one open event stream.
 type stream struct {
-	userID string
-	key    string
-	events chan event    // what the handler is to send, in order
-	ready  bool          // its ready event is in events
-	gone   chan struct{} // closed when Events drops it: too slow, or shutting down
+	userID  string
+	key     string
+	events  chan event    // what the handler is to send, in order
+	pending atomic.Int64  // bytes in events
+	ready   bool          // its ready event is in events
+	gone    chan struct{} // closed when Events drops it: too slow, or shutting down
 }
 
 type event struct {
@@ -65,9 +68,14 @@ type event struct {
 	data []byte
 }
 
-// streamBuffer is how many events a stream may have waiting for its client; a client so
-// far behind is cut loose (it reconnects and refetches) rather than slowing others.
-const streamBuffer = 64
+// A stream may have streamBuffer events, and streamBytes of them, waiting for its
+// client; a client so far behind is cut loose (it reconnects and refetches) rather than
+// slowing others or holding memory without bound. That is 64 ordinary changes, or 36
+// of the largest; the streams of one user share their events' bytes.
+const (
+	streamBuffer = 64
+	streamBytes  = 256 << 10
+)
 
 func newEvents(listenConfig *pgx.ConnConfig, listenURLVar string, store *Store, log *slog.Logger, maxPerUser, maxTotal int) *Events {
 	return &Events{
@@ -98,6 +106,10 @@ var (
 	errStreamsFull    = &apiError{status: http.StatusServiceUnavailable, detail: "this server holds all the event streams it may (MAX_STREAMS); try again shortly"}
 	errEventsDown     = &apiError{status: http.StatusServiceUnavailable, detail: "live updates are unavailable: the database does not answer; try again shortly"}
 	errShuttingDown   = &apiError{status: http.StatusServiceUnavailable, detail: "the server is shutting down"}
+	errSwallowed      = &apiError{status: http.StatusServiceUnavailable,
+		detail: "live updates are unavailable: the server's database listener receives no notifications; its operator must set DATABASE_LISTEN_URL to the database's direct (non-pooler) URL"}
+	// errIdle ends a listener connection nobody has needed for linger.
+	errIdle = errors.New("no stream for a while")
 )
 
 // subscribe opens a stream for userID and returns it once the listener is live (the
@@ -139,7 +151,8 @@ func (e *Events) subscribe(ctx context.Context, userID string) (*stream, error) 
 	timer := time.NewTimer(e.readyWait)
 	defer timer.Stop()
 	select {
-	case <-s.events: // ready
+	case ev := <-s.events: // ready
+		s.pending.Add(-int64(len(ev.data)))
 		return s, nil
 	case <-s.gone:
 	case <-ctx.Done():
@@ -182,6 +195,10 @@ func (e *Events) dropLocked(s *stream) {
 // sendLocked hands an event to a stream without waiting: a stream whose client is so far
 // behind that its buffer is full is dropped instead.
 func (e *Events) sendLocked(s *stream, ev event) {
+	if s.pending.Add(int64(len(ev.data))) > streamBytes {
+		e.dropLocked(s)
+		return
+	}
 	select {
 	case s.events <- ev:
 	default:
@@ -273,16 +290,13 @@ func (e *Events) dispatch(payload string) {
 	}
 }
 
-// errIdle ends a listener connection nobody has needed for linger.
-var errIdle = errors.New("no stream for a while")
-
 // Listen keeps the listener going until ctx ends: connected while streams are open (and
 // linger after), reconnecting when cut, 250 ms to 1 s apart, and idle without a
 // connection while none are, so that it never keeps a Neon compute awake for nobody, nor
 // wakes one.
 func (e *Events) Listen(ctx context.Context) {
-	const minBackoff, maxBackoff = 250 * time.Millisecond, time.Second
-	backoff := minBackoff
+	const firstRetry, lastRetry = 250 * time.Millisecond, time.Second
+	backoff := firstRetry
 	for {
 		select {
 		case <-ctx.Done():
@@ -297,9 +311,11 @@ func (e *Events) Listen(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		case wasLive:
-			backoff = minBackoff
+			backoff = firstRetry
 		}
-		if errors.Is(err, errIdle) {
+		if errors.Is(err, errIdle) || err == errSwallowed {
+			// Nobody wants it; or nothing would come: streams are turned away for a
+			// minute, and the first one after that tries again.
 			continue
 		}
 		select {
@@ -307,7 +323,7 @@ func (e *Events) Listen(ctx context.Context) {
 			return
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, maxBackoff)
+		backoff = min(2*backoff, lastRetry)
 		select { // try again, if a stream still wants it
 		case e.wake <- struct{}{}:
 		default:
@@ -378,44 +394,99 @@ func (e *Events) Check(ctx context.Context) {
 	}
 }
 
-// connect opens the listener's connection, LISTENs, and sends a notification through the
-// store, as a write would, which must come back: a transaction-mode pooler (Neon's
-// -pooler endpoint, PgBouncer) accepts LISTEN and then delivers nothing.
+// connect opens the listener's connection, LISTENs, and checks that a notification sent
+// through the store, as a write's would be, comes back on it.
 func (e *Events) connect(ctx context.Context) (*pgx.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.listenConfig.ConnectTimeout+e.checkWait+e.store.timeout)
+	ctx, cancel := context.WithTimeout(ctx, e.listenConfig.ConnectTimeout+e.checkWait+5*time.Second)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(ctx, e.listenConfig)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+eventsChannel); err != nil {
+	if _, err = conn.Exec(ctx, "LISTEN "+eventsChannel); err == nil {
+		err = e.selfCheck(ctx, conn)
+	}
+	if err != nil {
 		conn.Close(context.Background())
 		return nil, err
 	}
-	nonce := rand.Text()
-	if err := e.store.Notify(ctx, eventsChannel, `{"check":"`+nonce+`"}`); err != nil {
-		conn.Close(context.Background())
-		return nil, err
+	return conn, nil
+}
+
+// selfCheck sends a notification and waits checkWait for it. One that does not come back
+// means a transaction-mode pooler (Neon's -pooler endpoint, PgBouncer) between: it
+// accepts LISTEN and then delivers nothing. That is logged, with the fix.
+func (e *Events) selfCheck(ctx context.Context, conn *pgx.Conn) error {
+	nonce := `{"check":"` + rand.Text() + `"}`
+	if err := e.store.Notify(ctx, eventsChannel, nonce); err != nil {
+		return err
 	}
-	checkCtx, cancelCheck := context.WithTimeout(ctx, e.checkWait)
-	defer cancelCheck()
+	checkCtx, cancel := context.WithTimeout(ctx, e.checkWait)
+	defer cancel()
 	for {
 		n, err := conn.WaitForNotification(checkCtx)
-		if err != nil {
-			conn.Close(context.Background())
-			if checkCtx.Err() == nil {
-				return nil, err
-			}
-			e.log.Error(fmt.Sprintf("live updates are off: the listener's connection (%s, %s) received none of its own notifications within %s; "+
-				"it goes through a transaction-mode pooler (such as Neon's -pooler endpoint), which cannot carry LISTEN: set DATABASE_LISTEN_URL to the database's direct URL",
-				e.listenURLVar, e.listenConfig.Host, e.checkWait))
-			return nil, errSwallowed
+		switch {
+		case err == nil && n.Payload == nonce:
+			return nil
+		case err == nil:
+			continue // someone's change, from before the check
+		case checkCtx.Err() == nil:
+			return err
 		}
-		if n.Payload == `{"check":"`+nonce+`"}` {
-			return conn, nil
+		e.log.Error(fmt.Sprintf("live updates are off: the listener's connection (%s, %s) received none of its own notifications within %s; "+
+			"it goes through a transaction-mode pooler (such as Neon's -pooler endpoint), which cannot carry LISTEN: set DATABASE_LISTEN_URL to the database's direct URL",
+			e.listenURLVar, e.listenConfig.Host, e.checkWait))
+		return errSwallowed
+	}
+}
+
+// serve sends a stream's events as Server-Sent Events, after the ready event the stream
+// was opened with, until its token expires (an expired event first), the client goes, or
+// the stream is dropped (shutdown, or a client too far behind).
+func (e *Events) serve(w http.ResponseWriter, r *http.Request, s *stream, expires time.Time) {
+	rc := http.NewResponseController(w)
+	// The server's read and write timeouts are for a request and its answer; a stream
+	// outlives them. It has read all it will; each write gets a deadline of its own, so a
+	// client that stops reading is cut loose.
+	rc.SetReadDeadline(time.Time{}) //nolint:errcheck // net/http's own writer supports it
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
+	w.WriteHeader(http.StatusOK)
+	send := func(frame string) bool {
+		rc.SetWriteDeadline(time.Now().Add(eventWriteTimeout)) //nolint:errcheck // as above
+		_, err := io.WriteString(w, frame)
+		return err == nil && rc.Flush() == nil
+	}
+	// retry: how long a browser's EventSource waits before it reconnects.
+	if !send("retry: 2000\nevent: ready\ndata: {}\n\n") {
+		return
+	}
+	beat := time.NewTicker(e.heartbeat)
+	defer beat.Stop()
+	expiry := time.NewTimer(time.Until(expires))
+	defer expiry.Stop()
+	for {
+		var frame string
+		select {
+		case ev := <-s.events:
+			s.pending.Add(-int64(len(ev.data)))
+			frame = "event: " + ev.name + "\ndata: " + string(ev.data) + "\n\n"
+		case <-beat.C:
+			frame = ": keep-alive\n\n"
+		case <-expiry.C:
+			send("event: expired\ndata: {}\n\n")
+			return
+		case <-s.gone:
+			return
+		case <-r.Context().Done():
+			return
+		}
+		if !send(frame) {
+			return
 		}
 	}
 }
 
-var errSwallowed = &apiError{status: http.StatusServiceUnavailable,
-	detail: "live updates are unavailable: the server's database listener receives no notifications; its operator must set DATABASE_LISTEN_URL to the database's direct (non-pooler) URL"}
+// eventWriteTimeout is how long one event may take to reach a client.
+const eventWriteTimeout = 10 * time.Second

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -492,13 +491,7 @@ func TestEventsThroughAPooler(t *testing.T) {
 // TestEventsResyncAfterAPostgreSQLRestart restarts the shared cluster, so it is not
 // parallel: Go runs it before any parallel test resumes.
 func TestEventsResyncAfterAPostgreSQLRestart(t *testing.T) {
-	testStore(t)
-	if os.Getenv("TASKFLOW_PGDATA") == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("TASKFLOW_PGDATA is unset: run the tests through make test")
-		}
-		t.Skip("needs the cluster of scripts/devdb.sh (make test) to restart it")
-	}
+	needOwnCluster(t)
 	es := newEventsServer(t, "", nil)
 	me := es.api.newUser(t)
 	stream := es.stream(t, me)

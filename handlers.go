@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 )
 
 // router is the part of *http.ServeMux that addRoutes needs; the OpenAPI test passes a
@@ -30,8 +31,8 @@ func addRoutes(mux router, store *Store, auth *Authenticator, events *Events) {
 	mux.Handle(eventsRoute, authed(auth, handleEvents(events)))
 }
 
-// eventsRoute is the live-updates stream, the one route that takes its token from the
-// query too (see Authenticator.authenticate).
+// eventsRoute is the live-updates stream, the one route that may take its token from the
+// query: a browser's EventSource cannot send headers.
 const eventsRoute = "GET /api/{user_id}/events"
 
 // newHandler assembles the server: request log → panic recovery → CORS → the mux, whose
@@ -61,7 +62,7 @@ func authed(auth *Authenticator, h userHandler) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		// A user's tasks, and the errors about them, are for that user only.
 		w.Header().Set("Cache-Control", "no-store")
-		who, err := auth.authenticate(r)
+		who, err := auth.authenticate(r, r.Pattern == eventsRoute)
 		if err != nil {
 			return err
 		}
@@ -119,9 +120,8 @@ func handleListTasks(store *Store) userHandler {
 				}
 				return err
 			}
-			w.Header().Set("ETag", etag)
-			w.Header().Set("X-Total-Count", strconv.FormatInt(h.Total, 10))
-			return list.begin(http.StatusOK)
+			list.begin(http.Header{"Etag": {etag}, "X-Total-Count": {strconv.FormatInt(h.Total, 10)}})
+			return nil
 		}, list.add)
 		if errors.Is(err, errNotModified) {
 			err = nil
@@ -249,12 +249,17 @@ func handleToggleTask(store *Store) userHandler {
 // expires, the client leaves or falls too far behind, or the server shuts down.
 func handleEvents(events *Events) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
+		if !time.Now().Before(who.expires) {
+			// Within the clock leeway the token still authenticates, but a stream would
+			// only say it expired: EventSource would reconnect with it again and again.
+			return unauthorized("token has expired")
+		}
 		s, err := events.subscribe(r.Context(), who.userID)
 		if err != nil {
 			return err
 		}
 		defer events.unsubscribe(s)
-		writeEventStream(w, r, s, who.expires, events.heartbeat)
+		events.serve(w, r, s, who.expires)
 		return nil
 	}
 }

@@ -483,3 +483,40 @@ func startPgBouncer(t *testing.T, databaseURL string) *pgBouncer {
 	b.url = through.String()
 	return b
 }
+
+// freshDatabase drops and creates the database name on the test cluster, for the
+// harnesses that need a database of their own, and returns its URL.
+func freshDatabase(t testing.TB, name string) string {
+	t.Helper()
+	ctx := context.Background()
+	base := os.Getenv("TEST_DATABASE_URL")
+	admin, err := pgx.Connect(ctx, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	for _, q := range []string{`DROP DATABASE IF EXISTS ` + name, `CREATE DATABASE ` + name} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}
+
+// needOwnCluster skips a test that stops and starts PostgreSQL unless the cluster is the
+// one scripts/devdb.sh runs (make test); under CI it fails instead.
+func needOwnCluster(t testing.TB) {
+	t.Helper()
+	testStore(t)
+	if os.Getenv("TASKFLOW_PGDATA") == "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("TASKFLOW_PGDATA is unset: run the tests through make test")
+		}
+		t.Skip("needs the cluster of scripts/devdb.sh (make test) to stop and start it")
+	}
+}

@@ -1,5 +1,5 @@
-// Command taskflow-api serves TaskFlow's task API: the frontend's bearer tokens in,
-// one SQL statement per request against PostgreSQL, JSON out. See README.md.
+// Command taskflow-api serves TaskFlow's task API: the frontend's bearer tokens in, SQL
+// against PostgreSQL, JSON and live updates out. See README.md.
 package main
 
 import (

@@ -4,15 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"sync"
-	"time"
 )
 
-// Everything the service sends back goes through this file: the error type, the one
-// table of statuses, the error writer and the JSON writers.
+// What the service sends back: the error type, the one table of statuses, the error
+// writer and the JSON writers. (Event streams are written by events.go.)
 
 // apiError is an error whose status and detail are meant for the client.
 type apiError struct {
@@ -130,16 +128,15 @@ func writeTask(w http.ResponseWriter, status int, t Task, replayed bool) {
 // taskETag is a task's strong ETag: its version, which every write changes.
 func taskETag(version int64) string { return `"` + strconv.FormatInt(version, 10) + `"` }
 
-// listETag is a list's: a task's change raises the newest version among the tasks the
-// list's filter matches, a delete lowers their count, and a task coming in or going out
-// of the filter changes one of them, so it changes whenever the page could; with the
-// query, so that two pages never share one.
+// listETag is a list's: the count and version digest of the tasks its filter matches
+// (see ListHead), which change whenever the page could, and the query, so that two pages
+// never share one.
 func listETag(h ListHead, q ListQuery) string {
 	order := "asc"
 	if q.Desc {
 		order = "desc"
 	}
-	return fmt.Sprintf(`"%d.%d.%s.%s.%s.%d.%d"`, h.Total, h.Newest, q.Status, q.Sort, order, q.Limit, q.Offset)
+	return fmt.Sprintf(`"%d.%x.%s.%s.%s.%d.%d"`, h.Total, uint64(h.Digest), q.Status, q.Sort, order, q.Limit, q.Offset)
 }
 
 // writeNotModified answers a GET whose If-None-Match names the current ETag.
@@ -153,7 +150,7 @@ func writeNotModified(w http.ResponseWriter, etag string) {
 // response, and a longer one streams, chunked.
 type taskList struct {
 	w      http.ResponseWriter
-	status int
+	header http.Header // what goes with the status, when it goes
 	buf    *[]byte
 	sent   bool // the status line and headers are out
 	n      int  // tasks added
@@ -163,12 +160,25 @@ const listBuffer = 32 << 10
 
 func newTaskList(w http.ResponseWriter) *taskList { return &taskList{w: w} }
 
-// begin opens the array; the headers set so far go with the status when the first bytes do.
-func (l *taskList) begin(status int) error {
-	l.status, l.buf = status, getBuffer()
-	l.w.Header().Set("Content-Type", "application/json")
+// begin opens the array, whose 200 goes with header when its first bytes do: an error
+// before then is answered without them.
+func (l *taskList) begin(header http.Header) {
+	l.header, l.buf = header, getBuffer()
 	*l.buf = append(*l.buf, '[')
-	return nil
+}
+
+// writeHeader sends the status and the list's headers, with the body's length if known.
+func (l *taskList) writeHeader(length int) {
+	h := l.w.Header()
+	for k, v := range l.header {
+		h[k] = v
+	}
+	h.Set("Content-Type", "application/json")
+	if length >= 0 {
+		h.Set("Content-Length", strconv.Itoa(length))
+	}
+	l.w.WriteHeader(http.StatusOK)
+	l.sent = true
 }
 
 // add appends one task; an error means the client stopped taking them.
@@ -182,8 +192,7 @@ func (l *taskList) add(t *Task) error {
 		return nil
 	}
 	if !l.sent {
-		l.w.WriteHeader(l.status)
-		l.sent = true
+		l.writeHeader(-1)
 	}
 	_, err := l.w.Write(*l.buf)
 	*l.buf = (*l.buf)[:0]
@@ -206,8 +215,7 @@ func (l *taskList) end(err error) error {
 	}
 	*l.buf = append(*l.buf, ']')
 	if !l.sent {
-		l.w.Header().Set("Content-Length", strconv.Itoa(len(*l.buf)))
-		l.w.WriteHeader(l.status)
+		l.writeHeader(len(*l.buf))
 	}
 	l.w.Write(*l.buf) //nolint:errcheck // as in writeJSON
 	return nil
@@ -225,53 +233,3 @@ func putBuffer(b *[]byte) {
 		buffers.Put(b)
 	}
 }
-
-// writeEventStream sends a stream's events as Server-Sent Events, after the ready event
-// the stream was opened with, until its token expires (an expired event first), the
-// client goes, or the stream is dropped (shutdown, or a client too far behind).
-func writeEventStream(w http.ResponseWriter, r *http.Request, s *stream, expires time.Time, heartbeat time.Duration) {
-	rc := http.NewResponseController(w)
-	// The server's read and write timeouts are for a request and its answer; a stream
-	// outlives them. It has read all it will; each write gets a deadline of its own, so a
-	// client that stops reading is cut loose.
-	rc.SetReadDeadline(time.Time{}) //nolint:errcheck // net/http's own writer supports it
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
-	w.WriteHeader(http.StatusOK)
-	send := func(frame string) bool {
-		rc.SetWriteDeadline(time.Now().Add(eventWriteTimeout)) //nolint:errcheck // as above
-		_, err := io.WriteString(w, frame)
-		return err == nil && rc.Flush() == nil
-	}
-	// retry: how long a browser's EventSource waits before it reconnects.
-	if !send("retry: 2000\nevent: ready\ndata: {}\n\n") {
-		return
-	}
-	beat := time.NewTicker(heartbeat)
-	defer beat.Stop()
-	expiry := time.NewTimer(time.Until(expires))
-	defer expiry.Stop()
-	for {
-		var frame string
-		select {
-		case ev := <-s.events:
-			frame = "event: " + ev.name + "\ndata: " + string(ev.data) + "\n\n"
-		case <-beat.C:
-			frame = ": keep-alive\n\n"
-		case <-expiry.C:
-			send("event: expired\ndata: {}\n\n")
-			return
-		case <-s.gone:
-			return
-		case <-r.Context().Done():
-			return
-		}
-		if !send(frame) {
-			return
-		}
-	}
-}
-
-// eventWriteTimeout is how long one event may take to reach a client.
-const eventWriteTimeout = 10 * time.Second

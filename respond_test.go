@@ -69,3 +69,20 @@ func TestAClientThatLeftGetsNothingAndIsLoggedAs499(t *testing.T) {
 		t.Errorf("log %q, want one access line with status 499 and no warning", logs.String())
 	}
 }
+
+// TestAListCutShortKeepsNoListHeaders: an error before a list's first bytes is answered
+// as an error, without the ETag and X-Total-Count of the list it did not send.
+func TestAListCutShortKeepsNoListHeaders(t *testing.T) {
+	t.Parallel()
+	w := httptest.NewRecorder()
+	list := newTaskList(w)
+	list.begin(http.Header{"Etag": {`"1"`}, "X-Total-Count": {"3"}})
+	list.add(&Task{ID: 1})
+	failure := errors.New("the third row failed")
+	if err := list.end(failure); err != failure {
+		t.Fatalf("end = %v, want the error back to answer with", err)
+	}
+	if w.Header().Get("ETag") != "" || w.Header().Get("X-Total-Count") != "" || w.Body.Len() != 0 {
+		t.Errorf("headers %v, body %q", w.Header(), w.Body)
+	}
+}

@@ -259,3 +259,50 @@ func TestTheSchemaUpgradesAnExistingDatabase(t *testing.T) {
 		t.Errorf("%d tasks with %d versions, %d users counted with %d tasks; want 30, 30, 3 and 30", tasks, versions, counted, sum)
 	}
 }
+
+// TestARetryGetsItsFirstAnswerWhateverItsFirstAttemptDid: the first attempt's own effect
+// (a new version, the task limit reached) or a change since (the task deleted) would
+// make the retry fail on its own; with the key used before, it gets the first answer.
+func TestARetryGetsItsFirstAnswerWhateverItsFirstAttemptDid(t *testing.T) {
+	t.Parallel()
+	s := storeVia(t, "", 5*time.Second, nil)
+	s.maxTasks = 2
+	me := newTestAPI(s).newUser(t)
+	with := func(h ...string) map[string]string {
+		m := map[string]string{}
+		for i := 0; i+1 < len(h); i += 2 {
+			m[h[i]] = h[i+1]
+		}
+		return m
+	}
+	first := me.doWith(t, "POST", "/api/{me}/tasks", `{"title":"one"}`, with("Idempotency-Key", "create-1")).wantStatus(http.StatusCreated)
+	path := fmt.Sprintf("/api/{me}/tasks/%d", first.task().ID)
+	me.create(t, "two") // the limit is reached
+
+	t.Run("a create at the limit its first attempt reached", func(t *testing.T) {
+		again := me.doWith(t, "POST", "/api/{me}/tasks", `{"title":"one"}`, with("Idempotency-Key", "create-1")).wantStatus(http.StatusCreated)
+		if again.Body.String() != first.Body.String() || again.Header().Get("Idempotent-Replayed") != "true" {
+			t.Errorf("got %s %v", again.Body, again.Header())
+		}
+		me.doWith(t, "POST", "/api/{me}/tasks", `{"title":"other"}`, with("Idempotency-Key", "create-1")).wantStatus(http.StatusUnprocessableEntity)
+	})
+	t.Run("a toggle whose If-Match its first attempt made stale", func(t *testing.T) {
+		h := with("Idempotency-Key", "toggle-1", "If-Match", first.Header().Get("ETag"))
+		toggled := me.doWith(t, "PATCH", path+"/complete", "", h).wantStatus(http.StatusOK)
+		again := me.doWith(t, "PATCH", path+"/complete", "", h).wantStatus(http.StatusOK)
+		if again.Body.String() != toggled.Body.String() || again.Header().Get("Idempotent-Replayed") != "true" {
+			t.Errorf("got %s %v", again.Body, again.Header())
+		}
+	})
+	t.Run("a toggle of a task deleted since", func(t *testing.T) {
+		h := with("Idempotency-Key", "toggle-2")
+		toggled := me.doWith(t, "PATCH", path+"/complete", "", h).wantStatus(http.StatusOK)
+		me.do(t, "DELETE", path, "").wantStatus(http.StatusNoContent)
+		again := me.doWith(t, "PATCH", path+"/complete", "", h).wantStatus(http.StatusOK)
+		if again.Body.String() != toggled.Body.String() {
+			t.Errorf("got %s, want %s", again.Body, toggled.Body)
+		}
+		// Without a key, the task is simply gone.
+		me.do(t, "PATCH", path+"/complete", "").wantStatus(http.StatusNotFound)
+	})
+}

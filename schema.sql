@@ -11,7 +11,7 @@ SELECT pg_advisory_xact_lock(7419260113);
 
 -- Every write gives the task the next value of task_versions, so a version names one
 -- state of one task, however close two writes come: it is the task's ETag. A list's ETag
--- is its tasks' count and newest version.
+-- is its tasks' count and a digest of their versions (store.go).
 CREATE SEQUENCE IF NOT EXISTS task_versions;
 
 CREATE TABLE IF NOT EXISTS tasks (
@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS tasks (
 
 DO $$
 BEGIN
-    -- Databases made before versions: every existing task gets one of its own.
+    -- Databases made before versions: every existing task gets one of its own (once: the
+    -- table is rewritten under an exclusive lock, a second or so per million tasks).
     IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'tasks'::regclass AND attname = 'version') THEN
         ALTER TABLE tasks ADD COLUMN version bigint NOT NULL DEFAULT nextval('task_versions');
     END IF;
@@ -46,9 +47,22 @@ BEGIN
     END IF;
 END $$;
 
--- How many tasks each user owns, kept by the create and delete statements (store.go),
--- which check MAX_TASKS_PER_USER against it under this row's lock. Filled from the tasks
--- when the table is first made, so an existing database upgrades in place.
+-- How many tasks each user owns, kept by a trigger, so that every writer keeps it right
+-- (psql, and older instances during a rolling deploy). The create statement checks
+-- MAX_TASKS_PER_USER against it under the row's lock (store.go). When the trigger is
+-- first made, the tasks already there are counted, in the same transaction, after the
+-- trigger has locked the table: no write falls between the two.
+CREATE OR REPLACE FUNCTION tasks_count() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO task_counts AS c (user_id, tasks) VALUES (NEW.user_id, 1)
+        ON CONFLICT (user_id) DO UPDATE SET tasks = c.tasks + 1;
+    ELSE
+        UPDATE task_counts SET tasks = tasks - 1 WHERE user_id = OLD.user_id;
+    END IF;
+    RETURN NULL;
+END $$;
+
 DO $$
 BEGIN
     IF to_regclass('task_counts') IS NULL THEN
@@ -56,7 +70,12 @@ BEGIN
             user_id text PRIMARY KEY,
             tasks   integer NOT NULL
         );
-        INSERT INTO task_counts (user_id, tasks) SELECT user_id, count(*) FROM tasks GROUP BY user_id;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND tgname = 'tasks_count') THEN
+        CREATE TRIGGER tasks_count AFTER INSERT OR DELETE ON tasks
+            FOR EACH ROW EXECUTE FUNCTION tasks_count();
+        INSERT INTO task_counts (user_id, tasks) SELECT user_id, count(*) FROM tasks GROUP BY user_id
+        ON CONFLICT (user_id) DO UPDATE SET tasks = excluded.tasks;
     END IF;
 END $$;
 

@@ -19,8 +19,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// The store's errors are these sentinels (test with errors.Is), each wrapping the
-// driver's own error for the log. respond.go maps them to statuses.
+// The errors the store expects are these sentinels (test with errors.Is), each wrapping
+// the driver's own error for the log; respond.go maps them to statuses. Any other error
+// it returns is unexpected (a SQLSTATE it does not map, a bug) and is a 500.
 var (
 	ErrNotFound    = errors.New("task not found")
 	ErrUnavailable = errors.New("database unavailable")
@@ -30,7 +31,8 @@ var (
 	ErrPrecondition = errors.New("the task has changed")
 	// ErrKeyReused: an Idempotency-Key came back with another request than its first.
 	ErrKeyReused = errors.New("idempotency key reused with another request")
-	// ErrOutcomeUnknown wraps ErrUnavailable for a write: it may have committed or not.
+	// ErrOutcomeUnknown: a write failed for want of the database, so it may have been
+	// committed or not; outcomeUnknown wraps it around ErrUnavailable.
 	ErrOutcomeUnknown = errors.New("the write may or may not have been made")
 )
 
@@ -73,8 +75,11 @@ type ListQuery struct {
 
 // ListHead is what the list endpoint must know before its first task.
 type ListHead struct {
-	Total  int64 // tasks matching the filter, ignoring limit and offset
-	Newest int64 // the highest version among them: with Total, it changes whenever they do
+	Total int64 // tasks matching the filter, ignoring limit and offset
+	// Digest is the XOR of a 64-bit hash of each matching task's version. Versions are
+	// unique, so any change among the tasks changes it (but for a 2^-64 chance), in
+	// whatever order the changes commit; the newest version alone would not.
+	Digest int64
 }
 
 // IdempotencyKey is a create's or a toggle's Idempotency-Key, with the fingerprint of the
@@ -161,7 +166,7 @@ type storeConfig struct {
 // newStore makes a store whose pool connects on first use.
 func newStore(cfg *pgxpool.Config, sc storeConfig) (*Store, error) {
 	b := &breaker{log: sc.log, connectTimeout: cfg.ConnConfig.ConnectTimeout}
-	cfg.BeforeConnect, cfg.AfterConnect = b.beforeConnect, b.afterConnect
+	cfg.BeforeConnect, cfg.ConnConfig.Tracer = b.beforeConnect, b
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, err
@@ -172,11 +177,15 @@ func newStore(cfg *pgxpool.Config, sc storeConfig) (*Store, error) {
 // openStore makes a store, pings the database and applies schema.sql. It fails rather
 // than start a server that could not serve a single request.
 func openStore(ctx context.Context, cfg *pgxpool.Config, sc storeConfig) (*Store, error) {
-	timeout := sc.timeout
-	s, err := newStore(cfg, sc)
+	// Until the store opens, a failure is the start's own error, not an outage to log.
+	quiet := sc
+	quiet.log = slog.New(slog.DiscardHandler)
+	s, err := newStore(cfg, quiet)
 	if err != nil {
 		return nil, err
 	}
+	defer s.breaker.setLog(sc.log)
+	timeout := sc.timeout
 	// Neon may need a few seconds to wake a suspended compute, so the start gets more
 	// time than a request does.
 	startCtx, cancel := context.WithTimeout(ctx, max(timeout, 15*time.Second))
@@ -211,12 +220,13 @@ const taskColumns = `id, user_id, title, description, completed, created_at, upd
 // the answer by the statement that writes, in idempotency_keys: a key used before makes
 // the insert fail, which undoes the whole statement, and Store.replay answers instead.
 const (
-	// The task count of the user is checked and raised in the statement that inserts, on
-	// the user's task_counts row, whose lock makes concurrent creates at the limit take
-	// turns: each sees the count the one before it left. At the limit, no row.
+	// The user's task count is checked in the statement that inserts, on the user's
+	// task_counts row (made at 0 for a new user), whose lock makes concurrent creates
+	// take turns: each sees the count the one before it left, raised by the tasks_count
+	// trigger (schema.sql). At the limit, no row.
 	sqlCreateTask = `WITH slot AS (
-    INSERT INTO task_counts AS c (user_id, tasks) VALUES ($1, 1)
-    ON CONFLICT (user_id) DO UPDATE SET tasks = c.tasks + 1 WHERE c.tasks < $4
+    INSERT INTO task_counts AS c (user_id, tasks) VALUES ($1, 0)
+    ON CONFLICT (user_id) DO UPDATE SET tasks = c.tasks WHERE c.tasks < $4
     RETURNING user_id
 ), task AS (
     INSERT INTO tasks (user_id, title, description) SELECT user_id, $2, $3 FROM slot
@@ -248,19 +258,17 @@ RETURNING ` + taskColumns
     SELECT $2, $4, $5, row_to_json(task) FROM task WHERE $4::text IS NOT NULL
 )
 SELECT ` + taskColumns + ` FROM task`
-	sqlDeleteTask = `WITH gone AS (
-    DELETE FROM tasks WHERE id = $1 AND user_id = $2 AND ($3::bigint[] IS NULL OR version = ANY ($3))
-    RETURNING user_id
-), counted AS (
-    UPDATE task_counts c SET tasks = greatest(c.tasks - 1, 0) FROM gone WHERE c.user_id = gone.user_id
-)
-SELECT count(*) FROM gone`
+	sqlDeleteTask = `DELETE FROM tasks WHERE id = $1 AND user_id = $2 AND ($3::bigint[] IS NULL OR version = ANY ($3))
+RETURNING true`
 )
 
 // scanTask scans taskColumns into t, then any further columns into extra.
 func scanTask(row pgx.Row, t *Task, extra ...any) error {
 	return row.Scan(append([]any{&t.ID, &t.UserID, &t.Title, &t.Description, &t.Completed, &t.CreatedAt, &t.UpdatedAt, &t.Version}, extra...)...)
 }
+
+// versionDigest is ListHead.Digest as an aggregate.
+const versionDigest = `bit_xor(hashint8extended(version, 0))`
 
 // statusFilter is the WHERE clause fragment of each list status.
 var statusFilter = map[string]string{"all": "", "pending": " AND NOT completed", "completed": " AND completed"}
@@ -278,8 +286,8 @@ var listSQL = func() map[ListQuery]string {
 					dir = "DESC"
 				}
 				// The window aggregates are computed before LIMIT and OFFSET, so the
-				// total and the newest version come with the first row of the page.
-				m[ListQuery{Status: status, Sort: sort, Desc: desc}] = `SELECT ` + taskColumns + `, count(*) OVER (), max(version) OVER ()
+				// list's head (see ListHead) comes with the first row of the page.
+				m[ListQuery{Status: status, Sort: sort, Desc: desc}] = `SELECT ` + taskColumns + `, count(*) OVER (), ` + versionDigest + ` OVER ()
 FROM tasks WHERE user_id = $1` + where + `
 ORDER BY ` + col + ` ` + dir + `, id ` + dir + `
 LIMIT $2 OFFSET $3`
@@ -293,9 +301,11 @@ LIMIT $2 OFFSET $3`
 // before any task, then each for every task in order. An error from head or each stops
 // the query and is returned as it is.
 //
-// Each row must arrive within the store's deadline of asking for it; how long the whole
-// list takes depends on how fast head and each pass it on, which is the caller's to bound
-// (the HTTP server's write timeout). A ctx cancelled by a client that hung up ends it.
+// Each row must arrive within the store's deadline of asking for it, set on the socket
+// as in Store.row; how long the whole list takes depends on how fast head and each pass
+// it on, which is the caller's to bound (the HTTP server's write timeout). A client that
+// hangs up (ctx) ends the query at the next row; one that stops reading, at the write
+// that fails.
 func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head func(ListHead) error, each func(*Task) error) error {
 	query, ok := listSQL[ListQuery{Status: q.Status, Sort: q.Sort, Desc: q.Desc}]
 	if !ok {
@@ -305,24 +315,48 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 	if q.Limit > 0 {
 		limit = &q.Limit
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	stalled := time.AfterFunc(s.timeout, func() { cancel(context.DeadlineExceeded) })
-	defer stalled.Stop()
-	rows, err := s.pool.Query(ctx, query, userID, limit, q.Offset)
+	acquireCtx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	conn, err := s.pool.Acquire(acquireCtx)
 	if err != nil {
-		return s.translate(ctx, err)
+		return s.translate(acquireCtx, err)
 	}
-	defer rows.Close()
+	defer conn.Release()
+	socket := conn.Conn().PgConn().Conn()
+	arm := func() { socket.SetDeadline(time.Now().Add(s.timeout)) } //nolint:errcheck // fails only on a closed socket
+	arm()
+	rows, err := conn.Query(context.Background(), query, userID, limit, q.Offset)
+	if err != nil {
+		return s.translate(context.Background(), err)
+	}
+	defer func() {
+		if ctx.Err() != nil {
+			// The client went: end the query now (pgx closes the connection) rather
+			// than read the rest of it.
+			socket.SetDeadline(time.Now()) //nolint:errcheck // as above
+		} else {
+			arm() // a list stopped early (a 304) reads what is left, under the deadline
+		}
+		rows.Close()
+		if !conn.Conn().IsClosed() {
+			socket.SetDeadline(time.Time{}) //nolint:errcheck // as above
+		}
+	}()
 	var (
 		t      Task
 		h      ListHead
 		headed bool
 	)
-	for rows.Next() {
-		stalled.Stop()
-		if err := scanTask(rows, &t, &h.Total, &h.Newest); err != nil {
-			return s.translate(ctx, err)
+	for {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		arm()
+		if !rows.Next() {
+			break
+		}
+		if err := scanTask(rows, &t, &h.Total, &h.Digest); err != nil {
+			return s.translate(context.Background(), err)
 		}
 		if !headed {
 			if err := head(h); err != nil {
@@ -333,19 +367,18 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 		if err := each(&t); err != nil {
 			return err
 		}
-		stalled.Reset(s.timeout)
 	}
 	if err := rows.Err(); err != nil {
-		return s.translate(ctx, err)
+		return s.translate(context.Background(), err)
 	}
 	if headed {
 		return nil
 	}
 	// An empty page has no row to carry the head; past the end of a list it is not zero.
 	if q.Offset > 0 {
-		err := s.pool.QueryRow(ctx, `SELECT count(*), coalesce(max(version), 0) FROM tasks WHERE user_id = $1`+statusFilter[q.Status], userID).Scan(&h.Total, &h.Newest)
+		err := conn.QueryRow(context.Background(), `SELECT count(*), coalesce(`+versionDigest+`, 0) FROM tasks WHERE user_id = $1`+statusFilter[q.Status], userID).Scan(&h.Total, &h.Digest)
 		if err != nil {
-			return s.translate(ctx, err)
+			return s.translate(context.Background(), err)
 		}
 	}
 	return head(h)
@@ -354,17 +387,13 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 // CreateTask inserts a task owned by userID; the database assigns id and timestamps. A
 // user who already owns maxTasks tasks gets ErrTaskLimit. With a key used before, nothing
 // is written and the first answer's task comes back, replayed.
-func (s *Store) CreateTask(ctx context.Context, userID, title string, description *string, key *IdempotencyKey) (t Task, replayed bool, err error) {
+func (s *Store) CreateTask(ctx context.Context, userID, title string, description *string, key *IdempotencyKey) (Task, bool, error) {
 	k, request := key.args()
-	t, err = s.oneTask(ctx, sqlCreateTask, userID, title, description, s.maxTasks, k, request)
-	switch {
-	case errors.Is(err, errKeyUsed):
-		t, err = s.replay(ctx, userID, key)
-		return t, err == nil, err
-	case errors.Is(err, ErrNotFound):
+	t, err := s.oneTask(ctx, sqlCreateTask, userID, title, description, s.maxTasks, k, request)
+	if errors.Is(err, ErrNotFound) {
 		err = ErrTaskLimit
 	}
-	return t, false, outcomeUnknown(err)
+	return s.keyed(ctx, userID, key, t, err)
 }
 
 // GetTask returns the user's task id; another user's task is ErrNotFound, like a missing one.
@@ -382,24 +411,38 @@ func (s *Store) UpdateTask(ctx context.Context, userID string, id int64, p TaskP
 // ToggleTask flips completed in the database itself, never read-modify-write, if the task
 // is in one of the versions ifMatch names (nil: any). With a key used before, nothing is
 // written and the first answer's task comes back, replayed.
-func (s *Store) ToggleTask(ctx context.Context, userID string, id int64, ifMatch []int64, key *IdempotencyKey) (t Task, replayed bool, err error) {
+func (s *Store) ToggleTask(ctx context.Context, userID string, id int64, ifMatch []int64, key *IdempotencyKey) (Task, bool, error) {
 	k, request := key.args()
-	t, err = s.oneTask(ctx, sqlToggleTask, id, userID, ifMatch, k, request)
-	if errors.Is(err, errKeyUsed) {
-		t, err = s.replay(ctx, userID, key)
-		return t, err == nil, err
+	t, err := s.oneTask(ctx, sqlToggleTask, id, userID, ifMatch, k, request)
+	return s.keyed(ctx, userID, key, t, s.notFoundOrChanged(ctx, userID, id, ifMatch, err))
+}
+
+// keyed settles a write that may carry an Idempotency-Key. A key used before gets the
+// answer it got then, replayed, whenever this attempt wrote nothing: because it found
+// the key taken (errKeyUsed), or because the first attempt's own effect now stops it (it
+// changed the version an If-Match names, reached the task limit, or the task was deleted
+// since). Without a remembered answer the attempt's own outcome stands.
+func (s *Store) keyed(ctx context.Context, userID string, key *IdempotencyKey, t Task, err error) (Task, bool, error) {
+	wroteNothing := errors.Is(err, errKeyUsed) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrPrecondition) || errors.Is(err, ErrTaskLimit)
+	if key == nil || !wroteNothing {
+		return t, false, outcomeUnknown(err)
 	}
-	return t, false, outcomeUnknown(s.notFoundOrChanged(ctx, userID, id, ifMatch, err))
+	first, replayErr := s.replay(ctx, userID, key)
+	switch {
+	case replayErr == nil:
+		return first, true, nil
+	case !errors.Is(replayErr, ErrNotFound):
+		return Task{}, false, outcomeUnknown(replayErr)
+	case errors.Is(err, errKeyUsed): // and forgotten since: a new request may go ahead
+		return Task{}, false, fmt.Errorf("%w: the key's first answer expired meanwhile", ErrUnavailable)
+	}
+	return t, false, err
 }
 
 // DeleteTask removes the user's task id, if it is in one of the versions ifMatch names
 // (nil: any).
 func (s *Store) DeleteTask(ctx context.Context, userID string, id int64, ifMatch []int64) error {
-	var deleted int
-	err := s.row(ctx, func(r pgx.Row) error { return r.Scan(&deleted) }, sqlDeleteTask, id, userID, ifMatch)
-	if err == nil && deleted == 0 {
-		err = ErrNotFound
-	}
+	err := s.row(ctx, func(r pgx.Row) error { return r.Scan(nil) }, sqlDeleteTask, id, userID, ifMatch)
 	return outcomeUnknown(s.notFoundOrChanged(ctx, userID, id, ifMatch, err))
 }
 
@@ -474,6 +517,8 @@ func (s *Store) oneTask(ctx context.Context, sql string, args ...any) (Task, err
 //
 // The deadline is set on the connection's socket, not in a context pgx watches: 8-11%
 // more throughput, p99 a fifth to a third lower (docs/performance.md, "Socket deadlines").
+// A statement past it fails with a timeout; pgx then closes the connection, and the pool
+// replaces it.
 func (s *Store) row(ctx context.Context, scan func(pgx.Row) error, sql string, args ...any) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
@@ -500,8 +545,7 @@ func (s *Store) row(ctx context.Context, scan func(pgx.Row) error, sql string, a
 var errKeyUsed = errors.New("idempotency key used before")
 
 // translate turns a driver error into one of the store's sentinels, keeping the cause
-// in the chain for the log, and tells the breaker about failed connection attempts. ctx
-// is the statement's.
+// in the chain for the log. ctx is the statement's.
 func (s *Store) translate(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
@@ -514,8 +558,7 @@ func (s *Store) translate(ctx context.Context, err error) error {
 		return errKeyUsed
 	}
 	var connectErr *pgconn.ConnectError
-	if errors.As(err, &connectErr) {
-		s.breaker.failed(err)
+	if errors.As(err, &connectErr) { // the breaker has heard of it (TraceConnectEnd)
 		return fmt.Errorf("%w: %w: %w", ErrUnavailable, errDatabaseDown, err)
 	}
 	if errors.Is(err, errDatabaseDown) {

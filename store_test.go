@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -436,4 +437,63 @@ func TestCreatesStopAtTheTaskLimit(t *testing.T) {
 	}
 	// Another user is not affected.
 	mustCreate(t, s, newUserID(t), "someone else", nil)
+}
+
+// TestTheListDigestSeesChangesInAnyCommitOrder: versions are taken when a write starts,
+// so writes may commit out of version order; the list's head must still change.
+func TestTheListDigestSeesChangesInAnyCommitOrder(t *testing.T) {
+	t.Parallel()
+	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	a, b := mustCreate(t, s, me, "a", nil), mustCreate(t, s, me, "b", nil)
+	head := func() ListHead {
+		var h ListHead
+		err := s.ListTasks(ctx, me, ListQuery{Status: "all", Sort: "created", Desc: true}, func(got ListHead) error { h = got; return nil },
+			func(*Task) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	begin := func(id int64) pgx.Tx {
+		tx, err := s.pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tx.Rollback(ctx) })
+		if _, err := tx.Exec(ctx, `UPDATE tasks SET title = title || '!', version = nextval('task_versions') WHERE id = $1`, id); err != nil {
+			t.Fatal(err)
+		}
+		return tx
+	}
+	older := begin(a.ID) // takes the lower version
+	newer := begin(b.ID)
+	if err := newer.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := head()
+	if err := older.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if after := head(); after == before {
+		t.Errorf("the list's head %+v did not change when the older write committed", after)
+	}
+}
+
+// TestEveryWriterCountsTowardsTheLimit: tasks written around the service (psql, an older
+// instance) count too.
+func TestEveryWriterCountsTowardsTheLimit(t *testing.T) {
+	t.Parallel()
+	s := storeVia(t, "", 5*time.Second, nil)
+	s.maxTasks = 3
+	ctx, me := context.Background(), newUserID(t)
+	if _, err := s.pool.Exec(ctx, `INSERT INTO tasks (user_id, title) SELECT $1, 'by hand ' || i FROM generate_series(1, 3) AS i`, me); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CreateTask(ctx, me, "one too many", nil, nil); !errors.Is(err, ErrTaskLimit) {
+		t.Fatalf("create after 3 tasks written by hand: %v, want ErrTaskLimit", err)
+	}
+	if _, err := s.pool.Exec(ctx, `DELETE FROM tasks WHERE id = (SELECT min(id) FROM tasks WHERE user_id = $1)`, me); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, s, me, "room made by hand", nil)
 }

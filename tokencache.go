@@ -7,8 +7,8 @@ import (
 )
 
 // tokenCache remembers tokens that passed the full check, so that a client sending the
-// same token on every call pays for one signature verification, not one per request
-// (Ed25519 verification costs far more than the SQL statement it guards).
+// same token on every call pays for one signature verification, not one per request: an
+// Ed25519 check costs more than the SQL it guards (docs/performance.md, "The token cache").
 //
 // It never accepts what a full check would refuse:
 //   - entries are keyed by the SHA-256 of the whole token, so any change is a miss;
