@@ -295,10 +295,18 @@ func TestStreamLimits(t *testing.T) {
 	es := newEventsServer(t, "", func(e *Events) { e.maxPerUser, e.maxTotal = 2, 3 })
 	alice, bob := es.api.newUser(t), es.api.newUser(t)
 	es.stream(t, alice)
-	es.stream(t, alice)
+	first := es.stream(t, alice)
 	if _, status := tryEvents(t, es.url+"/api/"+alice.id+"/events", map[string]string{"Authorization": "Bearer " + alice.token}); status != http.StatusTooManyRequests {
 		t.Errorf("a third stream for one user: %d, want 429", status)
 	}
+	// A client that closes its stream gives its place back, with no event sent to notice.
+	first.res.Body.Close()
+	waitFor(t, "the closed stream to be forgotten", func() bool {
+		es.events.mu.Lock()
+		defer es.events.mu.Unlock()
+		return es.events.total == 1
+	})
+	es.stream(t, alice)
 	es.stream(t, bob)
 	if _, status := tryEvents(t, es.url+"/api/"+bob.id+"/events", map[string]string{"Authorization": "Bearer " + bob.token}); status != http.StatusServiceUnavailable {
 		t.Errorf("a fourth stream on the instance: %d, want 503", status)

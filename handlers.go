@@ -258,9 +258,7 @@ func handleEvents(events *Events) userHandler {
 		if err != nil {
 			return err
 		}
-		defer events.unsubscribe(s)
-		events.serve(w, r, s, who.expires)
-		return nil
+		return events.serve(w, s, who.expires)
 	}
 }
 
