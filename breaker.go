@@ -20,8 +20,9 @@ var errDatabaseDown = errors.New("database unreachable")
 // backoff that doubles up to maxBackoff, and every other caller is refused at once. So a
 // request during an outage fails in microseconds, the database (or Neon waking up) sees
 // a few attempts a second (two connections each, when pgx follows a failed start-up with
-// a cancel request), and requests succeed again at most maxBackoff after it is back. The log says it is down once, how many requests were refused every
-// downLogEvery, and that it is back once.
+// a cancel request), and requests succeed again at most maxBackoff after it is back.
+// The log says it is down once, how many requests were refused every downLogEvery, and
+// that it is back once.
 type breaker struct {
 	log            *slog.Logger
 	connectTimeout time.Duration

@@ -130,7 +130,11 @@ func TestSoak(t *testing.T) {
 	outageEnd := time.Now()
 	wg.Wait()
 
-	var served, ok, errDuring, errOutside, transport int
+	// The breaker spaces its connection attempts by up to maxBackoff, so requests may be
+	// refused for that long after PostgreSQL is back; a 503 later than that is a defect.
+	healBy := outageEnd.Add(maxBackoff + 100*time.Millisecond)
+	var served, ok, errDuring, errHealing, errOutside, transport int
+	var lastRefused, firstOK time.Time
 	for _, r := range results {
 		served++
 		during := r.start.Before(outageEnd) && r.end.After(outageStart)
@@ -139,9 +143,17 @@ func TestSoak(t *testing.T) {
 			transport++
 		case r.status < 300:
 			ok++
-		case r.status >= 500 && during:
+			if r.start.After(outageEnd) && (firstOK.IsZero() || r.end.Before(firstOK)) {
+				firstOK = r.end
+			}
+		case r.status == http.StatusServiceUnavailable && during:
 			errDuring++
-		case r.status >= 500 || r.status >= 400:
+		case r.status == http.StatusServiceUnavailable && r.start.Before(healBy):
+			errHealing++
+			if r.end.After(lastRefused) {
+				lastRefused = r.end
+			}
+		default:
 			errOutside++
 		}
 	}
@@ -170,13 +182,15 @@ func TestSoak(t *testing.T) {
 	fmt.Printf(`
 soak: %s of load from %d users x %d workers; PostgreSQL stopped (-m immediate) at +%s for %s
   requests served          %d (%.0f/s), 2xx %d
-  5xx during the outage    %d (requests overlapping %s .. %s)
-  errors outside it        %d (4xx/5xx), transport errors %d
+  503 during the outage    %d (requests overlapping %s .. %s)
+  503 after it, healing    %d (last answered %s after the restart; first 2xx %s after it)
+  errors outside these     %d (4xx/5xx), transport errors %d
   acknowledged creates     %d, lost %d
 
 `, duration, users, workersPerUser, outageStart.Sub(loadStart).Round(time.Millisecond), outageEnd.Sub(outageStart).Round(time.Millisecond),
 		served, float64(served)/duration.Seconds(), ok,
 		errDuring, outageStart.Format("15:04:05.000"), outageEnd.Format("15:04:05.000"),
+		errHealing, sinceOrNone(lastRefused, outageEnd), sinceOrNone(firstOK, outageEnd),
 		errOutside, transport, acked, lost)
 	if errOutside > 0 || transport > 0 || lost > 0 {
 		t.Errorf("%d errors outside the outage, %d transport errors, %d acknowledged tasks lost; want none", errOutside, transport, lost)
@@ -184,4 +198,11 @@ soak: %s of load from %d users x %d workers; PostgreSQL stopped (-m immediate) a
 	if errDuring == 0 {
 		t.Error("no request failed during the outage: the restart did not happen as planned")
 	}
+}
+
+func sinceOrNone(t, from time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Sub(from).Round(time.Millisecond).String()
 }
