@@ -171,7 +171,7 @@ func (e *Events) subscribe(ctx context.Context, userID string) (*stream, error) 
 	return nil, errEventsDown
 }
 
-// unsubscribe forgets a stream; its handler has returned, or never will start.
+// unsubscribe forgets a stream; its sender has stopped, or never will start.
 func (e *Events) unsubscribe(s *stream) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -207,7 +207,8 @@ func (e *Events) sendLocked(s *stream, ev *event) {
 	}
 }
 
-// Close ends every stream at once, for shutdown: they must not hold the server's drain.
+// Close ends every stream at once, for shutdown: the server's Shutdown does not know the
+// connections the streams took over.
 func (e *Events) Close() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -457,7 +458,7 @@ func (e *Events) serve(w http.ResponseWriter, s *stream, expires time.Time) erro
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
 	// Identity: net/http neither chunks the body nor keeps the connection for another
-	// request; the stream ends when the connection does.
+	// request (Connection: close); the stream ends when the connection does.
 	h.Set("Transfer-Encoding", "identity")
 	w.WriteHeader(http.StatusOK)
 	// retry: how long a browser's EventSource waits before it reconnects.
@@ -469,8 +470,12 @@ func (e *Events) serve(w http.ResponseWriter, s *stream, expires time.Time) erro
 	}
 	conn, _, err := rc.Hijack()
 	if err != nil {
+		// Only a connection that is not HTTP/1 cannot be taken over, and this server
+		// speaks no other. The stream has begun, so there is no error to answer: it ends,
+		// and the client's EventSource reconnects.
 		e.unsubscribe(s)
-		return err
+		e.log.Error("event stream: cannot take over the connection", "err", err)
+		return nil
 	}
 	go e.send(conn, s, expires)
 	return nil
@@ -480,8 +485,9 @@ func (e *Events) serve(w http.ResponseWriter, s *stream, expires time.Time) erro
 func (e *Events) send(conn net.Conn, s *stream, expires time.Time) {
 	defer conn.Close()
 	defer e.unsubscribe(s)
-	// The request was the client's last word: anything more from it, or its closing the
-	// connection, ends the stream.
+	// The answer said Connection: close, so the client has nothing more to send: its
+	// closing the connection, or any byte it sends anyway, ends the stream. (Bytes of a
+	// pipelined request that net/http had already read are dropped with it.)
 	left := make(chan struct{})
 	go func() {
 		conn.Read(make([]byte, 1)) //nolint:errcheck // any outcome means the same

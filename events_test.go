@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -310,6 +311,43 @@ func TestStreamLimits(t *testing.T) {
 	es.stream(t, bob)
 	if _, status := tryEvents(t, es.url+"/api/"+bob.id+"/events", map[string]string{"Authorization": "Bearer " + bob.token}); status != http.StatusServiceUnavailable {
 		t.Errorf("a fourth stream on the instance: %d, want 503", status)
+	}
+}
+
+// TestAHeadOfTheStreamOpensNone: a GET route answers HEAD too, and a stream's head has
+// no body; a stream opened for it would write events onto a connection the client
+// reuses for its next request.
+func TestAHeadOfTheStreamOpensNone(t *testing.T) {
+	t.Parallel()
+	es := newEventsServer(t, "", nil)
+	alice := es.api.newUser(t)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(es.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "HEAD /api/%s/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", alice.id, alice.token)
+	fmt.Fprintf(conn, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(conn)
+	head, err := http.ReadResponse(br, &http.Request{Method: "HEAD"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head.StatusCode != http.StatusOK || head.Header.Get("Content-Type") != "text/event-stream" {
+		t.Errorf("HEAD: %d %q, want 200 text/event-stream", head.StatusCode, head.Header.Get("Content-Type"))
+	}
+	next, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+	if err != nil {
+		t.Fatalf("the request after the HEAD on its connection: %v", err)
+	}
+	if body, _ := io.ReadAll(next.Body); next.StatusCode != http.StatusOK || !strings.Contains(string(body), "ok") {
+		t.Errorf("the request after the HEAD: %d %s, want /healthz's 200", next.StatusCode, body)
+	}
+	es.events.mu.Lock()
+	defer es.events.mu.Unlock()
+	if es.events.total != 0 {
+		t.Errorf("%d streams open after a HEAD, want 0", es.events.total)
 	}
 }
 

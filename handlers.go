@@ -245,14 +245,22 @@ func handleToggleTask(store *Store) userHandler {
 	}
 }
 
-// handleEvents serves a stream of the user's changes (text/event-stream) until the token
-// expires, the client leaves or falls too far behind, or the server shuts down.
+// handleEvents opens a stream of the user's changes (text/event-stream), which
+// Events.serve sends until the token expires, the client leaves or falls too far behind,
+// or the server shuts down.
 func handleEvents(events *Events) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		if !time.Now().Before(who.expires) {
 			// Within the clock leeway the token still authenticates, but a stream would
 			// only say it expired: EventSource would reconnect with it again and again.
 			return unauthorized("token has expired")
+		}
+		if r.Method == http.MethodHead {
+			// A GET route answers HEAD too. A stream's answer has no end, so its head is
+			// all there is to send: no stream is opened, and no event follows.
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(http.StatusOK)
+			return nil
 		}
 		s, err := events.subscribe(r.Context(), who.userID)
 		if err != nil {

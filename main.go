@@ -128,7 +128,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		"db_timeout", cfg.dbTimeout.String(),
 	)
 
-	// Event streams end at once on shutdown; they must not hold the drain.
+	// Event streams have taken their connections over, so Shutdown would not end them.
 	srv.RegisterOnShutdown(events.Close)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
