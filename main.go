@@ -35,13 +35,13 @@ func main() {
 		err = run(ctx, os.Getenv, os.Stdout)
 	case len(args) == 1 && (args[0] == "version" || args[0] == "--version"):
 		fmt.Println("taskflow-api", version)
-	case len(args) == 2 && args[0] == "dev-token":
+	case len(args) == 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help"):
+		fmt.Print(usage)
+	case len(args) == 2 && args[0] == "dev-token" && !strings.HasPrefix(args[1], "-"):
 		err = printDevToken(os.Getenv, args[1], os.Stdout)
 	default:
 		fmt.Fprint(os.Stderr, usage)
-		if args[0] != "-h" && args[0] != "--help" && args[0] != "help" {
-			os.Exit(2)
-		}
+		os.Exit(2)
 	}
 	if err != nil {
 		// One line, whatever the cause: it is the last thing an operator sees.

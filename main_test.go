@@ -417,11 +417,12 @@ func TestTheCommandLine(t *testing.T) {
 		args     []string
 		env      []string
 		wantCode int
-		want     string // in the output
+		want     string // in stdout when it exits 0, else in stderr
 	}{
 		{[]string{"--help"}, nil, 0, "dev-token USER_ID"},
 		{[]string{"-h"}, nil, 0, "usage:"},
 		{[]string{"serve"}, nil, 2, "usage:"},
+		{[]string{"dev-token", "--help"}, []string{"BETTER_AUTH_SECRET=" + testSecret}, 2, "usage:"},
 		{[]string{"version"}, nil, 0, "taskflow-api "},
 		{[]string{"dev-token", "someone"}, []string{"BETTER_AUTH_SECRET=" + testSecret}, 0, "eyJ"},
 		// Errors are one line, whatever pgx's own message looks like.
@@ -430,13 +431,18 @@ func TestTheCommandLine(t *testing.T) {
 	} {
 		cmd := exec.Command(bin, c.args...)
 		cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, c.env...)
-		out, err := cmd.CombinedOutput()
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		code := 0
-		if exitErr, ok := err.(*exec.ExitError); ok {
+		if exitErr, ok := cmd.Run().(*exec.ExitError); ok {
 			code = exitErr.ExitCode()
 		}
-		if code != c.wantCode || !strings.Contains(string(out), c.want) {
-			t.Errorf("taskflow-api %v: exit %d, output %q; want exit %d with %q", c.args, code, out, c.wantCode, c.want)
+		out := stdout.String()
+		if c.wantCode != 0 {
+			out = stderr.String()
+		}
+		if code != c.wantCode || !strings.Contains(out, c.want) {
+			t.Errorf("taskflow-api %v: exit %d, stdout %q, stderr %q; want exit %d with %q", c.args, code, stdout.String(), stderr.String(), c.wantCode, c.want)
 		}
 		if c.wantCode == 1 && strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
 			t.Errorf("taskflow-api %v: the error spans several lines:\n%s", c.args, out)

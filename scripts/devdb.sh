@@ -13,11 +13,13 @@
 #
 # The port, TASKFLOW_PG_PORT (default 15432), sits below Linux's ephemeral range
 # (32768-60999): a server dialing a stopped PostgreSQL on an ephemeral port can connect
-# to itself there and keep PostgreSQL from starting again.
+# to itself there and keep PostgreSQL from starting again. Without TASKFLOW_PG_PORT, a
+# running cluster keeps the port it has: a make test beside a make run started with
+# another port must not move the database from under it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-port=${TASKFLOW_PG_PORT:-15432}
+port=${TASKFLOW_PG_PORT:-}
 data=${TASKFLOW_PGDATA:-$PWD/.pgdata}
 
 . scripts/lib.sh
@@ -79,10 +81,13 @@ shared_buffers = 128MB
 CONF
 fi
 
-if running && [ "$(running_port)" != "$port" ]; then
+if running && [ -z "$port" ]; then
+  port=$(running_port)
+elif running && [ "$(running_port)" != "$port" ]; then
   say "the cluster runs on port $(running_port); restarting it on $port (TASKFLOW_PG_PORT)"
   pg "$bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null
 fi
+port=${port:-15432}
 
 started=0
 if ! running; then
