@@ -258,6 +258,21 @@ func TestEventsReachEveryInstance(t *testing.T) {
 	}
 }
 
+// TestTheListenerSkipsPoolSettings: DATABASE_URL may carry pgxpool's own settings
+// (pool_max_conns, ...), and the listener, which connects from the same URL by default,
+// must not pass them to PostgreSQL as session parameters.
+func TestTheListenerSkipsPoolSettings(t *testing.T) {
+	t.Parallel()
+	testStore(t)
+	base, stop := startRun(t, map[string]string{"DATABASE_URL": testDatabaseURL + "&pool_max_conns=4"})
+	defer stop()
+	me := newUserID(t)
+	stream := openEvents(t, base+"/api/"+me+"/events", map[string]string{"Authorization": "Bearer " + tokenFor(t, me)})
+	if ev := stream.next(t); ev.name != "ready" {
+		t.Fatalf("first event %+v, want ready", ev)
+	}
+}
+
 // TestAStreamCanAuthenticateInItsQuery: EventSource cannot send headers.
 func TestAStreamCanAuthenticateInItsQuery(t *testing.T) {
 	t.Parallel()

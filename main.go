@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/jackc/pgx/v5"
 )
 
 // version is set at build time: go build -ldflags "-X main.version=...".
@@ -92,14 +91,13 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	}
 	auth := newAuthenticator(cfg.secret, keys, cfg.issuer, cfg.audience)
 
-	listenCfg, err := pgx.ParseConfig(cfg.listenURL)
+	// Parsed as the pool's URL is, so that pool_* settings in it are not sent to
+	// PostgreSQL as session parameters, and with the same defaults.
+	listenCfg, err := newPoolConfig(cfg.listenURL, cfg.dbTimeout)
 	if err != nil {
 		return fmt.Errorf("%s: %w", cfg.listenURLVar, err)
 	}
-	if !hasConnParam(cfg.listenURL, "connect_timeout") {
-		listenCfg.ConnectTimeout = cfg.dbTimeout
-	}
-	events := newEvents(listenCfg, cfg.listenURLVar, store, log, cfg.maxUserStreams, cfg.maxStreams)
+	events := newEvents(listenCfg.ConnConfig, cfg.listenURLVar, store, log, cfg.maxUserStreams, cfg.maxStreams)
 	go events.Check(ctx)
 	go events.Listen(ctx)
 
