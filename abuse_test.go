@@ -16,7 +16,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -48,10 +47,7 @@ SELECT $1, 'task ' || i, repeat('d', 1000) FROM generate_series(1, 10000) AS i`,
 	db.Close()
 	token := tokenFor(t, me)
 
-	bin := filepath.Join(t.TempDir(), "taskflow-api")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := testBinary(t)
 	type figures map[string]string
 	var names []string
 	results := map[string]figures{}
@@ -173,7 +169,7 @@ SELECT $1, 'task ' || i, repeat('d', 1000) FROM generate_series(1, 10000) AS i`,
 		f["outage: connection attempts (per second)"] = fmt.Sprintf("%d (%.1f/s)", dials, float64(dials)/outage.Seconds())
 		f["outage: log lines written"] = strconv.FormatInt(logged, 10)
 		if len(latencies) > 0 {
-			f["outage: 503 latency p50 / p99"] = fmt.Sprintf("%s / %s", ms(latencies[len(latencies)/2]), ms(latencies[len(latencies)*99/100]))
+			f["outage: 503 latency p50 / p99"] = fmt.Sprintf("%s / %s", ms(percentile(latencies, 50)), ms(percentile(latencies, 99)))
 		}
 		proxy.set("up")
 		back := time.Now()

@@ -135,10 +135,17 @@ func (a *Authenticator) authenticate(r *http.Request, fromQuery bool) (caller, e
 		return caller{}, badRequest("send one Authorization header, not %d", len(headers))
 	}
 	if len(headers) == 0 || headers[0] == "" {
-		if fromQuery && r.URL.Query().Has("access_token") {
-			return a.verifyQueryToken(r)
+		if !fromQuery {
+			return caller{}, errNoToken
 		}
-		return caller{}, errNoToken
+		values, ok := r.URL.Query()["access_token"]
+		if !ok {
+			return caller{}, errNoToken
+		}
+		if len(values) != 1 || values[0] == "" {
+			return caller{}, unauthorized("access_token must be given once, and not empty")
+		}
+		return a.verify(values[0])
 	}
 	scheme, token, _ := strings.Cut(headers[0], " ")
 	token = strings.TrimSpace(token)
@@ -146,14 +153,6 @@ func (a *Authenticator) authenticate(r *http.Request, fromQuery bool) (caller, e
 		return caller{}, unauthorized("Authorization header must be: Bearer <token>")
 	}
 	return a.verify(token)
-}
-
-func (a *Authenticator) verifyQueryToken(r *http.Request) (caller, error) {
-	values := r.URL.Query()["access_token"]
-	if len(values) != 1 || values[0] == "" {
-		return caller{}, unauthorized("access_token must be given once, and not empty")
-	}
-	return a.verify(values[0])
 }
 
 // verify checks a token's signature and claims and returns its caller.

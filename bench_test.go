@@ -102,17 +102,8 @@ func TestBench(t *testing.T) {
 	}
 	pinPostgres(t, serverCPU)
 	defer pinPostgres(t, fmt.Sprintf("0-%d", runtime.NumCPU()-1))
-	pinned := func(cpu string, argv ...string) *exec.Cmd {
-		if cpu != "" {
-			argv = append([]string{"taskset", "-c", cpu}, argv...)
-		}
-		return exec.Command(argv[0], argv[1:]...)
-	}
 
-	bin := filepath.Join(dir, "taskflow-api")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := testBinary(t)
 
 	ceilingUsersSample := slices.Clone(users)
 	rand.Shuffle(len(ceilingUsersSample), func(i, j int) {
@@ -215,7 +206,7 @@ func TestBench(t *testing.T) {
 		var ceilingRuns []measurement
 		for range repeats {
 			reset()
-			ceilingRuns = append(ceilingRuns, runPgbench(t, pinned, loadCPU, dir, benchURL, op, c, ceilingUsersSample, warmup, duration))
+			ceilingRuns = append(ceilingRuns, runPgbench(t, loadCPU, dir, benchURL, op, c, ceilingUsersSample, warmup, duration))
 			for i := range targets {
 				tg := targets[(turn+i)%len(targets)]
 				reset()
@@ -225,8 +216,8 @@ func TestBench(t *testing.T) {
 				if tg.noNotify {
 					setNotify(t, db, false)
 				}
-				runWrk(t, pinned, loadCPU, tg.base, usersFile, op, c, warmup) // discarded
-				runs[tg] = append(runs[tg], runWrk(t, pinned, loadCPU, tg.base, usersFile, op, c, duration))
+				runWrk(t, loadCPU, tg.base, usersFile, op, c, warmup) // discarded
+				runs[tg] = append(runs[tg], runWrk(t, loadCPU, tg.base, usersFile, op, c, duration))
 				if tg.noNotify {
 					setNotify(t, db, true)
 				}
@@ -353,7 +344,7 @@ func ceilingSQL(op string, k int) string {
 	return script + strings.Join(strings.Fields(sql), " ") + ";\n" // pgbench wants one line
 }
 
-func runPgbench(t *testing.T, pinned func(string, ...string) *exec.Cmd, cpu, dir string, dbURL *url.URL, op string, conc int, users []benchUser, warmup, duration time.Duration) measurement {
+func runPgbench(t *testing.T, cpu, dir string, dbURL *url.URL, op string, conc int, users []benchUser, warmup, duration time.Duration) measurement {
 	t.Helper()
 	runDir := filepath.Join(dir, fmt.Sprintf("pgbench-%s-%d", op, conc))
 	os.MkdirAll(runDir, 0o755)

@@ -32,10 +32,7 @@ func TestBenchLive(t *testing.T) {
 	streams := 10000
 	const streamsPerUser = 10
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "taskflow-api")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := testBinary(t)
 	port := freePort(t)
 	srv := exec.Command(bin)
 	srv.Env = append(os.Environ(), "DATABASE_URL="+testDatabaseURL, "BETTER_AUTH_SECRET="+testSecret, "PORT="+port, "LOG_FORMAT=json")
@@ -47,17 +44,7 @@ func TestBenchLive(t *testing.T) {
 	defer func() { srv.Process.Signal(os.Interrupt); srv.Wait() }()
 	base := "http://127.0.0.1:" + port
 	waitOK(t, base+"/readyz")
-	rss := func() float64 {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", srv.Process.Pid))
-		for _, line := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(line, "VmRSS:") {
-				var kb float64
-				fmt.Sscan(strings.Fields(line)[1], &kb)
-				return kb / 1024
-			}
-		}
-		return 0
-	}
+	rss := func() float64 { return float64(procStatus(t, srv.Process.Pid, "VmRSS")) / (1 << 20) }
 
 	// Users with 50 tasks each, for wrk's list and get.
 	ctx := context.Background()
@@ -74,13 +61,12 @@ func TestBenchLive(t *testing.T) {
 	}
 	usersFile := filepath.Join(dir, "users.txt")
 	writeBenchUsers(t, usersFile, users, func(u benchUser) string { return tokens[u.id] }, nil)
-	unpinned := func(_ string, argv ...string) *exec.Cmd { return exec.Command(argv[0], argv[1:]...) }
 	// The median of three runs: one 10 s run differs from the next by tens of per cent here.
 	rest := func() (list, get measurement) {
 		var lists, gets []measurement
 		for range 3 {
-			lists = append(lists, runWrk(t, unpinned, "", base, usersFile, "list", 16, 10*time.Second))
-			gets = append(gets, runWrk(t, unpinned, "", base, usersFile, "get", 16, 10*time.Second))
+			lists = append(lists, runWrk(t, "", base, usersFile, "list", 16, 10*time.Second))
+			gets = append(gets, runWrk(t, "", base, usersFile, "get", 16, 10*time.Second))
 		}
 		return median(lists), median(gets)
 	}
@@ -202,6 +188,6 @@ func TestBenchLive(t *testing.T) {
 	if len(delays) > 0 {
 		fmt.Printf("\n%d toggles at %d/s over the users of %d streams: %d events, %d missing; from the write's answer to the event: p50 %s, p99 %s, max %s\n",
 			len(writes), writesPerSecond, latencyStreams, len(delays), missing,
-			ms(delays[len(delays)/2]), ms(delays[len(delays)*99/100]), ms(delays[len(delays)-1]))
+			ms(percentile(delays, 50)), ms(percentile(delays, 99)), ms(delays[len(delays)-1]))
 	}
 }

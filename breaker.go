@@ -24,8 +24,7 @@ var errDatabaseDown = errors.New("database unreachable")
 // The log says it is down once, how many requests were refused every downLogEvery, and
 // that it is back once.
 type breaker struct {
-	log            *slog.Logger
-	connectTimeout time.Duration
+	log *slog.Logger
 
 	mu      sync.Mutex
 	down    bool
@@ -44,7 +43,7 @@ const (
 )
 
 // beforeConnect is pgxpool's BeforeConnect hook: it lets an attempt through, or refuses.
-func (b *breaker) beforeConnect(context.Context, *pgx.ConnConfig) error {
+func (b *breaker) beforeConnect(_ context.Context, cc *pgx.ConnConfig) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := time.Now()
@@ -63,7 +62,7 @@ func (b *breaker) beforeConnect(context.Context, *pgx.ConnConfig) error {
 	// This attempt's end (TraceConnectEnd) decides when the next one may go; the margin
 	// past its connect timeout lets that end arrive after the request that started it
 	// gave up, at its own deadline, which may be the same length.
-	b.next = now.Add(b.connectTimeout + time.Second)
+	b.next = now.Add(cc.ConnectTimeout + time.Second)
 	return nil
 }
 

@@ -64,10 +64,26 @@ type stream struct {
 	gone    chan struct{} // closed when Events drops it: too slow, or shutting down
 }
 
+// event is one Server-Sent Event, framed once for all the streams it goes to.
 type event struct {
-	name string
-	data []byte
+	frame []byte // event: name, data: data
+	size  int64  // the data's bytes, which streamBytes counts
 }
+
+func newEvent(name string, data []byte) *event {
+	frame := make([]byte, 0, len("event: \ndata: \n\n")+len(name)+len(data))
+	frame = append(append(append(frame, "event: "...), name...), "\ndata: "...)
+	frame = append(append(frame, data...), "\n\n"...)
+	return &event{frame: frame, size: int64(len(data))}
+}
+
+// The events that carry no change are the same for every stream.
+var (
+	readyEvent   = newEvent("ready", []byte("{}"))
+	resyncEvent  = newEvent("resync", []byte("{}"))
+	expiredEvent = newEvent("expired", []byte("{}"))
+	keepAlive    = []byte(": keep-alive\n\n")
+)
 
 // A stream may have streamBuffer events, and streamBytes of them, waiting for its
 // client; a client so far behind is cut loose (it reconnects and refetches) rather than
@@ -153,7 +169,7 @@ func (e *Events) subscribe(ctx context.Context, userID string) (*stream, error) 
 	defer timer.Stop()
 	select {
 	case ev := <-s.events: // ready
-		s.pending.Add(-int64(len(ev.data)))
+		s.pending.Add(-ev.size)
 		return s, nil
 	case <-s.gone:
 	case <-ctx.Done():
@@ -196,7 +212,7 @@ func (e *Events) dropLocked(s *stream) {
 // sendLocked hands an event to a stream without waiting: a stream whose client is so far
 // behind that its buffer is full is dropped instead.
 func (e *Events) sendLocked(s *stream, ev *event) {
-	if s.pending.Add(int64(len(ev.data))) > streamBytes {
+	if s.pending.Add(ev.size) > streamBytes {
 		e.dropLocked(s)
 		return
 	}
@@ -222,7 +238,7 @@ func (e *Events) Close() {
 
 func (e *Events) readyLocked(s *stream) {
 	s.ready = true
-	e.sendLocked(s, &event{name: "ready", data: []byte("{}")})
+	e.sendLocked(s, readyEvent)
 }
 
 // setLive records whether the listener is live. Becoming live, it tells every stream:
@@ -239,7 +255,7 @@ func (e *Events) setLive(live bool, fault error) {
 		for s := range streams {
 			switch {
 			case live && s.ready:
-				e.sendLocked(s, &event{name: "resync", data: []byte("{}")})
+				e.sendLocked(s, resyncEvent)
 			case live:
 				e.readyLocked(s)
 			case fault == errSwallowed && !s.ready:
@@ -272,7 +288,7 @@ func (e *Events) dispatch(payload string) {
 	var ev *event
 	switch n.Op {
 	case "deleted":
-		ev = &event{name: "task.deleted", data: []byte(`{"id":` + strconv.FormatInt(n.ID, 10) + `}`)}
+		ev = newEvent("task.deleted", []byte(`{"id":`+strconv.FormatInt(n.ID, 10)+`}`))
 	case "created", "updated":
 		if n.Task == nil {
 			return
@@ -281,7 +297,7 @@ func (e *Events) dispatch(payload string) {
 			n.Task.UserID = s.userID // all the same: they share the user's key
 			break
 		}
-		ev = &event{name: "task." + n.Op, data: appendTask(nil, n.Task)}
+		ev = newEvent("task."+n.Op, appendTask(nil, n.Task))
 	default:
 		return
 	}
@@ -446,14 +462,14 @@ func (e *Events) selfCheck(ctx context.Context, conn *pgx.Conn) error {
 // events are then sent as Server-Sent Events by a goroutine of the stream's own, after
 // the ready event the stream was opened with, until its token expires (an expired event
 // first), the client goes, or the stream is dropped (shutdown, or a client too far
-// behind). It returns at once; on an error, the stream is forgotten.
+// behind). It returns at once.
 //
 // Why take the connection: left to net/http, an idle stream holds the handler's goroutine
 // (its stack grown by the middleware and the token check), a background reader, 10 KiB
 // of buffers and the request. 10,000 idle streams held 326 MiB that way, 148 MiB taken
 // over (make bench-live; docs/performance.md, "Live updates"). The access log therefore
 // has a stream's line when it opens, not when it ends.
-func (e *Events) serve(w http.ResponseWriter, s *stream, expires time.Time) error {
+func (e *Events) serve(w http.ResponseWriter, s *stream, expires time.Time) {
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("X-Accel-Buffering", "no") // nginx: pass each event on at once
@@ -462,11 +478,12 @@ func (e *Events) serve(w http.ResponseWriter, s *stream, expires time.Time) erro
 	h.Set("Transfer-Encoding", "identity")
 	w.WriteHeader(http.StatusOK)
 	// retry: how long a browser's EventSource waits before it reconnects.
-	io.WriteString(w, "retry: 2000\nevent: ready\ndata: {}\n\n") //nolint:errcheck // Flush reports it
+	io.WriteString(w, "retry: 2000\n") //nolint:errcheck // Flush reports it
+	w.Write(readyEvent.frame)          //nolint:errcheck // as above
 	rc := http.NewResponseController(w)
 	if err := rc.Flush(); err != nil {
-		e.unsubscribe(s)
-		return nil // the client went: nothing to answer
+		e.unsubscribe(s) // the client went: nothing to answer
+		return
 	}
 	conn, _, err := rc.Hijack()
 	if err != nil {
@@ -475,10 +492,9 @@ func (e *Events) serve(w http.ResponseWriter, s *stream, expires time.Time) erro
 		// and the client's EventSource reconnects.
 		e.unsubscribe(s)
 		e.log.Error("event stream: cannot take over the connection", "err", err)
-		return nil
+		return
 	}
 	go e.send(conn, s, expires)
-	return nil
 }
 
 // send writes a stream's events to its connection until the stream ends, then closes it.
@@ -497,21 +513,21 @@ func (e *Events) send(conn net.Conn, s *stream, expires time.Time) {
 	defer beat.Stop()
 	expiry := time.NewTimer(time.Until(expires))
 	defer expiry.Stop()
-	write := func(frame string) bool {
+	write := func(frame []byte) bool {
 		conn.SetWriteDeadline(time.Now().Add(eventWriteTimeout)) //nolint:errcheck // fails only on a closed connection, as the write then does
-		_, err := io.WriteString(conn, frame)
+		_, err := conn.Write(frame)
 		return err == nil
 	}
 	for {
-		var frame string
+		var frame []byte
 		select {
 		case ev := <-s.events:
-			s.pending.Add(-int64(len(ev.data)))
-			frame = "event: " + ev.name + "\ndata: " + string(ev.data) + "\n\n"
+			s.pending.Add(-ev.size)
+			frame = ev.frame
 		case <-beat.C:
-			frame = ": keep-alive\n\n"
+			frame = keepAlive
 		case <-expiry.C:
-			write("event: expired\ndata: {}\n\n")
+			write(expiredEvent.frame)
 			return
 		case <-s.gone:
 			return

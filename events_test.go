@@ -54,27 +54,33 @@ func tryEvents(t *testing.T, url string, header map[string]string) (*eventStream
 	t.Cleanup(func() { res.Body.Close() })
 	go func() {
 		defer close(s.events)
-		sc := bufio.NewScanner(res.Body)
-		sc.Buffer(make([]byte, 64<<10), 64<<10)
-		var ev sse
-		for sc.Scan() {
-			line := sc.Text()
-			switch {
-			case line == "":
-				if ev.name != "" {
-					s.events <- ev
-				}
-				ev = sse{}
-			case strings.HasPrefix(line, ":"):
-				s.events <- sse{name: ":"}
-			case strings.HasPrefix(line, "event: "):
-				ev.name = strings.TrimPrefix(line, "event: ")
-			case strings.HasPrefix(line, "data: "):
-				ev.data = strings.TrimPrefix(line, "data: ")
-			}
-		}
+		readSSE(res.Body, func(ev sse) { s.events <- ev })
 	}()
 	return s, res.StatusCode
+}
+
+// readSSE reads events from r until it ends, as the server sends them: one data line
+// each. A comment (a heartbeat) comes as an event named ":".
+func readSSE(r io.Reader, each func(sse)) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 64<<10)
+	var ev sse
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			if ev.name != "" {
+				each(ev)
+			}
+			ev = sse{}
+		case strings.HasPrefix(line, ":"):
+			each(sse{name: ":"})
+		case strings.HasPrefix(line, "event: "):
+			ev.name = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			ev.data = strings.TrimPrefix(line, "data: ")
+		}
+	}
 }
 
 // next returns the stream's next event that is not a heartbeat, within a few seconds.

@@ -266,7 +266,8 @@ func handleEvents(events *Events) userHandler {
 		if err != nil {
 			return err
 		}
-		return events.serve(w, s, who.expires)
+		events.serve(w, s, who.expires)
+		return nil
 	}
 }
 

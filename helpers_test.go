@@ -378,13 +378,16 @@ func envOr(name, def string) string {
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
 
 // peakRSS is a process's peak resident memory (VmHWM).
-func peakRSS(t testing.TB, pid int) int64 {
+func peakRSS(t testing.TB, pid int) int64 { return procStatus(t, pid, "VmHWM") }
+
+// procStatus is a size field of /proc/<pid>/status (VmRSS, VmHWM, ...) in bytes.
+func procStatus(t testing.TB, pid int, field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
+		if strings.HasPrefix(line, field+":") {
 			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
 			return kb << 10
 		}
@@ -437,9 +440,6 @@ func startPgBouncer(t *testing.T, databaseURL string) *pgBouncer {
 	}
 	ini := strings.NewReplacer("@DATABASE@", strings.TrimPrefix(direct.Path, "/"), "@PGHOST@", direct.Hostname(),
 		"@PGPORT@", direct.Port(), "@DBOPTIONS@", options, "@PORT@", port, "@DIR@", dir).Replace(string(template))
-	if options != "" {
-		ini = strings.Replace(ini, "[pgbouncer]\n", "[pgbouncer]\nignore_startup_parameters = search_path\n", 1)
-	}
 	for name, body := range map[string]string{"pgbouncer.ini": ini, "users.txt": `"postgres" ""` + "\n"} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
@@ -519,4 +519,12 @@ func needOwnCluster(t testing.TB) {
 		}
 		t.Skip("needs the cluster of scripts/devdb.sh (make test) to stop and start it")
 	}
+}
+
+// percentile is the p-th percentile of sorted durations, 0 when there are none.
+func percentile(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[len(sorted)*p/100]
 }

@@ -299,18 +299,9 @@ func TestSlowHeadersAreCutOff(t *testing.T) {
 func TestStartLineAndAccessLog(t *testing.T) {
 	testStore(t)
 	var out syncBuffer
-	port := freePort(t)
 	dbURL := strings.Replace(testDatabaseURL, "postgres@", "postgres:hunter2@", 1)
-	env := map[string]string{"DATABASE_URL": dbURL, "BETTER_AUTH_SECRET": testSecret, "PORT": port}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, func(k string) string { return env[k] }, &out) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	base := "http://127.0.0.1:" + port
-	waitHealthy(t, base)
+	base, stop := startRunTo(t, map[string]string{"DATABASE_URL": dbURL}, &out)
+	defer stop()
 
 	me := newUserID(t)
 	token := tokenFor(t, me)

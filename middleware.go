@@ -17,8 +17,9 @@ import (
 type requestInfo struct {
 	id     string
 	userID string // set once the token is verified
-	log    *slog.Logger
-	quiet  bool // no access log line: the request is counted elsewhere (see writeError)
+	base   *slog.Logger
+	log    *slog.Logger // base tagged with id, made by logger when first needed
+	quiet  bool         // no access log line: the request is counted elsewhere (see writeError)
 }
 
 type requestInfoKey struct{}
@@ -28,12 +29,17 @@ func infoFrom(ctx context.Context) *requestInfo {
 	return info
 }
 
-// logger returns the request's logger, which tags every line with the request id.
+// logger returns the request's logger, which tags every line with the request id. Most
+// requests log nothing but their access line, so it is made only when asked for.
 func logger(ctx context.Context) *slog.Logger {
-	if info := infoFrom(ctx); info != nil {
-		return info.log
+	info := infoFrom(ctx)
+	if info == nil {
+		return slog.Default()
 	}
-	return slog.Default()
+	if info.log == nil {
+		info.log = info.base.With("request_id", info.id)
+	}
+	return info.log
 }
 
 // statusRecorder remembers the status and size of a response, for the access log.
@@ -73,7 +79,7 @@ func withRequestLog(base *slog.Logger, next http.Handler) http.Handler {
 			id = rand.Text()
 		}
 		w.Header().Set("X-Request-ID", id)
-		info := &requestInfo{id: id, log: base.With("request_id", id)}
+		info := &requestInfo{id: id, base: base}
 		rw := &statusRecorder{ResponseWriter: w}
 		// Deferred, so that a handler that drops the connection is logged too.
 		defer func() {

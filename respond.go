@@ -73,10 +73,9 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 			}
 		}
 	}
-	log := logger(r.Context())
 	switch {
 	case apiErr == nil:
-		log.Error("request failed", "err", err)
+		logger(r.Context()).Error("request failed", "err", err)
 		apiErr = errInternal
 	case errors.Is(err, errDatabaseDown):
 		// The database could not be reached: the breaker logs that, with a count of the
@@ -85,7 +84,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 			info.quiet = true
 		}
 	case apiErr.status >= 500:
-		log.Warn("request failed", "err", err)
+		logger(r.Context()).Warn("request failed", "err", err)
 	}
 	if apiErr.challenge != "" {
 		w.Header().Set("WWW-Authenticate", apiErr.challenge)
@@ -95,12 +94,17 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}{apiErr.detail})
 }
 
-// writeJSON sends v as the whole body. Headers go first: after WriteHeader they are ignored.
+// writeJSON sends v as the whole body.
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	body, err := json.Marshal(v)
 	if err != nil {
 		panic(err) // every value sent here is of a type that always encodes
 	}
+	writeBody(w, status, body)
+}
+
+// writeBody sends a whole JSON body. Headers go first: after WriteHeader they are ignored.
+func writeBody(w http.ResponseWriter, status int, body []byte) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
@@ -119,10 +123,7 @@ func writeTask(w http.ResponseWriter, status int, t Task, replayed bool) {
 	buf := getBuffer()
 	defer putBuffer(buf)
 	*buf = appendTask(*buf, &t)
-	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(len(*buf)))
-	w.WriteHeader(status)
-	w.Write(*buf) //nolint:errcheck // as in writeJSON
+	writeBody(w, status, *buf)
 }
 
 // taskETag is a task's strong ETag: its version, which every write changes.
@@ -217,7 +218,7 @@ func (l *taskList) end(err error) error {
 	if !l.sent {
 		l.writeHeader(len(*l.buf))
 	}
-	l.w.Write(*l.buf) //nolint:errcheck // as in writeJSON
+	l.w.Write(*l.buf) //nolint:errcheck // as in writeBody
 	return nil
 }
 

@@ -165,7 +165,7 @@ type storeConfig struct {
 
 // newStore makes a store whose pool connects on first use.
 func newStore(cfg *pgxpool.Config, sc storeConfig) (*Store, error) {
-	b := &breaker{log: sc.log, connectTimeout: cfg.ConnConfig.ConnectTimeout}
+	b := &breaker{log: sc.log}
 	cfg.BeforeConnect, cfg.ConnConfig.Tracer = b.beforeConnect, b
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
@@ -207,7 +207,7 @@ func (s *Store) Close() { s.pool.Close() }
 func (s *Store) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	return s.translate(ctx, s.pool.Ping(ctx))
+	return translate(ctx, s.pool.Ping(ctx))
 }
 
 const taskColumns = `id, user_id, title, description, completed, created_at, updated_at, version`
@@ -317,17 +317,16 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 	}
 	acquireCtx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	conn, err := s.pool.Acquire(acquireCtx)
+	conn, socket, release, err := s.acquire(acquireCtx)
 	if err != nil {
-		return s.translate(acquireCtx, err)
+		return err
 	}
-	defer conn.Release()
-	socket := conn.Conn().PgConn().Conn()
+	defer release()
 	arm := func() { socket.SetDeadline(time.Now().Add(s.timeout)) } //nolint:errcheck // fails only on a closed socket
 	arm()
 	rows, err := conn.Query(context.Background(), query, userID, limit, q.Offset)
 	if err != nil {
-		return s.translate(context.Background(), err)
+		return translate(context.Background(), err)
 	}
 	defer func() {
 		if ctx.Err() != nil {
@@ -338,9 +337,6 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 			arm() // a list stopped early (a 304) reads what is left, under the deadline
 		}
 		rows.Close()
-		if !conn.Conn().IsClosed() {
-			socket.SetDeadline(time.Time{}) //nolint:errcheck // as above
-		}
 	}()
 	var (
 		t      Task
@@ -356,7 +352,7 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 			break
 		}
 		if err := scanTask(rows, &t, &h.Total, &h.Digest); err != nil {
-			return s.translate(context.Background(), err)
+			return translate(context.Background(), err)
 		}
 		if !headed {
 			if err := head(h); err != nil {
@@ -369,7 +365,7 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return s.translate(context.Background(), err)
+		return translate(context.Background(), err)
 	}
 	if headed {
 		return nil
@@ -378,7 +374,7 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 	if q.Offset > 0 {
 		err := conn.QueryRow(context.Background(), `SELECT count(*), coalesce(`+versionDigest+`, 0) FROM tasks WHERE user_id = $1`+statusFilter[q.Status], userID).Scan(&h.Total, &h.Digest)
 		if err != nil {
-			return s.translate(context.Background(), err)
+			return translate(context.Background(), err)
 		}
 	}
 	return head(h)
@@ -492,7 +488,7 @@ func (s *Store) ExpireKeys(ctx context.Context) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	tag, err := s.pool.Exec(ctx, `DELETE FROM idempotency_keys WHERE created_at < now() - interval '24 hours'`)
-	return tag.RowsAffected(), s.translate(ctx, err)
+	return tag.RowsAffected(), translate(ctx, err)
 }
 
 // outcomeUnknown marks a write that failed for want of the database: the statement may
@@ -522,23 +518,34 @@ func (s *Store) oneTask(ctx context.Context, sql string, args ...any) (Task, err
 func (s *Store) row(ctx context.Context, scan func(pgx.Row) error, sql string, args ...any) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
-	conn, err := s.pool.Acquire(ctx)
+	conn, socket, release, err := s.acquire(ctx)
 	if err != nil {
-		return s.translate(ctx, err)
+		return err
 	}
-	defer conn.Release()
+	defer release()
 	deadline, _ := ctx.Deadline()
-	socket := conn.Conn().PgConn().Conn()
 	if err := socket.SetDeadline(deadline); err != nil {
-		return s.translate(ctx, err)
+		return translate(ctx, err)
 	}
-	err = scan(conn.QueryRow(context.Background(), sql, args...))
-	// A connection pgx closed (after a timeout, say) is cleaning up under a deadline of
-	// its own, which must stay; it goes back to the pool only to be destroyed.
-	if !conn.Conn().IsClosed() {
-		socket.SetDeadline(time.Time{}) //nolint:errcheck // fails only on a closed socket
+	return translate(ctx, scan(conn.QueryRow(context.Background(), sql, args...)))
+}
+
+// acquire takes a connection from the pool, and its socket, on which the caller sets the
+// statement's deadline. release clears the deadline and gives the connection back; but a
+// connection pgx closed (after a timeout, say) is cleaning up under a deadline of its
+// own, which must stay: it goes back to the pool only to be destroyed.
+func (s *Store) acquire(ctx context.Context) (conn *pgxpool.Conn, socket net.Conn, release func(), err error) {
+	conn, err = s.pool.Acquire(ctx)
+	if err != nil {
+		return nil, nil, nil, translate(ctx, err)
 	}
-	return s.translate(ctx, err)
+	socket = conn.Conn().PgConn().Conn()
+	return conn, socket, func() {
+		if !conn.Conn().IsClosed() {
+			socket.SetDeadline(time.Time{}) //nolint:errcheck // fails only on a closed socket
+		}
+		conn.Release()
+	}, nil
 }
 
 // errKeyUsed: the statement found its Idempotency-Key taken, and was undone.
@@ -546,16 +553,12 @@ var errKeyUsed = errors.New("idempotency key used before")
 
 // translate turns a driver error into one of the store's sentinels, keeping the cause
 // in the chain for the log. ctx is the statement's.
-func (s *Store) translate(ctx context.Context, err error) error {
+func translate(ctx context.Context, err error) error {
 	if err == nil {
 		return nil
 	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return ErrNotFound
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "idempotency_keys_pkey" {
-		return errKeyUsed
 	}
 	var connectErr *pgconn.ConnectError
 	if errors.As(err, &connectErr) { // the breaker has heard of it (TraceConnectEnd)
@@ -564,8 +567,12 @@ func (s *Store) translate(ctx context.Context, err error) error {
 	if errors.Is(err, errDatabaseDown) {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
+	// After the connect errors, which may wrap a PgError (57P03 while starting up).
+	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch {
+		case pgErr.Code == "23505" && pgErr.ConstraintName == "idempotency_keys_pkey":
+			return errKeyUsed
 		case pgErr.Code == "23514", // check_violation
 			pgErr.Code == "22001", // string_data_right_truncation
 			pgErr.Code == "22021": // character_not_in_repertoire
@@ -600,8 +607,7 @@ func unavailableCode(code string) bool {
 // connectionLost reports errors that mean the connection, not the statement, failed.
 func connectionLost(err error) bool {
 	var netErr net.Error
-	var connectErr *pgconn.ConnectError
-	return errors.As(err, &netErr) || errors.As(err, &connectErr) ||
+	return errors.As(err, &netErr) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) ||
 		pgconn.SafeToRetry(err)

@@ -105,7 +105,15 @@ var (
 	wrkRead    = regexp.MustCompile(`(\d+) requests in [\d.]+\w+, ([\d.]+)([KMG]?B) read`)
 )
 
-func runWrk(t *testing.T, pinned func(string, ...string) *exec.Cmd, cpu, base, usersFile, op string, conc int, d time.Duration) measurement {
+// pinned is the command argv, run on cpu when one is given (taskset).
+func pinned(cpu string, argv ...string) *exec.Cmd {
+	if cpu != "" {
+		argv = append([]string{"taskset", "-c", cpu}, argv...)
+	}
+	return exec.Command(argv[0], argv[1:]...)
+}
+
+func runWrk(t *testing.T, cpu, base, usersFile, op string, conc int, d time.Duration) measurement {
 	t.Helper()
 	cmd := pinned(cpu, "wrk", "-t", "1", "-c", fmt.Sprint(conc), "-d", fmt.Sprintf("%ds", int(d.Seconds())),
 		"--latency", "-s", "scripts/bench.lua", base, "--", usersFile, op)
@@ -152,7 +160,7 @@ func summarize(lats []time.Duration, over time.Duration) measurement {
 	}
 	return measurement{
 		rps: float64(len(lats)) / over.Seconds(),
-		p50: lats[len(lats)/2],
-		p99: lats[len(lats)*99/100],
+		p50: percentile(lats, 50),
+		p99: percentile(lats, 99),
 	}
 }

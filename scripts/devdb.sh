@@ -91,9 +91,7 @@ port=${port:-15432}
 
 started=0
 if ! running; then
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    die "port $port is taken by another program; pick a free port below 32768 with TASKFLOW_PG_PORT=..."
-  fi
+  port_free "$port" "devdb: port $port is taken by another program; pick a free port below 32768 with TASKFLOW_PG_PORT=..." || exit 1
   # A run killed with SIGKILL leaves its lock files; if the PID they name is gone or now
   # belongs to some other program, PostgreSQL would refuse to start, so drop them.
   if [ -f "$data/postmaster.pid" ]; then
