@@ -2,18 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 )
-
-// errDatabaseDown marks a request that failed because the database could not be reached:
-// its own connection attempt failed, or the breaker refused to make one. The breaker
-// logs these, counted, so writeError does not.
-var errDatabaseDown = errors.New("database unreachable")
 
 // breaker keeps an unreachable database from being dialed by every request. While the
 // last connection attempt failed, one attempt at a time is let through, spaced by a

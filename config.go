@@ -3,10 +3,13 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // devDatabaseURL is the database scripts/devdb.sh starts; see the Makefile.
@@ -14,21 +17,22 @@ const devDatabaseURL = "postgres://postgres@127.0.0.1:15432/taskflow?sslmode=dis
 
 // config is everything the server reads from its environment.
 type config struct {
-	databaseURL    string
-	secret         []byte // nil when BETTER_AUTH_SECRET is unset
+	pool           *pgxpool.Config // DATABASE_URL, parsed
+	listen         *pgxpool.Config // DATABASE_LISTEN_URL (or DATABASE_URL), parsed
+	secret         []byte          // nil when BETTER_AUTH_SECRET is unset
 	issuer         string
 	audience       string
 	jwksURL        string
 	corsOrigins    []string
-	port           string
+	host, port     string
 	dbTimeout      time.Duration
 	shutdownGrace  time.Duration
 	logFormat      string
 	maxTasks       int // per user
-	listenURL      string
-	listenURLVar   string // which variable listenURL came from
-	maxStreams     int    // per instance
-	maxUserStreams int    // per user and instance
+	maxWrites      int // per user and second, on each instance
+	maxStreams     int // per instance
+	maxUserStreams int // per user and instance
+	retention      time.Duration
 }
 
 // loadConfig reads and checks the environment. Its errors are one line that names the
@@ -41,12 +45,12 @@ func loadConfig(getenv func(string) string) (config, error) {
 		return def
 	}
 	c := config{
-		databaseURL: env("DATABASE_URL", devDatabaseURL),
-		issuer:      env("JWT_ISSUER", "taskflow-web"),
-		audience:    env("JWT_AUDIENCE", "taskflow-api"),
-		jwksURL:     env("JWT_JWKS_URL", ""),
-		port:        env("PORT", "8000"),
-		logFormat:   env("LOG_FORMAT", "json"),
+		issuer:    env("JWT_ISSUER", "taskflow-web"),
+		audience:  env("JWT_AUDIENCE", "taskflow-api"),
+		jwksURL:   env("JWT_JWKS_URL", ""),
+		host:      env("HOST", ""),
+		port:      env("PORT", "8000"),
+		logFormat: env("LOG_FORMAT", "json"),
 	}
 	if s := getenv("BETTER_AUTH_SECRET"); s != "" {
 		if len(s) < 32 {
@@ -65,6 +69,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if n, err := strconv.Atoi(c.port); err != nil || n < 0 || n > 65535 {
 		return c, fmt.Errorf("PORT must be a port number, got %q", c.port)
 	}
+	if c.host != "" && net.ParseIP(strings.Trim(c.host, "[]")) == nil && !validHostname(c.host) {
+		return c, fmt.Errorf("HOST must be an IP address or a host name to listen on, such as 127.0.0.1, got %q", c.host)
+	}
 	origins, err := parseOrigins(env("CORS_ORIGINS", "http://localhost:3000"))
 	if err != nil {
 		return c, err
@@ -79,24 +86,29 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if c.maxTasks, err = positiveInt(env("MAX_TASKS_PER_USER", "10000"), "MAX_TASKS_PER_USER"); err != nil {
 		return c, err
 	}
+	if c.maxWrites, err = positiveInt(env("MAX_WRITES_PER_USER", "50"), "MAX_WRITES_PER_USER"); err != nil {
+		return c, err
+	}
 	if c.maxStreams, err = positiveInt(env("MAX_STREAMS", "10000"), "MAX_STREAMS"); err != nil {
 		return c, err
 	}
 	if c.maxUserStreams, err = positiveInt(env("MAX_STREAMS_PER_USER", "16"), "MAX_STREAMS_PER_USER"); err != nil {
 		return c, err
 	}
-	c.listenURL, c.listenURLVar = env("DATABASE_LISTEN_URL", ""), "DATABASE_LISTEN_URL"
-	if c.listenURL == "" {
-		c.listenURL, c.listenURLVar = c.databaseURL, "DATABASE_URL"
-	} else if _, err := newPoolConfig(c.listenURL, c.dbTimeout); err != nil {
-		return c, fmt.Errorf("DATABASE_LISTEN_URL is not a valid PostgreSQL URL: %w", err)
+	if c.retention, err = positiveDuration(env("CHANGES_RETENTION", "168h"), "CHANGES_RETENTION"); err != nil {
+		return c, err
 	}
 	if c.logFormat != "json" && c.logFormat != "text" {
 		return c, fmt.Errorf("LOG_FORMAT must be json or text, got %q", c.logFormat)
 	}
-	if _, err := newPoolConfig(c.databaseURL, c.dbTimeout); err != nil {
-		// pgx's message redacts the password.
-		return c, fmt.Errorf("DATABASE_URL is not a valid PostgreSQL URL: %w", err)
+	databaseURL := env("DATABASE_URL", devDatabaseURL)
+	if c.pool, err = newPoolConfig(databaseURL, c.dbTimeout); err != nil {
+		return c, fmt.Errorf("DATABASE_URL is not a valid PostgreSQL URL (postgres://user:password@host:5432/database): %s", urlError(err))
+	}
+	if listenURL := env("DATABASE_LISTEN_URL", ""); listenURL == "" {
+		c.listen = c.pool.Copy()
+	} else if c.listen, err = newPoolConfig(listenURL, c.dbTimeout); err != nil {
+		return c, fmt.Errorf("DATABASE_LISTEN_URL is not a valid PostgreSQL URL: %s", urlError(err))
 	}
 	return c, nil
 }
@@ -139,4 +151,24 @@ func positiveInt(s, name string) (int, error) {
 		return 0, fmt.Errorf("%s must be a whole number of at least 1, got %q", name, s)
 	}
 	return n, nil
+}
+
+// urlError is why pgx could not parse a database URL, without the URL: pgx quotes it
+// with its password masked, which alters what the operator typed.
+func urlError(err error) string {
+	msg := err.Error()
+	if i := strings.LastIndex(msg, ": "); i >= 0 && strings.Contains(msg, "cannot parse") {
+		return msg[i+2:]
+	}
+	return msg
+}
+
+// validHostname reports whether s could name a host: letters, digits, dots and dashes.
+func validHostname(s string) bool {
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return len(s) <= 253
 }

@@ -33,7 +33,19 @@ func appendTask(b []byte, t *Task) []byte {
 	b = appendTimestamp(b, t.CreatedAt)
 	b = append(b, `","updated_at":"`...)
 	b = appendTimestamp(b, t.UpdatedAt)
-	return append(b, `"}`...)
+	b = append(b, `","version":`...)
+	b = strconv.AppendInt(b, t.Version, 10)
+	return append(b, '}')
+}
+
+// appendChange encodes a change of the feed: {"op":"upsert","task":{...}}, or
+// {"op":"delete","id":N,"version":V}.
+func appendChange(b []byte, c *Change) []byte {
+	if c.Deleted {
+		b = strconv.AppendInt(append(b, `{"op":"delete","id":`...), c.Task.ID, 10)
+		return append(strconv.AppendInt(append(b, `,"version":`...), c.Task.Version, 10), '}')
+	}
+	return append(appendTask(append(b, `{"op":"upsert","task":`...), &c.Task), '}')
 }
 
 // appendTimestamp appends t in UTC in timeLayout. It is time.AppendFormat unrolled for

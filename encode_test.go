@@ -40,7 +40,7 @@ func TestAppendTaskIsTheContractsTask(t *testing.T) {
 			t.Fatalf("%s: %v", b, err)
 		}
 		want := taskJSON{ID: task.ID, UserID: task.UserID, Title: task.Title, Description: task.Description, Completed: task.Completed,
-			CreatedAt: task.CreatedAt.UTC().Format("2006-01-02T15:04:05.000000Z"), UpdatedAt: "2026-02-12T09:04:05.123456Z"}
+			CreatedAt: task.CreatedAt.UTC().Format("2006-01-02T15:04:05.000000Z"), UpdatedAt: "2026-02-12T09:04:05.123456Z", Version: task.Version}
 		if !got.equal(want) {
 			t.Errorf("got %+v, want %+v", got, want)
 		}
@@ -81,12 +81,12 @@ func BenchmarkEncodeList50(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		w.Body.Reset()
-		list := newTaskList(w)
-		list.begin(nil)
+		list := jsonStream{w: w}
+		list.begin(nil, "[")
 		for i := range tasks {
-			list.add(&tasks[i])
+			list.add(i == 0, func(b []byte) []byte { return appendTask(b, &tasks[i]) })
 		}
-		list.end(nil)
+		list.end("]\n", nil)
 	}
 	b.SetBytes(int64(w.Body.Len()))
 }

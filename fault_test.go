@@ -351,7 +351,7 @@ func TestAnOutageIsQuietAndCheap(t *testing.T) {
 	var logs syncBuffer
 	s := storeVia(t, proxy.ln.Addr().String(), 2*time.Second, nil)
 	s.breaker.log = slogTo(&logs)
-	api := &testAPI{handler: newHandler(slogTo(&logs), s, newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), nil, []string{testOrigin})}
+	api := &testAPI{handler: newHandler(slogTo(&logs), newTestService(s, slogTo(&logs)), []string{testOrigin})}
 	me := api.newUser(t)
 	taskPath := fmt.Sprintf("/api/{me}/tasks/%d", me.create(t, "before").ID)
 
@@ -432,7 +432,7 @@ func TestAClientHangUpIsNotAnOutage(t *testing.T) {
 		go func() { defer wg.Done(); s.pool.Exec(context.Background(), `SELECT pg_sleep(0.2)`) }()
 	}
 	wg.Wait()
-	srv := newTestServer(t, newHandler(slogTo(&logs), s, newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), nil, []string{testOrigin}))
+	srv := newTestServer(t, newHandler(slogTo(&logs), newTestService(s, slogTo(&logs)), []string{testOrigin}))
 	me := newUserID(t)
 	proxy.set("hang")
 	for _, path := range []string{"/tasks", "/tasks/1"} {

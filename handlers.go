@@ -16,30 +16,39 @@ type router interface {
 	Handle(pattern string, h http.Handler)
 }
 
-// addRoutes is the whole API at a glance.
-func addRoutes(mux router, store *Store, auth *Authenticator, events *Events) {
-	mux.Handle("GET /healthz", handleHealthz())
-	mux.Handle("GET /readyz", handleReadyz(store))
-	mux.Handle("GET /openapi.json", handleOpenAPI())
-
-	mux.Handle("GET /api/{user_id}/tasks", authed(auth, handleListTasks(store)))
-	mux.Handle("POST /api/{user_id}/tasks", authed(auth, handleCreateTask(store)))
-	mux.Handle("GET /api/{user_id}/tasks/{id}", authed(auth, handleGetTask(store)))
-	mux.Handle("PUT /api/{user_id}/tasks/{id}", authed(auth, handleUpdateTask(store)))
-	mux.Handle("DELETE /api/{user_id}/tasks/{id}", authed(auth, handleDeleteTask(store)))
-	mux.Handle("PATCH /api/{user_id}/tasks/{id}/complete", authed(auth, handleToggleTask(store)))
-	mux.Handle(eventsRoute, authed(auth, handleEvents(events)))
+// service is what the handlers are made of.
+type service struct {
+	store  *Store
+	auth   *Authenticator
+	events *Events
+	writes *writes
 }
 
-// eventsRoute is the live-updates stream, the one route that may take its token from the
-// query: a browser's EventSource cannot send headers.
+// addRoutes is the whole API at a glance.
+func addRoutes(mux router, s service) {
+	mux.Handle("GET /healthz", handleHealthz())
+	mux.Handle("GET /readyz", handleReadyz(s.store))
+	mux.Handle("GET /openapi.json", handleOpenAPI())
+
+	mux.Handle("GET /api/{user_id}/tasks", authed(s.auth, handleListTasks(s.store)))
+	mux.Handle("POST /api/{user_id}/tasks", authed(s.auth, handleCreateTask(s.store, s.writes)))
+	mux.Handle("GET /api/{user_id}/tasks/{id}", authed(s.auth, handleGetTask(s.store)))
+	mux.Handle("PUT /api/{user_id}/tasks/{id}", authed(s.auth, handleUpdateTask(s.store, s.writes)))
+	mux.Handle("DELETE /api/{user_id}/tasks/{id}", authed(s.auth, handleDeleteTask(s.store, s.writes)))
+	mux.Handle("PATCH /api/{user_id}/tasks/{id}/complete", authed(s.auth, handleToggleTask(s.store, s.writes)))
+	mux.Handle("GET /api/{user_id}/changes", authed(s.auth, handleChanges(s.store)))
+	mux.Handle(eventsRoute, authed(s.auth, handleEvents(s.store, s.events)))
+}
+
+// eventsRoute is the live stream, the one route that may take its token from the query:
+// a browser's EventSource cannot send headers.
 const eventsRoute = "GET /api/{user_id}/events"
 
 // newHandler assembles the server: request log → panic recovery → CORS → the mux, whose
 // own 404 and 405 answers are turned into JSON; each /api route checks its token first.
-func newHandler(log *slog.Logger, store *Store, auth *Authenticator, events *Events, corsOrigins []string) http.Handler {
+func newHandler(log *slog.Logger, s service, corsOrigins []string) http.Handler {
 	mux := http.NewServeMux()
-	addRoutes(mux, store, auth, events)
+	addRoutes(mux, s)
 	return withRequestLog(log, withRecover(withCORS(corsOrigins, withJSONErrors(mux))))
 }
 
@@ -66,11 +75,9 @@ func authed(auth *Authenticator, h userHandler) handlerFunc {
 		if err != nil {
 			return err
 		}
-		if info := infoFrom(r.Context()); info != nil {
-			info.userID = who.userID
-		}
+		noteUser(r.Context(), who.userID)
 		if r.PathValue("user_id") != who.userID {
-			return &apiError{status: http.StatusForbidden, detail: "the token does not grant access to this user's tasks"}
+			return errForbidden
 		}
 		return h(w, r, who)
 	}
@@ -98,8 +105,7 @@ var openAPIDoc []byte
 
 func handleOpenAPI() handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		w.Header().Set("Content-Type", "application/json")
-		w.Write(openAPIDoc) //nolint:errcheck // as in writeJSON
+		writeBody(w, http.StatusOK, openAPIDoc)
 		return nil
 	}
 }
@@ -110,7 +116,8 @@ func handleListTasks(store *Store) userHandler {
 		if err != nil {
 			return err
 		}
-		list := newTaskList(w)
+		list := jsonStream{w: w}
+		n := 0
 		err = store.ListTasks(r.Context(), who.userID, q, func(h ListHead) error {
 			etag := listETag(h, q)
 			if match, err := noneMatch(r, etag); match || err != nil {
@@ -120,36 +127,46 @@ func handleListTasks(store *Store) userHandler {
 				}
 				return err
 			}
-			list.begin(http.Header{"Etag": {etag}, "X-Total-Count": {strconv.FormatInt(h.Total, 10)}})
+			list.begin(http.Header{"Etag": {etag}, "X-Total-Count": {strconv.FormatInt(h.Total, 10)},
+				"X-Cursor": {h.At.Encode(who.userID)}}, "[")
 			return nil
-		}, list.add)
+		}, func(t *Task) error {
+			n++
+			return list.add(n == 1, func(b []byte) []byte { return appendTask(b, t) })
+		})
 		if errors.Is(err, errNotModified) {
 			err = nil
 		}
-		return list.end(err)
+		return list.end("]\n", err)
 	}
 }
 
 // errNotModified stops a list whose head shows the client has it already.
 var errNotModified = errors.New("not modified")
 
-func handleCreateTask(store *Store) userHandler {
+func handleCreateTask(store *Store, writes *writes) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
-		in, body, err := readTaskBody(w, r, false)
+		if err := readCreateCondition(r); err != nil {
+			return err
+		}
+		in, body, err := readNewTask(w, r)
 		if err != nil {
 			return err
 		}
-		if in.Title == nil {
-			return unprocessable("title is required")
-		}
 		key, err := readIdempotencyKey(r, body)
 		if err != nil {
+			return err
+		}
+		if err := writes.admit(r.Context(), who.userID, key); err != nil {
 			return err
 		}
 		t, replayed, err := store.CreateTask(r.Context(), who.userID, *in.Title, in.Description, key)
 		if err != nil {
 			return err
 		}
+		writes.made(who.userID, replayed)
+		// A path, not an absolute URL (RFC 9110 10.2.2 allows either): a client resolves
+		// it against its request's URL, so a proxy in front need rewrite nothing.
 		w.Header().Set("Location", taskPath(who.userID, t.ID))
 		writeTask(w, http.StatusCreated, t, replayed)
 		return nil
@@ -158,7 +175,7 @@ func handleCreateTask(store *Store) userHandler {
 
 func handleGetTask(store *Store) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
-		id, err := parseTaskID(r.PathValue("id"))
+		id, err := taskID(r)
 		if err != nil {
 			return err
 		}
@@ -178,82 +195,107 @@ func handleGetTask(store *Store) userHandler {
 	}
 }
 
-func handleUpdateTask(store *Store) userHandler {
+// taskWrite reads what every write to one task starts with: its id, its conditions and,
+// for a keyed write (the toggle), its Idempotency-Key; and admits it within the rate.
+func taskWrite(r *http.Request, who caller, writes *writes, keyed bool) (id int64, cond Condition, key *IdempotencyKey, err error) {
+	if id, err = taskID(r); err != nil {
+		return
+	}
+	if cond, err = readCondition(r); err != nil {
+		return
+	}
+	if keyed {
+		if key, err = readIdempotencyKey(r, nil); err != nil {
+			return
+		}
+	}
+	err = writes.admit(r.Context(), who.userID, key)
+	return
+}
+
+func handleUpdateTask(store *Store, writes *writes) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
-		id, err := parseTaskID(r.PathValue("id"))
+		patch, err := readPatch(w, r)
 		if err != nil {
 			return err
 		}
-		patch, _, err := readTaskBody(w, r, true)
+		id, cond, _, err := taskWrite(r, who, writes, false)
 		if err != nil {
 			return err
 		}
-		if patch == (TaskPatch{}) {
-			return unprocessable("the body must set at least one of title, description, completed")
-		}
-		ifMatch, err := readIfMatch(r)
+		t, err := store.UpdateTask(r.Context(), who.userID, id, patch, cond)
 		if err != nil {
 			return err
 		}
-		t, err := store.UpdateTask(r.Context(), who.userID, id, patch, ifMatch)
-		if err != nil {
-			return err
-		}
+		writes.made(who.userID, false)
 		writeTask(w, http.StatusOK, t, false)
 		return nil
 	}
 }
 
-func handleDeleteTask(store *Store) userHandler {
+func handleDeleteTask(store *Store, writes *writes) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
-		id, err := parseTaskID(r.PathValue("id"))
+		id, cond, _, err := taskWrite(r, who, writes, false)
 		if err != nil {
 			return err
 		}
-		ifMatch, err := readIfMatch(r)
-		if err != nil {
+		if err := store.DeleteTask(r.Context(), who.userID, id, cond); err != nil {
 			return err
 		}
-		if err := store.DeleteTask(r.Context(), who.userID, id, ifMatch); err != nil {
-			return err
-		}
+		writes.made(who.userID, false)
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
 }
 
-func handleToggleTask(store *Store) userHandler {
+func handleToggleTask(store *Store, writes *writes) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
-		id, err := parseTaskID(r.PathValue("id"))
+		id, cond, key, err := taskWrite(r, who, writes, true)
 		if err != nil {
 			return err
 		}
-		ifMatch, err := readIfMatch(r)
+		t, replayed, err := store.ToggleTask(r.Context(), who.userID, id, cond, key)
 		if err != nil {
 			return err
 		}
-		key, err := readIdempotencyKey(r, nil)
-		if err != nil {
-			return err
-		}
-		t, replayed, err := store.ToggleTask(r.Context(), who.userID, id, ifMatch, key)
-		if err != nil {
-			return err
-		}
+		writes.made(who.userID, replayed)
 		writeTask(w, http.StatusOK, t, replayed)
 		return nil
 	}
 }
 
-// handleEvents opens a stream of the user's changes (text/event-stream), which
-// Events.serve sends until the token expires, the client leaves or falls too far behind,
-// or the server shuts down.
-func handleEvents(events *Events) userHandler {
+// handleChanges serves one page of the user's feed: {"changes": [...], "cursor", "more"},
+// streamed as the changes arrive.
+func handleChanges(store *Store) userHandler {
+	return func(w http.ResponseWriter, r *http.Request, who caller) error {
+		from, limit, err := parseChangesQuery(r.URL.RawQuery, who.userID)
+		if err != nil {
+			return err
+		}
+		page := jsonStream{w: w}
+		page.begin(nil, `{"changes":[`)
+		n := 0
+		next, more, err := store.Changes(r.Context(), who.userID, from, limit, func(c *Change) error {
+			n++
+			return page.add(n == 1, func(b []byte) []byte { return appendChange(b, c) })
+		})
+		tail := `],"cursor":"` + next.Encode(who.userID) + `","more":` + strconv.FormatBool(more) + "}\n"
+		return page.end(tail, err)
+	}
+}
+
+// handleEvents opens a stream of the user's feed (events.go): from the Last-Event-ID an
+// EventSource sends when it reconnects, else from since=, else from now.
+func handleEvents(store *Store, events *Events) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		if !time.Now().Before(who.expires) {
 			// Within the clock leeway the token still authenticates, but a stream would
 			// only say it expired: EventSource would reconnect with it again and again.
 			return unauthorized("token has expired")
+		}
+		from, now, err := parseStreamStart(r, who.userID)
+		if err != nil {
+			return err
 		}
 		if r.Method == http.MethodHead {
 			// A GET route answers HEAD too. A stream's answer has no end, so its head is
@@ -262,12 +304,12 @@ func handleEvents(events *Events) userHandler {
 			w.WriteHeader(http.StatusOK)
 			return nil
 		}
-		s, err := events.subscribe(r.Context(), who.userID)
-		if err != nil {
-			return err
+		if now {
+			if from, err = store.Now(r.Context()); err != nil {
+				return err
+			}
 		}
-		events.serve(w, s, who.expires)
-		return nil
+		return events.Serve(w, who.userID, from, who.expires)
 	}
 }
 

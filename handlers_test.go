@@ -306,7 +306,7 @@ WHERE application_name = $1 AND state = 'active'`, appName).Scan(&n)
 		return n
 	}
 	var logs syncBuffer
-	srv := httptest.NewUnstartedServer(newHandler(slogTo(&logs), s, newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), nil, []string{testOrigin}))
+	srv := httptest.NewUnstartedServer(newHandler(slogTo(&logs), newTestService(s, slogTo(&logs)), []string{testOrigin}))
 	srv.Config.WriteTimeout = time.Second
 	srv.Listener.Close()
 	srv.Listener = listenLoopback(t)

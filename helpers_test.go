@@ -119,7 +119,7 @@ func openTestStore(databaseURL string) (*Store, error) {
 
 // testStoreConfig is a store's configuration for tests, with the default task limit.
 func testStoreConfig(timeout time.Duration) storeConfig {
-	return storeConfig{timeout: timeout, maxTasks: 10000, log: discardLogger()}
+	return storeConfig{timeout: timeout, maxTasks: 10000, retention: 168 * time.Hour, log: discardLogger()}
 }
 
 // testStore returns the store on the test database, or skips when there is none (only
@@ -193,8 +193,21 @@ type testAPI struct{ handler http.Handler }
 const testOrigin = "http://localhost:3000"
 
 func newTestAPI(s *Store) *testAPI {
-	auth := newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api")
-	return &testAPI{handler: newHandler(discardLogger(), s, auth, nil, []string{testOrigin})}
+	return &testAPI{handler: newHandler(discardLogger(), newTestService(s, discardLogger()), []string{testOrigin})}
+}
+
+// newTestService is what the handlers are made of, on a store, with the test secret: live
+// updates wake this instance's streams only (nothing sends wake-ups to others), and
+// writes are limited far above what any test but the limit's own makes.
+func newTestService(s *Store, log *slog.Logger) service {
+	events := newEvents(s, log, 16, 10000)
+	wakeups := newWakeups(events, s, nil, log)
+	return service{
+		store:  s,
+		auth:   newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"),
+		events: events,
+		writes: &writes{limit: newWriteLimiter(1 << 20), store: s, wakeups: wakeups},
+	}
 }
 
 // request is one HTTP call; the zero value of each field means "the usual".
@@ -274,6 +287,7 @@ type taskJSON struct {
 	Completed   bool    `json:"completed"`
 	CreatedAt   string  `json:"created_at"`
 	UpdatedAt   string  `json:"updated_at"`
+	Version     int64   `json:"version"`
 }
 
 func (tj taskJSON) equal(o taskJSON) bool {

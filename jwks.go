@@ -88,9 +88,9 @@ func newJWKS(url string, log *slog.Logger) *JWKS {
 	}
 }
 
-// run keeps the key set fresh until ctx ends. Until the first fetch succeeds it retries
+// keepFresh keeps the key set fresh until ctx ends. Until the first fetch succeeds it retries
 // every few seconds, so a frontend that starts after this service is picked up quickly.
-func (j *JWKS) run(ctx context.Context) {
+func (j *JWKS) keepFresh(ctx context.Context) {
 	for {
 		wait := j.refresh
 		if err := j.refreshNow(); err != nil {

@@ -321,7 +321,7 @@ func TestJWKSBackgroundRefreshRetiresKeys(t *testing.T) {
 	j.refresh = 50 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go j.run(ctx)
+	go j.keepFresh(ctx)
 	auth := verifyWith(j, nil)
 	me := newUserID(t)
 	waitFor(t, "the first fetch", func() bool { return j.size() == 2 })

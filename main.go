@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // version is set at build time: go build -ldflags "-X main.version=...".
@@ -64,45 +65,37 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	}
 	log := newLogger(cfg.logFormat, stdout)
-
-	poolCfg, err := newPoolConfig(cfg.databaseURL, cfg.dbTimeout)
+	store, err := openStore(ctx, cfg.pool, storeConfig{timeout: cfg.dbTimeout, maxTasks: cfg.maxTasks, retention: cfg.retention, log: log})
 	if err != nil {
-		return err
-	}
-	dbHost := fmt.Sprintf("%s:%d/%s", poolCfg.ConnConfig.Host, poolCfg.ConnConfig.Port, poolCfg.ConnConfig.Database)
-	store, err := openStore(ctx, poolCfg, storeConfig{timeout: cfg.dbTimeout, maxTasks: cfg.maxTasks, log: log})
-	if err != nil {
-		return fmt.Errorf("database %s: %w (is it running? check DATABASE_URL)", dbHost, err)
+		return databaseError(cfg, err)
 	}
 	defer store.Close()
+	go prune(ctx, store, log)
 
-	go expireKeys(ctx, store, log)
+	auth, authModes := newAuth(ctx, cfg, log)
+	events := newEvents(store, log, cfg.maxUserStreams, cfg.maxStreams)
+	wakeups := newWakeups(events, store, cfg.listen.ConnConfig, log)
+	go wakeups.Listen(ctx)
+	go wakeups.Notify(ctx)
+	writes := &writes{limit: newWriteLimiter(cfg.maxWrites), store: store, wakeups: wakeups}
+	srv := newServer(newHandler(log, service{store: store, auth: auth, events: events, writes: writes}, cfg.corsOrigins), log)
 
-	var keys keyLookup
-	authModes := []string{}
-	if cfg.secret != nil {
-		authModes = append(authModes, "HS256")
-	}
-	if cfg.jwksURL != "" {
-		jwks := newJWKS(cfg.jwksURL, log)
-		go jwks.run(ctx)
-		keys = jwks
-		authModes = append(authModes, "JWKS "+cfg.jwksURL)
-	}
-	auth := newAuthenticator(cfg.secret, keys, cfg.issuer, cfg.audience)
-
-	// Parsed as the pool's URL is, so that pool_* settings in it are not sent to
-	// PostgreSQL as session parameters, and with the same defaults.
-	listenCfg, err := newPoolConfig(cfg.listenURL, cfg.dbTimeout)
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.host, cfg.port))
 	if err != nil {
-		return fmt.Errorf("%s: %w", cfg.listenURLVar, err)
+		return fmt.Errorf("listen on %s: %w (set HOST and PORT to a free address)", net.JoinHostPort(cfg.host, cfg.port), err)
 	}
-	events := newEvents(listenCfg.ConnConfig, cfg.listenURLVar, store, log, cfg.maxUserStreams, cfg.maxStreams)
-	go events.Check(ctx)
-	go events.Listen(ctx)
+	log.Info("taskflow-api started", "version", version, "addr", ln.Addr().String(), "database", dbHost(cfg),
+		"pool_max_conns", cfg.pool.MaxConns, "auth", strings.Join(authModes, ", "),
+		"cors_origins", strings.Join(cfg.corsOrigins, ", "), "db_timeout", cfg.dbTimeout.String())
+	// Event streams have taken their connections over, so Shutdown would not end them.
+	srv.RegisterOnShutdown(events.Close)
+	return serve(ctx, srv, ln, cfg.shutdownGrace, log)
+}
 
-	srv := &http.Server{
-		Handler: newHandler(log, store, auth, events, cfg.corsOrigins),
+// newServer is the HTTP server with its timeouts.
+func newServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler: h,
 		// A client gets 5 s to send its headers (so trickling them ties up nothing for
 		// long), 30 s for a whole request of at most 64 KiB, and 30 s to take the answer.
 		ReadHeaderTimeout: 5 * time.Second,
@@ -112,22 +105,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		MaxHeaderBytes:    32 << 10, // a bearer token is a few KiB; the default 1 MiB is far more than needed
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	ln, err := net.Listen("tcp", ":"+cfg.port)
-	if err != nil {
-		return fmt.Errorf("listen on port %s: %w (set PORT to a free port)", cfg.port, err)
-	}
-	log.Info("taskflow-api started",
-		"version", version,
-		"addr", ln.Addr().String(),
-		"database", dbHost,
-		"pool_max_conns", poolCfg.MaxConns,
-		"auth", strings.Join(authModes, ", "),
-		"cors_origins", strings.Join(cfg.corsOrigins, ", "),
-		"db_timeout", cfg.dbTimeout.String(),
-	)
+}
 
-	// Event streams have taken their connections over, so Shutdown would not end them.
-	srv.RegisterOnShutdown(events.Close)
+// serve serves until ctx ends, then lets the requests in flight finish within grace.
+func serve(ctx context.Context, srv *http.Server, ln net.Listener, grace time.Duration, log *slog.Logger) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	select {
@@ -135,19 +116,52 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	case <-ctx.Done():
 	}
-
-	log.Info("shutting down: finishing requests in flight", "grace", cfg.shutdownGrace.String())
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.shutdownGrace)
+	log.Info("shutting down: finishing requests in flight", "grace", grace.String())
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		srv.Close()
-		return fmt.Errorf("requests still running after SHUTDOWN_GRACE=%s were cut off", cfg.shutdownGrace)
+		return fmt.Errorf("requests still running after SHUTDOWN_GRACE=%s were cut off", grace)
 	}
 	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// newAuth is the token check configured: HS256, the frontend's JWKS (kept fresh until ctx
+// ends), or both.
+func newAuth(ctx context.Context, cfg config, log *slog.Logger) (*Authenticator, []string) {
+	var keys keyLookup
+	modes := []string{}
+	if cfg.secret != nil {
+		modes = append(modes, "HS256")
+	}
+	if cfg.jwksURL != "" {
+		jwks := newJWKS(cfg.jwksURL, log)
+		go jwks.keepFresh(ctx)
+		keys = jwks
+		modes = append(modes, "JWKS "+cfg.jwksURL)
+	}
+	return newAuthenticator(cfg.secret, keys, cfg.issuer, cfg.audience), modes
+}
+
+func dbHost(cfg config) string {
+	cc := cfg.pool.ConnConfig
+	return fmt.Sprintf("%s:%d/%s", cc.Host, cc.Port, cc.Database)
+}
+
+// databaseError says why the database could not be opened, and what to check.
+func databaseError(cfg config, err error) error {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr) && pgErr.Code == "3D000": // invalid_catalog_name
+		return fmt.Errorf("database %s: it does not exist: create it, or fix DATABASE_URL", dbHost(cfg))
+	case errors.As(err, &pgErr):
+		return fmt.Errorf("database %s: %w (check DATABASE_URL)", dbHost(cfg), err)
+	}
+	return fmt.Errorf("database %s: %w (is PostgreSQL running there? check DATABASE_URL)", dbHost(cfg), err)
 }
 
 // mintToken signs an HS256 token the way a frontend sharing BETTER_AUTH_SECRET does.
@@ -157,12 +171,12 @@ func mintToken(secret []byte, claims jwt.RegisteredClaims) (string, error) {
 
 // printDevToken serves "taskflow-api dev-token USER_ID", which make run uses.
 func printDevToken(getenv func(string) string, userID string, stdout io.Writer) error {
+	if getenv("BETTER_AUTH_SECRET") == "" {
+		return errors.New("dev-token signs with BETTER_AUTH_SECRET: set it (at least 32 bytes)")
+	}
 	cfg, err := loadConfig(getenv)
 	if err != nil {
 		return err
-	}
-	if cfg.secret == nil {
-		return errors.New("dev-token needs BETTER_AUTH_SECRET")
 	}
 	now := time.Now()
 	token, err := mintToken(cfg.secret, jwt.RegisteredClaims{
@@ -179,19 +193,19 @@ func printDevToken(getenv func(string) string, userID string, stdout io.Writer) 
 	return err
 }
 
-// expireKeys forgets idempotency keys past their 24 hours, at start and then hourly, off
-// the path of any request.
-func expireKeys(ctx context.Context, store *Store, log *slog.Logger) {
+// prune forgets expired idempotency keys and tombstones (Store.Prune), at start and then
+// every ten minutes, off the path of any request.
+func prune(ctx context.Context, store *Store, log *slog.Logger) {
 	for {
-		if n, err := store.ExpireKeys(ctx); err != nil && ctx.Err() == nil {
-			log.Warn("expiring idempotency keys failed", "err", err)
-		} else if n > 0 {
-			log.Info("idempotency keys expired", "count", n)
+		if keys, tombstones, err := store.Prune(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("pruning failed", "err", err)
+		} else if keys+tombstones > 0 {
+			log.Info("pruned", "idempotency_keys", keys, "tombstones", tombstones)
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Hour):
+		case <-time.After(10 * time.Minute):
 		}
 	}
 }

@@ -58,7 +58,7 @@ func readOpenAPI(t *testing.T) openAPIDocument {
 func TestOpenAPIDescribesExactlyTheRoutes(t *testing.T) {
 	t.Parallel()
 	var registered routeList
-	addRoutes(&registered, nil, nil, nil)
+	addRoutes(&registered, service{})
 	doc := readOpenAPI(t)
 	if !strings.HasPrefix(doc.OpenAPI, "3.1.") {
 		t.Errorf("openapi %q, want 3.1.x", doc.OpenAPI)

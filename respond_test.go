@@ -13,18 +13,20 @@ import (
 func TestUnexpectedErrorIsGeneric500(t *testing.T) {
 	t.Parallel()
 	var logs strings.Builder
+	h := withRequestLog(slogTo(&logs), handlerFunc(func(http.ResponseWriter, *http.Request) error {
+		return fmt.Errorf(`ERROR: relation "secret_table" does not exist (SQLSTATE 42P01)`)
+	}))
 	r := httptest.NewRequest("GET", "/x", nil)
-	info := &requestInfo{id: "req-1", log: slogTo(&logs).With("request_id", "req-1")}
-	r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, info))
+	r.Header.Set("X-Request-ID", "req-1")
 	w := httptest.NewRecorder()
-	writeError(w, r, fmt.Errorf(`ERROR: relation "secret_table" does not exist (SQLSTATE 42P01)`))
+	h.ServeHTTP(w, r)
 	res := response{w, t}
 	res.wantStatus(http.StatusInternalServerError)
 	if d := res.detail(); strings.Contains(d, "secret_table") {
 		t.Errorf("detail %q leaks the cause", d)
 	}
-	if !strings.Contains(logs.String(), "secret_table") || !strings.Contains(logs.String(), "req-1") {
-		t.Errorf("the log lacks the cause or the request id: %s", logs.String())
+	if line := logs.String(); !strings.Contains(line, "secret_table") || !strings.Contains(line, "req-1") || !strings.Contains(line, "level=ERROR") {
+		t.Errorf("the access line lacks the cause, the request id or its level: %s", line)
 	}
 }
 
@@ -75,11 +77,11 @@ func TestAClientThatLeftGetsNothingAndIsLoggedAs499(t *testing.T) {
 func TestAListCutShortKeepsNoListHeaders(t *testing.T) {
 	t.Parallel()
 	w := httptest.NewRecorder()
-	list := newTaskList(w)
-	list.begin(http.Header{"Etag": {`"1"`}, "X-Total-Count": {"3"}})
-	list.add(&Task{ID: 1})
+	list := jsonStream{w: w}
+	list.begin(http.Header{"Etag": {`"1"`}, "X-Total-Count": {"3"}}, "[")
+	list.add(true, func(b []byte) []byte { return appendTask(b, &Task{ID: 1}) })
 	failure := errors.New("the third row failed")
-	if err := list.end(failure); err != failure {
+	if err := list.end("]", failure); err != failure {
 		t.Fatalf("end = %v, want the error back to answer with", err)
 	}
 	if w.Header().Get("ETag") != "" || w.Header().Get("X-Total-Count") != "" || w.Body.Len() != 0 {

@@ -70,8 +70,8 @@ func TestIdempotentCreate(t *testing.T) {
 		if _, err := store.pool.Exec(context.Background(), `UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE user_id = $1 AND key = 'key-old'`, me.id); err != nil {
 			t.Fatal(err)
 		}
-		if n, err := store.ExpireKeys(context.Background()); err != nil || n < 1 {
-			t.Fatalf("ExpireKeys = %d, %v", n, err)
+		if n, _, err := store.Prune(context.Background()); err != nil || n < 1 {
+			t.Fatalf("Prune = %d keys, %v", n, err)
 		}
 		again := create(t, "key-old", `{"title":"old"}`).wantStatus(http.StatusCreated)
 		if again.Header().Get("Idempotent-Replayed") != "" || again.Header().Get("Location") == first.Header().Get("Location") {
@@ -208,7 +208,7 @@ func TestEveryWriteGetsANewVersion(t *testing.T) {
 	var updated [2]time.Time
 	var versions [2]int64
 	for i := range 2 {
-		if err := tx.QueryRow(ctx, sqlToggleTask, task.ID, me, nil, nil, nil).Scan(new(int64), new(string), new(string), new(*string),
+		if err := tx.QueryRow(ctx, sqlToggleTask, me, nil, nil, task.ID, nil, nil).Scan(new(int64), new(string), new(string), new(*string),
 			new(bool), new(time.Time), &updated[i], &versions[i]); err != nil {
 			t.Fatal(err)
 		}

@@ -23,6 +23,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     version     bigint      NOT NULL DEFAULT nextval('task_versions'),
+    -- The transaction that last changed the row: the feed of changes reads by it.
+    changed_xid xid8        DEFAULT pg_current_xact_id(),
 
     -- These mirror the API's validation so that no other writer (a migration, a psql
     -- session, a bug) can store what the API would refuse.
@@ -38,6 +40,12 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'tasks'::regclass AND attname = 'version') THEN
         ALTER TABLE tasks ADD COLUMN version bigint NOT NULL DEFAULT nextval('task_versions');
     END IF;
+    -- Databases made before the feed: rows already there keep NULL, which the feed reads
+    -- as older than every cursor (no rewrite, no long lock).
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'tasks'::regclass AND attname = 'changed_xid') THEN
+        ALTER TABLE tasks ADD COLUMN changed_xid xid8;
+        ALTER TABLE tasks ALTER COLUMN changed_xid SET DEFAULT pg_current_xact_id();
+    END IF;
     -- Every query is scoped by user_id; the default list order is (created_at, id), so
     -- this one index serves the scoping, the default order both ways and keyset-like
     -- paging. Other sort keys sort one user's rows in memory, cheap at the sizes a todo
@@ -47,18 +55,25 @@ BEGIN
     END IF;
 END $$;
 
--- How many tasks each user owns, kept by a trigger, so that every writer keeps it right
--- (psql, and older instances during a rolling deploy). The create statement checks
--- MAX_TASKS_PER_USER against it under the row's lock (store.go). When the trigger is
--- first made, the tasks already there are counted, in the same transaction, after the
--- trigger has locked the table: no write falls between the two.
-CREATE OR REPLACE FUNCTION tasks_count() RETURNS trigger LANGUAGE plpgsql AS $$
+-- The feed of changes (changes.go). Every task row names the transaction that last
+-- changed it (changed_xid: the insert's default, and every UPDATE of store.go sets it),
+-- and every delete leaves a tombstone, so "what changed since a snapshot" is a read. A
+-- writer outside the service that updates tasks must set version and changed_xid as
+-- store.go's statements do, and send the wake-up of wakeups.go, or its change reaches
+-- open streams only at their next periodic read.
+--
+-- The trigger keeps two things that every writer must keep right, psql and older
+-- instances included: how many tasks each user owns (the create statement checks
+-- MAX_TASKS_PER_USER against it under the row's lock) and the tombstones. It fires on
+-- insert and delete only: an update, the common write, runs no trigger at all.
+CREATE OR REPLACE FUNCTION tasks_track() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO task_counts AS c (user_id, tasks) VALUES (NEW.user_id, 1)
         ON CONFLICT (user_id) DO UPDATE SET tasks = c.tasks + 1;
     ELSE
         UPDATE task_counts SET tasks = tasks - 1 WHERE user_id = OLD.user_id;
+        INSERT INTO task_tombstones (user_id, id) VALUES (OLD.user_id, OLD.id);
     END IF;
     RETURN NULL;
 END $$;
@@ -71,60 +86,59 @@ BEGIN
             tasks   integer NOT NULL
         );
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND tgname = 'tasks_count') THEN
-        CREATE TRIGGER tasks_count AFTER INSERT OR DELETE ON tasks
-            FOR EACH ROW EXECUTE FUNCTION tasks_count();
-        INSERT INTO task_counts (user_id, tasks) SELECT user_id, count(*) FROM tasks GROUP BY user_id
-        ON CONFLICT (user_id) DO UPDATE SET tasks = excluded.tasks;
+    -- A deleted task's place in the feed, kept for CHANGES_RETENTION. Its version is
+    -- newer than any the task had, so versions only grow along the feed. Append-only: the
+    -- BRIN index on deleted_at, which pruning reads, costs an insert almost nothing.
+    IF to_regclass('task_tombstones') IS NULL THEN
+        CREATE TABLE task_tombstones (
+            user_id     text        NOT NULL,
+            id          bigint      NOT NULL,
+            version     bigint      NOT NULL DEFAULT nextval('task_versions'),
+            changed_xid xid8        NOT NULL DEFAULT pg_current_xact_id(),
+            deleted_at  timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX task_tombstones_user_idx ON task_tombstones (user_id, changed_xid);
+        CREATE INDEX task_tombstones_deleted_at_idx ON task_tombstones USING brin (deleted_at);
+    END IF;
+    -- The newest transaction whose tombstones pruning removed: a cursor that has not
+    -- seen it may have missed a delete, and gets 410 (changes.go).
+    IF to_regclass('changes_horizon') IS NULL THEN
+        CREATE TABLE changes_horizon (xid xid8 NOT NULL);
+        INSERT INTO changes_horizon VALUES ('0');
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND tgname = 'tasks_track') THEN
+        -- Before the feed, tasks_count kept the counts (right already), and tasks_notify
+        -- sent every change from the writing transaction, which serialized commits
+        -- database-wide. On a first start, the tasks already there are counted in this
+        -- transaction, after the trigger has locked the table: no write falls between.
+        DROP TRIGGER IF EXISTS tasks_notify ON tasks;
+        DROP FUNCTION IF EXISTS tasks_notify();
+        CREATE TRIGGER tasks_track AFTER INSERT OR DELETE ON tasks
+            FOR EACH ROW EXECUTE FUNCTION tasks_track();
+        IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND tgname = 'tasks_count') THEN
+            DROP TRIGGER tasks_count ON tasks;
+            DROP FUNCTION tasks_count();
+        ELSE
+            INSERT INTO task_counts (user_id, tasks) SELECT user_id, count(*) FROM tasks GROUP BY user_id
+            ON CONFLICT (user_id) DO UPDATE SET tasks = excluded.tasks;
+        END IF;
     END IF;
 END $$;
 
 -- The answers to creates and toggles sent with an Idempotency-Key, written by the statement
 -- that writes the task, so that a retry gets the first answer again and writes nothing,
--- on any instance. Forgotten after 24 hours (Store.ExpireKeys).
+-- on any instance. Forgotten after 24 hours (Store.Prune).
 DO $$
 BEGIN
     IF to_regclass('idempotency_keys') IS NULL THEN
         CREATE TABLE idempotency_keys (
             user_id    text        NOT NULL,
             key        text        NOT NULL,
-            request    bytea       NOT NULL, -- SHA-256 of the method, path and body
+            request    bytea       NOT NULL, -- SHA-256 of the method, canonical path and body
             task       json        NOT NULL, -- the task the first answer carried
             created_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (user_id, key)
         );
         CREATE INDEX idempotency_keys_created_at_idx ON idempotency_keys (created_at);
-    END IF;
-END $$;
-
--- Live updates: every change of a task notifies on taskflow_tasks from the statement that
--- makes it, so that it reaches each instance's listener when, and only if, it commits
--- (events.go). A trigger, so that every writer notifies, psql and older instances too.
--- The user is named by the SHA-256 of their id, always 64 characters: with the title's 200
--- and the description's 1000 characters at the six bytes JSON may escape each into, a
--- notification stays under NOTIFY's 8000 bytes (TestTheLargestTaskFitsANotification).
-CREATE OR REPLACE FUNCTION tasks_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        PERFORM pg_notify('taskflow_tasks', json_build_object(
-            'user', encode(sha256(convert_to(OLD.user_id, 'UTF8')), 'hex'),
-            'op', 'deleted', 'id', OLD.id)::text);
-        RETURN OLD;
-    END IF;
-    PERFORM pg_notify('taskflow_tasks', json_build_object(
-        'user', encode(sha256(convert_to(NEW.user_id, 'UTF8')), 'hex'),
-        'op', CASE TG_OP WHEN 'INSERT' THEN 'created' ELSE 'updated' END,
-        'task', json_build_object(
-            'id', NEW.id, 'title', NEW.title, 'description', NEW.description,
-            'completed', NEW.completed, 'created_at', NEW.created_at,
-            'updated_at', NEW.updated_at, 'version', NEW.version))::text);
-    RETURN NEW;
-END $$;
-
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND tgname = 'tasks_notify') THEN
-        CREATE TRIGGER tasks_notify AFTER INSERT OR UPDATE OR DELETE ON tasks
-            FOR EACH ROW EXECUTE FUNCTION tasks_notify();
     END IF;
 END $$;

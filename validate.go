@@ -22,11 +22,29 @@ const (
 	maxListLimit   = 1000
 )
 
-var errTooLarge = &apiError{status: http.StatusRequestEntityTooLarge, detail: fmt.Sprintf("request body is larger than %d bytes", maxBodyBytes)}
+// Everything that decides whether a request is well-formed: bodies, query parameters,
+// task ids, cursors' places in the request, and the headers a write may carry. The
+// schema's CHECKs mirror the body rules as the database's own guard.
 
-// readTaskBody reads and validates a create or update body, which it also returns as
-// sent. allowCompleted is false for create, where the server, not the client, decides
-// the initial state.
+// readNewTask reads a create's body, which it also returns as sent: a title, and a
+// description or none. completed is not taken: the server decides the initial state.
+func readNewTask(w http.ResponseWriter, r *http.Request) (TaskPatch, []byte, error) {
+	p, body, err := readTaskBody(w, r, false)
+	if err == nil && p.Title == nil {
+		err = unprocessable("title is required")
+	}
+	return p, body, err
+}
+
+// readPatch reads an update's body: at least one of title, description, completed.
+func readPatch(w http.ResponseWriter, r *http.Request) (TaskPatch, error) {
+	p, _, err := readTaskBody(w, r, true)
+	if err == nil && p == (TaskPatch{}) {
+		err = unprocessable("the body must set at least one of title, description, completed")
+	}
+	return p, err
+}
+
 func readTaskBody(w http.ResponseWriter, r *http.Request, allowCompleted bool) (TaskPatch, []byte, error) {
 	body, err := readJSONBody(w, r)
 	if err != nil {
@@ -46,16 +64,16 @@ func readTaskBody(w http.ResponseWriter, r *http.Request, allowCompleted bool) (
 // well-formed UTF-8 JSON (trailing data included), 422 for JSON that is not an object.
 func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	if r.ContentLength > maxBodyBytes {
-		return nil, errTooLarge
+		return nil, tooLarge(maxBodyBytes)
 	}
 	if mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mediaType != "application/json" {
-		return nil, &apiError{status: http.StatusUnsupportedMediaType, detail: "Content-Type must be application/json"}
+		return nil, errNotJSON
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return nil, errTooLarge
+		var overLimit *http.MaxBytesError
+		if errors.As(err, &overLimit) {
+			return nil, tooLarge(maxBodyBytes)
 		}
 		return nil, badRequest("could not read the request body")
 	}
@@ -268,12 +286,60 @@ func parseListQuery(rawQuery string) (ListQuery, error) {
 	return q, nil
 }
 
-// parseTaskID accepts the canonical decimal form of a positive 64-bit integer and
-// nothing else (no sign, leading zero, space or hex), so each task has exactly one URL.
-func parseTaskID(s string) (int64, error) {
+// parseChangesQuery reads /changes' since (a cursor; absent: a full sync) and limit.
+func parseChangesQuery(rawQuery, userID string) (Cursor, int, error) {
+	values, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return Cursor{}, 0, badRequest("malformed query string")
+	}
+	var from Cursor
+	limit := maxListLimit
+	for name, v := range values {
+		switch {
+		case name != "since" && name != "limit":
+			continue // unknown parameters are ignored, as on lists
+		case len(v) > 1:
+			return from, 0, badRequest("query parameter %s is given more than once", name)
+		case name == "since":
+			if from, err = decodeCursor(userID, v[0]); err != nil {
+				return from, 0, err
+			}
+		default:
+			if limit, err = strconv.Atoi(v[0]); err != nil || limit < 1 || limit > maxListLimit || !isDigits(v[0]) {
+				return from, 0, badRequest("query parameter limit must be an integer from 1 to %d, got %q", maxListLimit, truncate(v[0], 64))
+			}
+		}
+	}
+	return from, limit, nil
+}
+
+// parseStreamStart reads where an event stream starts: the Last-Event-ID an EventSource
+// sends when it reconnects by itself, else the since parameter, else now (the caller
+// asks the database).
+func parseStreamStart(r *http.Request, userID string) (from Cursor, now bool, err error) {
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		from, err = decodeCursor(userID, id)
+		return from, false, err
+	}
+	switch since := r.URL.Query()["since"]; {
+	case len(since) > 1:
+		return from, false, badRequest("query parameter since is given more than once")
+	case len(since) == 1:
+		from, err = decodeCursor(userID, since[0])
+		return from, false, err
+	}
+	return from, true, nil
+}
+
+// taskID is the request's {id}: the canonical decimal form of a positive 64-bit integer,
+// spelled out in the path, and nothing else (no sign, leading zero, space, hex or
+// percent-encoded digit), so that each task has exactly one URL.
+func taskID(r *http.Request) (int64, error) {
+	s := r.PathValue("id")
 	id, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || id < 1 || !isDigits(s) || s[0] == '0' {
-		return 0, badRequest("task id must be a positive integer, got %q", truncate(s, 64))
+	spelled := strings.HasSuffix(strings.TrimSuffix(r.URL.EscapedPath(), "/complete"), "/tasks/"+s)
+	if err != nil || id < 1 || !isDigits(s) || s[0] == '0' || !spelled {
+		return 0, badRequest("task id must be a positive integer in decimal, got %q", truncate(s, 64))
 	}
 	return id, nil
 }
@@ -288,7 +354,8 @@ func isDigits(s string) bool {
 }
 
 // readIdempotencyKey returns the request's Idempotency-Key, nil without one, with the
-// fingerprint of the request: method, path and body.
+// fingerprint of the request: its method, canonical path (the user and the task id as
+// this API spells them, however the client did) and body.
 func readIdempotencyKey(r *http.Request, body []byte) (*IdempotencyKey, error) {
 	values := r.Header.Values("Idempotency-Key")
 	if len(values) == 0 {
@@ -298,8 +365,9 @@ func readIdempotencyKey(r *http.Request, body []byte) (*IdempotencyKey, error) {
 	if len(values) > 1 || !visibleASCII(key, 255) {
 		return nil, badRequest("Idempotency-Key must be one value of 1 to 255 visible ASCII characters")
 	}
+	canonical := strings.NewReplacer("{user_id}", url.PathEscape(r.PathValue("user_id")), "{id}", r.PathValue("id")).Replace(route(r.Pattern))
 	h := sha256.New()
-	fmt.Fprintf(h, "%s %s\n", r.Method, r.URL.EscapedPath())
+	fmt.Fprintf(h, "%s %s\n", r.Method, canonical)
 	h.Write(body)
 	k := &IdempotencyKey{Key: key}
 	h.Sum(k.Request[:0])
@@ -315,24 +383,50 @@ func visibleASCII(s string, maxLen int) bool {
 	return s != "" && len(s) <= maxLen
 }
 
-// readIfMatch returns the versions a write's If-Match names: nil without the header or
-// with "*" (any existing task), else those of its strong entity tags, which may be none
-// (a weak tag never matches for a write, RFC 9110 13.1.1).
-func readIfMatch(r *http.Request) ([]int64, error) {
-	tags, err := entityTags(r, "If-Match")
-	if err != nil || tags == nil {
-		return nil, err
+// readCondition reads a write's If-Match and If-None-Match, compared as RFC 9110 13.1.1-2
+// has them: If-Match strongly, character for character, so that only "N" exactly names
+// version N ("+N", "0N" and W/"N" name none); If-None-Match weakly. "*" in If-Match
+// allows any existing task, in If-None-Match none.
+func readCondition(r *http.Request) (Condition, error) {
+	var c Condition
+	match, err := entityTags(r, "If-Match")
+	if err != nil {
+		return c, err
 	}
-	versions := []int64{}
-	for _, tag := range tags {
-		if strings.HasPrefix(tag, "W/") {
-			continue
-		}
-		if v, err := strconv.ParseInt(strings.Trim(tag, `"`), 10, 64); err == nil {
-			versions = append(versions, v)
+	if match != nil && match[0] != "*" {
+		c.Match = []int64{}
+		for _, tag := range match {
+			if v, ok := tagVersion(tag); ok {
+				c.Match = append(c.Match, v)
+			}
 		}
 	}
-	return versions, nil
+	none, err := entityTags(r, "If-None-Match")
+	for _, tag := range none {
+		if tag == "*" {
+			c.Match = []int64{}
+		} else if v, ok := tagVersion(strings.TrimPrefix(tag, "W/")); ok {
+			c.NoneMatch = append(c.NoneMatch, v)
+		}
+	}
+	return c, err
+}
+
+// readCreateCondition checks a create's conditional headers: well-formed, and able to
+// hold. If-Match cannot: the task it would name does not exist yet. If-None-Match always
+// does, for the same reason.
+func readCreateCondition(r *http.Request) error {
+	_, err := readCondition(r)
+	if err == nil && len(r.Header.Values("If-Match")) > 0 {
+		err = errCreateIfMatch
+	}
+	return err
+}
+
+// tagVersion is the version a strong entity tag names, spelled exactly as taskETag does.
+func tagVersion(tag string) (int64, bool) {
+	v, err := strconv.ParseInt(strings.Trim(tag, `"`), 10, 64)
+	return v, err == nil && taskETag(v) == tag
 }
 
 // noneMatch reports whether a GET's If-None-Match names etag, or is "*" (RFC 9110
@@ -350,8 +444,8 @@ func noneMatch(r *http.Request, etag string) (bool, error) {
 	return false, nil
 }
 
-// entityTags splits a conditional header into its entity tags: nil when absent or "*"
-// for If-Match (for If-None-Match "*" is one of the tags).
+// entityTags splits a conditional header into its entity tags, "*" included; nil when
+// absent. A header that is not "*" or a list of entity tags is a 400.
 func entityTags(r *http.Request, header string) ([]string, error) {
 	values := r.Header.Values(header)
 	if len(values) == 0 {
@@ -363,9 +457,7 @@ func entityTags(r *http.Request, header string) ([]string, error) {
 			tag = strings.TrimSpace(tag)
 			opaque := strings.TrimPrefix(tag, "W/")
 			switch {
-			case tag == "*" && header == "If-Match":
-				return nil, nil
-			case tag == "*", len(opaque) >= 2 && opaque[0] == '"' && opaque[len(opaque)-1] == '"' && !strings.ContainsAny(opaque[1:len(opaque)-1], `" `):
+			case tag == "*" && len(values) == 1 && strings.TrimSpace(v) == "*", len(opaque) >= 2 && opaque[0] == '"' && opaque[len(opaque)-1] == '"' && !strings.ContainsAny(opaque[1:len(opaque)-1], `" `):
 				tags = append(tags, tag)
 			default:
 				return nil, badRequest(`%s must be * or a list of entity tags such as "123", got %q`, header, truncate(v, 64))

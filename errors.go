@@ -1,0 +1,109 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// Every error a client can receive is here, with its status: the store's sentinels and
+// the one table that maps them, and apiError for the errors decided above the store.
+// respond.go writes them; the log gets the cause behind them.
+
+// apiError is an error whose status and detail are meant for the client.
+type apiError struct {
+	status     int
+	detail     string
+	challenge  string // WWW-Authenticate, sent with a 401
+	retryAfter int    // Retry-After in seconds, sent with a 429 or 503 when set
+}
+
+func (e *apiError) Error() string { return e.detail }
+
+func badRequest(format string, args ...any) error {
+	return &apiError{status: http.StatusBadRequest, detail: fmt.Sprintf(format, args...)}
+}
+
+func unprocessable(format string, args ...any) error {
+	return &apiError{status: http.StatusUnprocessableEntity, detail: fmt.Sprintf(format, args...)}
+}
+
+func tooLarge(limit int) error {
+	return &apiError{status: http.StatusRequestEntityTooLarge, detail: fmt.Sprintf("request body is larger than %d bytes", limit)}
+}
+
+// unauthorized is a 401 for a token that was sent and refused (RFC 6750's invalid_token);
+// a request without credentials gets the bare challenge of errNoToken instead.
+func unauthorized(detail string) error {
+	return &apiError{status: http.StatusUnauthorized, detail: detail, challenge: `Bearer error="invalid_token"`}
+}
+
+// The errors decided above the store that need no words from the request.
+var (
+	errNoToken          = &apiError{status: http.StatusUnauthorized, detail: "missing bearer token", challenge: "Bearer"}
+	errForbidden        = &apiError{status: http.StatusForbidden, detail: "the token does not grant access to this user's tasks"}
+	errOriginNotAllowed = &apiError{status: http.StatusForbidden, detail: "origin not allowed"}
+	errNoRoute          = &apiError{status: http.StatusNotFound, detail: "not found"}
+	errMethodNotAllowed = &apiError{status: http.StatusMethodNotAllowed, detail: "method not allowed"}
+	errNotJSON          = &apiError{status: http.StatusUnsupportedMediaType, detail: "Content-Type must be application/json"}
+	errCreateIfMatch    = &apiError{status: http.StatusPreconditionFailed, detail: "If-Match cannot hold on a create: the task does not exist yet"}
+	errTooManyWrites    = &apiError{status: http.StatusTooManyRequests, detail: "too many writes for this user (MAX_WRITES_PER_USER); retry after Retry-After seconds", retryAfter: 1}
+	errTooManyStreams   = &apiError{status: http.StatusTooManyRequests, detail: "too many open event streams for this user (MAX_STREAMS_PER_USER)", retryAfter: 5}
+	errStreamsFull      = &apiError{status: http.StatusServiceUnavailable, detail: "this server holds all the event streams it may (MAX_STREAMS); try again shortly", retryAfter: 5}
+	errShuttingDown     = &apiError{status: http.StatusServiceUnavailable, detail: "the server is shutting down"}
+	errInternal         = &apiError{status: http.StatusInternalServerError, detail: "internal server error"}
+)
+
+// The store's errors (test with errors.Is); it wraps the driver's error in them for the log.
+var (
+	ErrNotFound    = errors.New("task not found")
+	ErrUnavailable = errors.New("database unavailable")
+	ErrRejected    = errors.New("value rejected by the database")
+	ErrTaskLimit   = errors.New("the user owns MAX_TASKS_PER_USER tasks")
+	// ErrPrecondition: the task exists, but not in a version the write's conditions allow.
+	ErrPrecondition = errors.New("the task has changed")
+	// ErrKeyReused: an Idempotency-Key came back with another request than its first.
+	ErrKeyReused = errors.New("idempotency key reused with another request")
+	// ErrOutcomeUnknown: a write failed for want of the database, so it may have been
+	// committed or not; it wraps ErrUnavailable.
+	ErrOutcomeUnknown = errors.New("the write may or may not have been made")
+	// ErrCursorExpired: the cursor is older than the feed keeps (CHANGES_RETENTION), or
+	// not from this database's history.
+	ErrCursorExpired = errors.New("the cursor is older than the feed keeps")
+	// errDatabaseDown marks an ErrUnavailable for which no connection could be made: the
+	// breaker refused, or the attempt failed. The breaker logs those, counted.
+	errDatabaseDown = errors.New("database unreachable")
+)
+
+// storeErrors maps the store's errors to what the client sees; the first that matches wins.
+var storeErrors = []struct {
+	err error
+	api *apiError
+}{
+	{ErrNotFound, &apiError{status: http.StatusNotFound, detail: "task not found"}},
+	{ErrPrecondition, &apiError{status: http.StatusPreconditionFailed, detail: "the task has changed since the ETag in If-Match (or If-None-Match holds); fetch it again"}},
+	{ErrKeyReused, &apiError{status: http.StatusUnprocessableEntity, detail: "this Idempotency-Key was first used with a different request; use a new key for a new request"}},
+	{ErrCursorExpired, &apiError{status: http.StatusGone, detail: "the cursor is older than the feed keeps; list the tasks again and follow from their X-Cursor"}},
+	{ErrOutcomeUnknown, &apiError{status: http.StatusServiceUnavailable, detail: "database unavailable: the change may or may not have been made; retry with the same Idempotency-Key", retryAfter: 1}},
+	{ErrUnavailable, &apiError{status: http.StatusServiceUnavailable, detail: "database unavailable, try again shortly", retryAfter: 1}},
+	{ErrRejected, &apiError{status: http.StatusUnprocessableEntity, detail: "a value was rejected by validation"}},
+	{ErrTaskLimit, &apiError{status: http.StatusConflict, detail: "this user already has the most tasks allowed; delete some to make room"}},
+}
+
+// apiErrorFor is what the client learns of err: its apiError, the table's entry, or,
+// for anything unexpected, a generic 500 (expected reports false: log the cause).
+func apiErrorFor(err error) (api *apiError, expected bool) {
+	if errors.As(err, &api) {
+		return api, true
+	}
+	for _, e := range storeErrors {
+		if errors.Is(err, e.err) {
+			return e.api, true
+		}
+	}
+	return errInternal, false
+}
+
+// statusClientClosed is what the access log records for a request whose client went
+// away before the answer (nginx's convention): not an error of this service's.
+const statusClientClosed = 499

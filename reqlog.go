@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The access log: every request gets an id (the client's X-Request-ID when it is a sane
+// token), a logger that carries it, and one line when it ends, with the error behind a
+// 4xx or 5xx. 503s are the exception: during an outage or at a limit they come by the
+// thousand, so the first is logged and the rest counted (refusals). No line holds the
+// token, the body or the query string.
+
+// requestInfo is what the access log learns about a request as it passes through the
+// layers; withRequestLog owns it, inner layers fill it in.
+type requestInfo struct {
+	id     string
+	userID string // set once the token is verified
+	err    error  // why the request failed, if it did
+	base   *slog.Logger
+	log    *slog.Logger // base tagged with id, made by logger when first needed
+}
+
+type requestInfoKey struct{}
+
+func infoFrom(ctx context.Context) *requestInfo {
+	info, _ := ctx.Value(requestInfoKey{}).(*requestInfo)
+	return info
+}
+
+// logger returns the request's logger, which tags every line with the request id. Most
+// requests log nothing but their access line, so it is made only when asked for.
+func logger(ctx context.Context) *slog.Logger {
+	info := infoFrom(ctx)
+	if info == nil {
+		return slog.Default()
+	}
+	if info.log == nil {
+		info.log = info.base.With("request_id", info.id)
+	}
+	return info.log
+}
+
+// noteUser and noteError tell the access line whose request it was and why it failed.
+func noteUser(ctx context.Context, userID string) {
+	if info := infoFrom(ctx); info != nil {
+		info.userID = userID
+	}
+}
+
+func noteError(ctx context.Context, err error) {
+	if info := infoFrom(ctx); info != nil {
+		info.err = err
+	}
+}
+
+// statusRecorder remembers the status and size of a response, for the access log.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (rw *statusRecorder) WriteHeader(status int) {
+	if rw.status == 0 {
+		rw.status = status
+	}
+	rw.ResponseWriter.WriteHeader(status)
+}
+
+func (rw *statusRecorder) Write(b []byte) (int, error) {
+	if rw.status == 0 {
+		rw.status = http.StatusOK
+	}
+	n, err := rw.ResponseWriter.Write(b)
+	rw.bytes += n
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection to flush or take it over.
+func (rw *statusRecorder) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
+
+func withRequestLog(base *slog.Logger, next http.Handler) http.Handler {
+	refused := &refusals{log: base}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		id := r.Header.Get("X-Request-ID")
+		if !saneRequestID(id) {
+			id = rand.Text()
+		}
+		w.Header().Set("X-Request-ID", id)
+		info := &requestInfo{id: id, base: base}
+		rw := &statusRecorder{ResponseWriter: w}
+		// Deferred, so that a handler that drops the connection is logged too.
+		defer func() {
+			status := rw.status
+			if r.Context().Err() != nil {
+				// The client went away before the handler was done (the context is
+				// cancelled only then, or once ServeHTTP has returned).
+				status = statusClientClosed
+			}
+			if status == http.StatusServiceUnavailable {
+				refused.add(route(r.Pattern), info.err)
+				return
+			}
+			level := slog.LevelInfo
+			if status >= 500 {
+				level = slog.LevelError
+			}
+			attrs := []slog.Attr{slog.String("request_id", id), slog.String("method", r.Method),
+				slog.String("route", route(r.Pattern)), slog.Int("status", status), slog.Int("bytes", rw.bytes),
+				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000), slog.String("user_id", info.userID)}
+			if info.err != nil && status >= 400 {
+				attrs = append(attrs, slog.String("err", info.err.Error()))
+			}
+			base.LogAttrs(r.Context(), level, "request", attrs...)
+		}()
+		r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, info))
+		next.ServeHTTP(rw, r) // the mux sets r.Pattern
+	})
+}
+
+// saneRequestID accepts what a proxy or client would plausibly send: a short token of
+// URL-safe characters. Anything else could forge or break log lines, so it is replaced.
+func saneRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.' || c == ':') {
+			return false
+		}
+	}
+	return true
+}
+
+// route is the path of a mux pattern such as "GET /healthz"; "" when no route matched.
+func route(pattern string) string {
+	_, path, _ := strings.Cut(pattern, " ")
+	return path
+}
+
+// refusals logs the first 503 after a quiet while at once, and those that follow as one
+// line with their count every refusalsLogEvery. (A database outage is also told by the
+// breaker, once when it begins and once when it ends.)
+type refusals struct {
+	log     *slog.Logger
+	mu      sync.Mutex
+	counted int         // since the last line
+	flush   *time.Timer // pending while refusals are being counted
+}
+
+const refusalsLogEvery = 10 * time.Second
+
+func (f *refusals) add(route string, cause error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.flush != nil {
+		f.counted++
+		return
+	}
+	f.log.Warn("refusing requests (503); further ones are counted", "route", route, "err", errText(cause))
+	f.flush = time.AfterFunc(refusalsLogEvery, func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.counted == 0 {
+			f.flush = nil // quiet again: the next one is logged at once
+			return
+		}
+		f.log.Warn("requests refused (503)", "count", f.counted, "within", refusalsLogEvery.String())
+		f.counted = 0
+		f.flush.Reset(refusalsLogEvery)
+	})
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
