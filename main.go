@@ -79,6 +79,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	go wakeups.Notify(ctx)
 	writes := &writes{limit: newWriteLimiter(cfg.maxWrites), store: store, wakeups: wakeups}
 	srv := newServer(newHandler(log, service{store: store, auth: auth, events: events, writes: writes}, cfg.corsOrigins), log)
+	countServerRefusals(srv, log)
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.host, cfg.port))
 	if err != nil {

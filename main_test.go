@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -355,6 +356,37 @@ func TestStartLineAndAccessLog(t *testing.T) {
 			t.Errorf("the log contains %q", secret)
 		}
 	}
+}
+
+// TestTheServersOwnRefusalsAreCounted: what net/http answers by itself, before any
+// handler, is plain text (docs/api.md says so) and would leave no trace; it is counted.
+func TestTheServersOwnRefusalsAreCounted(t *testing.T) {
+	testStore(t)
+	var out syncBuffer
+	base, stop := startRunTo(t, nil, &out)
+	defer stop()
+	addr := strings.TrimPrefix(base, "http://")
+	for _, raw := range []string{
+		"NONSENSE\r\n\r\n",
+		"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: bogus\r\n\r\n",
+		"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+		"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + strings.Repeat("a", 40<<10) + "\r\n\r\n",
+	} {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(conn, raw)
+		status, _ := bufio.NewReader(conn).ReadString('\n')
+		conn.Close()
+		if !strings.HasPrefix(status, "HTTP/1.1 4") && !strings.HasPrefix(status, "HTTP/1.1 501") {
+			t.Errorf("%.30q: %q", raw, status)
+		}
+	}
+	waitFor(t, "the refusals to be logged", func() bool {
+		return strings.Contains(out.String(), "refused by the HTTP server itself")
+	})
 }
 
 // syncBuffer is a bytes.Buffer safe for the server's goroutines to write and a test to read.

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -86,9 +88,12 @@ func (rw *statusRecorder) Write(b []byte) (int, error) {
 func (rw *statusRecorder) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
 
 func withRequestLog(base *slog.Logger, next http.Handler) http.Handler {
-	refused := &refusals{log: base}
+	refused := &refusals{log: base, what: "requests refused (503)"}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		if c, ok := r.Context().Value(connRequestsKey{}).(*connRequests); ok {
+			c.served.Add(1)
+		}
 		id := r.Header.Get("X-Request-ID")
 		if !saneRequestID(id) {
 			id = rand.Text()
@@ -146,11 +151,12 @@ func route(pattern string) string {
 	return path
 }
 
-// refusals logs the first 503 after a quiet while at once, and those that follow as one
-// line with their count every refusalsLogEvery. (A database outage is also told by the
-// breaker, once when it begins and once when it ends.)
+// refusals logs the first of a kind of refusal after a quiet while at once, and those
+// that follow as one line with their count every refusalsLogEvery. (A database outage is
+// also told by the breaker, once when it begins and once when it ends.)
 type refusals struct {
 	log     *slog.Logger
+	what    string
 	mu      sync.Mutex
 	counted int         // since the last line
 	flush   *time.Timer // pending while refusals are being counted
@@ -165,7 +171,7 @@ func (f *refusals) add(route string, cause error) {
 		f.counted++
 		return
 	}
-	f.log.Warn("refusing requests (503); further ones are counted", "route", route, "err", errText(cause))
+	f.log.Warn(f.what+"; further ones are counted", "route", route, "err", errText(cause))
 	f.flush = time.AfterFunc(refusalsLogEvery, func() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -173,7 +179,7 @@ func (f *refusals) add(route string, cause error) {
 			f.flush = nil // quiet again: the next one is logged at once
 			return
 		}
-		f.log.Warn("requests refused (503)", "count", f.counted, "within", refusalsLogEvery.String())
+		f.log.Warn(f.what, "count", f.counted, "within", refusalsLogEvery.String())
 		f.counted = 0
 		f.flush.Reset(refusalsLogEvery)
 	})
@@ -185,3 +191,39 @@ func errText(err error) string {
 	}
 	return err.Error()
 }
+
+// countServerRefusals has srv count the requests it answers by itself, which no handler
+// and so no access line sees: a malformed request (400), headers over MaxHeaderBytes
+// (431), an Expect (417) or Transfer-Encoding (501) it does not support, or one cut off
+// half sent. net/http calls a connection active whenever it reads a request's bytes; a
+// connection that read more requests than its handlers served answered the rest itself.
+func countServerRefusals(srv *http.Server, log *slog.Logger) {
+	refused := &refusals{log: log, what: "requests refused by the HTTP server itself (malformed, too large, unsupported)"}
+	var conns sync.Map // net.Conn → *connRequests
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		cr := &connRequests{}
+		conns.Store(c, cr)
+		return context.WithValue(ctx, connRequestsKey{}, cr)
+	}
+	srv.ConnState = func(c net.Conn, state http.ConnState) {
+		v, ok := conns.Load(c)
+		if !ok {
+			return
+		}
+		cr := v.(*connRequests)
+		switch state {
+		case http.StateActive:
+			cr.read.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			conns.Delete(c)
+			for range cr.read.Load() - cr.served.Load() {
+				refused.add("", nil)
+			}
+		}
+	}
+}
+
+type connRequestsKey struct{}
+
+// connRequests counts a connection's requests: those read, and those a handler served.
+type connRequests struct{ read, served atomic.Int32 }

@@ -191,7 +191,70 @@ func TestETagsAndConditionalRequests(t *testing.T) {
 	t.Run("a malformed condition is 400", func(t *testing.T) {
 		me.doWith(t, "GET", list, "", ifNoneMatch("no-quotes")).wantStatus(http.StatusBadRequest).detail()
 		me.doWith(t, "PUT", path, `{"title":"x"}`, ifMatch(`"a b"`)).wantStatus(http.StatusBadRequest).detail()
+		me.doWith(t, "PUT", path, `{"title":"x"}`, ifMatch(`*, "1"`)).wantStatus(http.StatusBadRequest).detail()
 	})
+}
+
+// TestConditionsCompareAsRFC9110Says: If-Match compares strongly, character for
+// character; If-None-Match on a write is a precondition too; a create's conditions are
+// a 412 when they cannot hold.
+func TestConditionsCompareAsRFC9110Says(t *testing.T) {
+	t.Parallel()
+	me := newTestAPI(testStore(t)).newUser(t)
+	task := me.create(t, "compared")
+	path := fmt.Sprintf("/api/{me}/tasks/%d", task.ID)
+	v := task.Version
+	header := func(name, value string) map[string]string { return map[string]string{name: value} }
+	for _, tag := range []string{fmt.Sprintf(`"+%d"`, v), fmt.Sprintf(`"0%d"`, v), fmt.Sprintf(`W/"%d"`, v), fmt.Sprintf(`"%d.0"`, v)} {
+		me.doWith(t, "PUT", path, `{"title":"spelled otherwise"}`, header("If-Match", tag)).wantStatus(http.StatusPreconditionFailed)
+	}
+	me.doWith(t, "PUT", path, `{"title":"x"}`, header("If-None-Match", "*")).wantStatus(http.StatusPreconditionFailed)
+	me.doWith(t, "PUT", path, `{"title":"x"}`, header("If-None-Match", fmt.Sprintf(`W/"%d"`, v))).wantStatus(http.StatusPreconditionFailed)
+	me.doWith(t, "DELETE", path, "", header("If-None-Match", "*")).wantStatus(http.StatusPreconditionFailed)
+	if got := me.do(t, "GET", path, "").wantStatus(http.StatusOK).task(); got.Title != "compared" {
+		t.Fatalf("a refused write changed the task: %+v", got)
+	}
+	me.doWith(t, "PATCH", path+"/complete", "", header("If-None-Match", `"1"`)).wantStatus(http.StatusOK)
+	me.doWith(t, "PUT", "/api/{me}/tasks/999999999999", `{"title":"x"}`, header("If-None-Match", "*")).wantStatus(http.StatusNotFound)
+
+	create := func(h map[string]string) response {
+		return me.doWith(t, "POST", "/api/{me}/tasks", `{"title":"conditional create"}`, h)
+	}
+	create(header("If-Match", `"1"`)).wantStatus(http.StatusPreconditionFailed).detail()
+	create(header("If-Match", "*")).wantStatus(http.StatusPreconditionFailed)
+	create(header("If-Match", "garbage")).wantStatus(http.StatusBadRequest)
+	create(header("If-None-Match", "*")).wantStatus(http.StatusCreated)
+	if n := len(me.do(t, "GET", "/api/{me}/tasks", "").wantStatus(http.StatusOK).tasks()); n != 2 {
+		t.Errorf("%d tasks after one create went through, want 2", n)
+	}
+}
+
+// TestATaskHasOneURL: an id spelled any other way is a 400, and a keyed request whose
+// path is spelled otherwise is still the same request.
+func TestATaskHasOneURL(t *testing.T) {
+	t.Parallel()
+	api := newTestAPI(testStore(t))
+	me := api.newUser(t)
+	task := me.create(t, "one url")
+	digits := fmt.Sprint(task.ID)
+	var encoded strings.Builder
+	for _, c := range digits {
+		fmt.Fprintf(&encoded, "%%%02X", c)
+	}
+	for _, id := range []string{encoded.String(), "0" + digits, "+" + digits, "%2B" + digits} {
+		me.do(t, "GET", "/api/{me}/tasks/"+id, "").wantStatus(http.StatusBadRequest).detail()
+		me.do(t, "PATCH", "/api/{me}/tasks/"+id+"/complete", "").wantStatus(http.StatusBadRequest)
+	}
+	// The user id may be percent-encoded (any string is a user id); the key's fingerprint
+	// is the canonical path's.
+	u := &user{api: api, id: "idem-" + newUserID(t)[:8], token: ""}
+	u.token = tokenFor(t, u.id)
+	key := map[string]string{"Idempotency-Key": "respelled"}
+	first := u.api.do(t, request{method: "POST", path: "/api/" + u.id + "/tasks", body: `{"title":"once"}`, token: u.token, header: key}).wantStatus(http.StatusCreated)
+	again := u.api.do(t, request{method: "POST", path: "/api/%69" + u.id[1:] + "/tasks", body: `{"title":"once"}`, token: u.token, header: key}).wantStatus(http.StatusCreated)
+	if again.Header().Get("Idempotent-Replayed") != "true" || again.Body.String() != first.Body.String() {
+		t.Errorf("the same request on a respelled path: %v %s, want the first answer replayed", again.Header(), again.Body)
+	}
 }
 
 // TestEveryWriteGetsANewVersion: two writes in the same microsecond (here: in one
