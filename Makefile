@@ -1,6 +1,6 @@
 # The two commands a new user needs: `make run` and `make test`. See README.md.
 SHELL := bash
-.PHONY: run test e2e cluster build fuzz soak abuse bench bench-live db-stop
+.PHONY: run test e2e cluster build fuzz soak abuse bench bench-live bench-capture db-stop
 
 run:
 	@scripts/run.sh
@@ -39,9 +39,13 @@ abuse:
 bench:
 	@scripts/bench.sh
 
-# Live updates' cost on one instance: 10,000 idle streams, and delivery delays (docs/performance.md).
+# Live updates' cost on one instance: 10,000 idle streams, delivery delays, resumption (docs/performance.md).
 bench-live:
 	@BENCH_RUN='^TestBenchLive$$' scripts/bench.sh
+
+# What recording a change costs a write, at the SQL level; BENCH_SLOW_COMMIT=1 adds 2 ms commits (docs/performance.md).
+bench-capture:
+	@BENCH_RUN='^TestBenchCapture$$' scripts/bench.sh
 
 db-stop:
 	@scripts/devdb.sh stop

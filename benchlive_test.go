@@ -1,7 +1,7 @@
 //go:build bench
 
 // make bench-live (go test -tags bench -run TestBenchLive): what live updates cost one
-// instance. It prints figures and asserts nothing about speed.
+// instance, and what they deliver. It prints figures and asserts nothing about speed.
 
 package main
 
@@ -17,16 +17,21 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/golang-jwt/jwt/v5"
 )
 
 // TestBenchLive opens 10,000 idle event streams against one server and measures its
-// memory and the REST throughput beside them, then the delay from a write's answer to
-// its event at 1,000 streams under 200 writes a second.
+// memory and the REST throughput beside them; then the delay from a write's answer to
+// its event on every stream of its user, at 1,000 streams under 200 and 2,000 writes a
+// second; then followers resuming through forced reconnects under writes; then what
+// streams that stop reading leave in the kernel.
 func TestBenchLive(t *testing.T) {
 	testStore(t)
 	streams := 10000
@@ -35,7 +40,8 @@ func TestBenchLive(t *testing.T) {
 	bin := testBinary(t)
 	port := freePort(t)
 	srv := exec.Command(bin)
-	srv.Env = append(os.Environ(), "DATABASE_URL="+testDatabaseURL, "BETTER_AUTH_SECRET="+testSecret, "PORT="+port, "LOG_FORMAT=json")
+	srv.Env = append(os.Environ(), "DATABASE_URL="+testDatabaseURL, "BETTER_AUTH_SECRET="+testSecret, "PORT="+port,
+		"LOG_FORMAT=json", "MAX_WRITES_PER_USER=100000")
 	srv.Stdout = io.Discard
 	srv.Stderr = os.Stderr
 	if err := srv.Start(); err != nil {
@@ -73,17 +79,12 @@ func TestBenchLive(t *testing.T) {
 	idleRSS := rss()
 	listBefore, getBefore := rest()
 
-	// 10,000 idle streams, read by one goroutine each, which records when each event
-	// arrives for the latency run.
-	type arrival struct {
-		stream int
-		at     time.Time
-	}
+	// 10,000 idle streams, read by one goroutine each, which records when each version of
+	// each task first arrives on it.
 	var (
-		arrivalsMu sync.Mutex
-		arrivals   = map[string][]arrival{} // by task event data's id and updated_at
-		ready      atomic.Int64
-		conns      []net.Conn
+		ready   atomic.Int64
+		conns   []net.Conn
+		arrived = make([]sync.Map, streams) // per stream: task id → *arrivals
 	)
 	for i := range streams {
 		u := users[i/streamsPerUser]
@@ -105,11 +106,9 @@ func TestBenchLive(t *testing.T) {
 					ready.Add(1)
 				case strings.HasPrefix(line, "data: {\"id\""):
 					var task taskJSON
-					if json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &task) == nil && task.UpdatedAt != "" {
-						arrivalsMu.Lock()
-						key := fmt.Sprint(task.ID, task.UpdatedAt)
-						arrivals[key] = append(arrivals[key], arrival{i, time.Now()})
-						arrivalsMu.Unlock()
+					if json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &task) == nil {
+						v, _ := arrived[i].LoadOrStore(task.ID, &arrivals{})
+						v.(*arrivals).add(task.Version, time.Now())
 					}
 				}
 			}
@@ -126,68 +125,246 @@ func TestBenchLive(t *testing.T) {
 	listBeside, getBeside := rest()
 	streamsRSSAfterLoad := rss()
 
-	// 200 writes a second for 10 s, toggles spread over the users of the first 1,000
-	// streams; each is awaited on each of that user's streams.
-	const latencyStreams, writesPerSecond = 1000, 200
-	latencyUsers := users[:latencyStreams/streamsPerUser]
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	type write struct {
-		key      string
-		answered time.Time
-	}
-	var (
-		writesMu sync.Mutex
-		writes   []write
-		wg       sync.WaitGroup
-	)
-	tick := time.NewTicker(time.Second / writesPerSecond)
-	for n := 0; n < 10*writesPerSecond; n++ {
-		<-tick.C
-		u := latencyUsers[n%len(latencyUsers)]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			req, _ := http.NewRequest("PATCH", fmt.Sprintf("%s/api/%s/tasks/%d/complete", base, u.id, u.taskID), nil)
-			req.Header.Set("Authorization", "Bearer "+tokens[u.id])
-			res, err := client.Do(req)
-			if err != nil {
-				return
-			}
-			var task taskJSON
-			json.NewDecoder(res.Body).Decode(&task)
-			res.Body.Close()
-			writesMu.Lock()
-			writes = append(writes, write{fmt.Sprint(task.ID, task.UpdatedAt), time.Now()})
-			writesMu.Unlock()
-		}()
-	}
-	tick.Stop()
-	wg.Wait()
-	time.Sleep(2 * time.Second)
-	var delays []time.Duration
-	missing := 0
-	arrivalsMu.Lock()
-	for _, w := range writes {
-		got := arrivals[w.key]
-		if len(got) != streamsPerUser {
-			missing += streamsPerUser - len(got)
-		}
-		for _, a := range got {
-			delays = append(delays, a.at.Sub(w.answered))
-		}
-	}
-	arrivalsMu.Unlock()
-	slices.Sort(delays)
-
 	fmt.Printf("\none instance; %d streams over %d users; wrk 16 connections, median of three 10 s runs, on the same 2 cores\n\n", streams, len(users))
 	fmt.Println("| figure | without streams | with the streams |")
 	fmt.Println("|---|---:|---:|")
 	fmt.Printf("| server RSS | %.1f MiB | %.1f MiB (%.1f MiB after the REST load) |\n", idleRSS, streamsRSS, streamsRSSAfterLoad)
 	fmt.Printf("| list req/s (p99) | %.0f (%s) | %.0f (%s) |\n", listBefore.rps, ms(listBefore.p99), listBeside.rps, ms(listBeside.p99))
 	fmt.Printf("| get req/s (p99) | %.0f (%s) | %.0f (%s) |\n", getBefore.rps, ms(getBefore.p99), getBeside.rps, ms(getBeside.p99))
-	if len(delays) > 0 {
-		fmt.Printf("\n%d toggles at %d/s over the users of %d streams: %d events, %d missing; from the write's answer to the event: p50 %s, p99 %s, max %s\n",
-			len(writes), writesPerSecond, latencyStreams, len(delays), missing,
+
+	// Toggles spread over the users of the first 1,000 streams, 10 s at each rate; each
+	// is awaited on each of its user's streams: the first arrival of its version or a
+	// later one (the feed sends a task's latest state: two toggles read at once are one
+	// event).
+	fmt.Println("\n| writes/s | writes | events awaited | missing | p50 | p99 | max |")
+	fmt.Println("|---:|---:|---:|---:|---:|---:|---:|")
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	for _, rate := range []int{200, 2000} {
+		latencyUsers := users[:1000/streamsPerUser]
+		type write struct {
+			user     int
+			task     int64
+			version  int64
+			answered time.Time
+		}
+		var (
+			mu     sync.Mutex
+			writes []write
+			wg     sync.WaitGroup
+		)
+		tick := time.NewTicker(time.Second / time.Duration(rate))
+		for n := 0; n < 10*rate; n++ {
+			<-tick.C
+			k := n % len(latencyUsers)
+			u := latencyUsers[k]
+			wg.Go(func() {
+				req, _ := http.NewRequest("PATCH", fmt.Sprintf("%s/api/%s/tasks/%d/complete", base, u.id, u.taskID), nil)
+				req.Header.Set("Authorization", "Bearer "+tokens[u.id])
+				res, err := client.Do(req)
+				if err != nil {
+					return
+				}
+				var task taskJSON
+				json.NewDecoder(res.Body).Decode(&task)
+				res.Body.Close()
+				mu.Lock()
+				writes = append(writes, write{k, task.ID, task.Version, time.Now()})
+				mu.Unlock()
+			})
+		}
+		tick.Stop()
+		wg.Wait()
+		time.Sleep(2 * time.Second)
+		var delays []time.Duration
+		missing := 0
+		for _, w := range writes {
+			for s := w.user * streamsPerUser; s < (w.user+1)*streamsPerUser; s++ {
+				v, _ := arrived[s].Load(w.task)
+				at, ok := v.(*arrivals).first(w.version)
+				if !ok {
+					missing++
+					continue
+				}
+				delays = append(delays, at.Sub(w.answered))
+			}
+		}
+		slices.Sort(delays)
+		fmt.Printf("| %d | %d | %d | %d | %s | %s | %s |\n", rate, len(writes), len(writes)*streamsPerUser, missing,
 			ms(percentile(delays, 50)), ms(percentile(delays, 99)), ms(delays[len(delays)-1]))
 	}
+	for _, c := range conns {
+		c.Close()
+	}
+	benchResume(t, base, users)
+	benchNonReadingStreams(t, base, users[0], tokens[users[0].id])
+}
+
+// arrivals records when each version of a task reached one stream.
+type arrivals struct {
+	mu sync.Mutex
+	at map[int64]time.Time
+}
+
+func (a *arrivals) add(version int64, at time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.at == nil {
+		a.at = map[int64]time.Time{}
+	}
+	a.at[version] = at
+}
+
+// first is when version, or a later one, first arrived.
+func (a *arrivals) first(version int64) (time.Time, bool) {
+	if a == nil {
+		return time.Time{}, false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var best time.Time
+	for v, at := range a.at {
+		if v >= version && (best.IsZero() || at.Before(best)) {
+			best = at
+		}
+	}
+	return best, !best.IsZero()
+}
+
+// benchResume: followers of several users, their streams cut by the server whenever
+// their tokens expire (every 3 s), resume from their last event while 5,000 writes land;
+// then each is compared with the database.
+func benchResume(t *testing.T, base string, users []benchUser) {
+	users = users[:10]
+	ctx, cancel := context.WithCancel(context.Background())
+	var followers []*follower
+	var wg sync.WaitGroup
+	for _, u := range users {
+		for range 3 {
+			short := func() string {
+				c := validClaims(u.id)
+				c.ExpiresAt = jwt.NewNumericDate(time.Now().Add(3 * time.Second))
+				token, _ := mintToken([]byte(testSecret), c)
+				return token
+			}
+			f := newFollower(base, u.id, short)
+			followers = append(followers, f)
+			wg.Go(func() { f.run(ctx, 50*time.Millisecond) })
+		}
+	}
+	client := &http.Client{}
+	token := map[string]string{}
+	for _, u := range users {
+		token[u.id] = tokenFor(t, u.id)
+	}
+	start := time.Now()
+	for n := range 5000 {
+		u := users[n%len(users)]
+		method, path, body := "PATCH", fmt.Sprintf("/api/%s/tasks/%d/complete", u.id, u.taskID+int64(n%7)), ""
+		if n%10 == 0 {
+			method, path, body = "POST", "/api/"+u.id+"/tasks", `{"title":"resume `+strconv.Itoa(n)+`"}`
+		}
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token[u.id])
+		req.Header.Set("Content-Type", "application/json")
+		if res, err := client.Do(req); err == nil {
+			io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+		time.Sleep(4 * time.Millisecond)
+	}
+	took := time.Since(start)
+	var reconnects, stale, lists, resyncs, wrong int
+	for _, f := range followers {
+		var list []taskJSON
+		req, _ := http.NewRequest("GET", base+"/api/"+f.userID+"/tasks", nil)
+		req.Header.Set("Authorization", "Bearer "+token[f.userID])
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		json.NewDecoder(res.Body).Decode(&list)
+		res.Body.Close()
+		want := map[int64]taskJSON{}
+		for _, task := range list {
+			want[task.ID] = task
+		}
+		if ok, _ := f.converges(want, 5*time.Second); !ok {
+			wrong++
+		}
+		f.mu.Lock()
+		reconnects, stale, lists, resyncs = reconnects+f.reconnects, stale+f.stale, lists+f.lists, resyncs+f.resyncs
+		f.mu.Unlock()
+	}
+	cancel()
+	wg.Wait()
+	fmt.Printf("\nresumption: %d followers of %d users, 5,000 writes in %s; %d reconnects (streams ended by the server as their tokens expired); "+
+		"%d stale events, %d resyncs, %d lists (one each is the start); %d end unlike the database\n",
+		len(followers), len(users), took.Round(time.Second), reconnects, stale, resyncs, lists, wrong)
+}
+
+// benchNonReadingStreams: a user opens 16 streams and reads none of them while their
+// events pile up; the server drops them when a page cannot reach them, and the kernel
+// must free what their sockets held. Three times; TCP's memory (/proc/net/sockstat)
+// before, at the worst, and after.
+func benchNonReadingStreams(t *testing.T, base string, u benchUser, token string) {
+	tcpMem := func() int64 {
+		b, _ := os.ReadFile("/proc/net/sockstat")
+		for _, line := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(line); len(f) > 0 && f[0] == "TCP:" {
+				pages, _ := strconv.ParseInt(f[len(f)-1], 10, 64)
+				return pages * 4096
+			}
+		}
+		return 0
+	}
+	before, worst := tcpMem(), int64(0)
+	body := largestTaskBody()
+	client := &http.Client{}
+	for cycle := range 3 {
+		var conns []net.Conn
+		for range 16 {
+			c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.(*net.TCPConn).SetReadBuffer(4096)
+			fmt.Fprintf(c, "GET /api/%s/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", u.id, token)
+			conns = append(conns, c)
+		}
+		time.Sleep(500 * time.Millisecond)
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			req, _ := http.NewRequest("POST", base+"/api/"+u.id+"/tasks", strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+token)
+			req.Header.Set("Content-Type", "application/json")
+			if res, err := client.Do(req); err == nil {
+				res.Body.Close()
+			}
+			worst = max(worst, tcpMem())
+			// Every stream dropped: a read gets the reset.
+			gone := 0
+			for _, c := range conns {
+				c.SetReadDeadline(time.Now().Add(time.Millisecond))
+				if _, err := c.Read(make([]byte, 1)); err != nil && !isTimeout(err) {
+					gone++
+				}
+			}
+			if gone == len(conns) {
+				break
+			}
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+		fmt.Printf("non-reading streams, cycle %d: TCP memory %.1f MiB (before all cycles %.1f MiB, worst so far %.1f MiB)\n",
+			cycle+1, float64(tcpMem())/(1<<20), float64(before)/(1<<20), float64(worst)/(1<<20))
+	}
+	time.Sleep(time.Second)
+	fmt.Printf("16 non-reading streams x 3 cycles: TCP memory grew by %.1f MiB at the worst, %.1f MiB after\n",
+		float64(worst-before)/(1<<20), float64(tcpMem()-before)/(1<<20))
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
 }

@@ -69,8 +69,6 @@ type userHandler func(w http.ResponseWriter, r *http.Request, who caller) error
 // token's caller, never the path's user, and pass who.userID to every store call.
 func authed(auth *Authenticator, h userHandler) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		// A user's tasks, and the errors about them, are for that user only.
-		w.Header().Set("Cache-Control", "no-store")
 		who, err := auth.authenticate(r, r.Pattern == eventsRoute)
 		if err != nil {
 			return err

@@ -90,6 +90,10 @@ func withCORS(origins []string, next http.Handler) http.Handler {
 // would redirect with an HTML body, is a 404: every resource has exactly one URL.
 func withJSONErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/api/") {
+			// A user's tasks, and the errors about them, are for that user only.
+			w.Header().Set("Cache-Control", "no-store")
+		}
 		if !cleanPath(r.URL.EscapedPath()) {
 			writeError(w, r, errNoRoute)
 			return

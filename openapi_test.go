@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"regexp"
@@ -20,14 +21,15 @@ type openAPIDocument struct {
 	Paths   map[string]map[string]json.RawMessage `json:"paths"`
 }
 
-// operations lists the document's operations as "METHOD /path" with their responses'
-// status codes. OPTIONS is the CORS preflight, which the CORS wrapper answers before
-// routing, so it is no route.
+// operations lists the document's routed operations as "METHOD /path" with their
+// responses' status codes.
 func (d openAPIDocument) operations(t *testing.T) map[string][]string {
 	ops := map[string][]string{}
 	for path, item := range d.Paths {
 		for method, raw := range item {
-			if method == "parameters" || method == "options" {
+			// A GET route answers HEAD too (TestEveryGETHasItsHEAD), and OPTIONS is the
+			// CORS preflight, which the CORS wrapper answers before routing.
+			if method == "parameters" || method == "options" || method == "head" {
 				continue
 			}
 			var op struct {
@@ -114,6 +116,39 @@ func TestTheAPIPageMatchesTheDocument(t *testing.T) {
 		for _, code := range codes {
 			if !strings.Contains(section, code) {
 				t.Errorf("docs/api.md, %s: status %s is not mentioned", op, code)
+			}
+		}
+	}
+}
+
+// TestEveryGETHasItsHEAD: Go's mux answers HEAD on every GET route, with the GET's
+// statuses and headers and no body.
+func TestEveryGETHasItsHEAD(t *testing.T) {
+	t.Parallel()
+	for path, item := range readOpenAPI(t).Paths {
+		get, ok := item["get"]
+		if !ok {
+			continue
+		}
+		head, ok := item["head"]
+		if !ok {
+			t.Errorf("%s: GET without HEAD", path)
+			continue
+		}
+		var g, h struct {
+			Responses map[string]map[string]any `json:"responses"`
+		}
+		json.Unmarshal(get, &g)
+		json.Unmarshal(head, &h)
+		for code, r := range g.Responses {
+			hr, ok := h.Responses[code]
+			switch {
+			case !ok:
+				t.Errorf("HEAD %s lacks the GET's %s", path, code)
+			case hr["content"] != nil:
+				t.Errorf("HEAD %s %s has a body", path, code)
+			case fmt.Sprint(hr["headers"]) != fmt.Sprint(r["headers"]):
+				t.Errorf("HEAD %s %s has other headers than the GET", path, code)
 			}
 		}
 	}

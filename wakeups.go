@@ -57,6 +57,10 @@ func (w *Wakeups) Changed(userID string) {
 	w.mu.Lock()
 	w.pending[userID] = true
 	w.mu.Unlock()
+	w.poke()
+}
+
+func (w *Wakeups) poke() {
 	select {
 	case w.kick <- struct{}{}:
 	default: // a notification will go out anyway
@@ -79,7 +83,14 @@ func (w *Wakeups) Notify(ctx context.Context) {
 		err := w.store.row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
 			`SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) p`, wakeupChannel, wakeupPayloads(w.instance, users))
 		if err != nil && ctx.Err() == nil {
-			w.log.Warn("wake-up notification failed: other instances' streams see the change at their next poll", "users", len(users), "err", err)
+			// Sent again with the next ones, a second from now at the latest.
+			w.log.Warn("wake-up notification failed; retrying", "users", len(users), "err", err)
+			w.mu.Lock()
+			for u := range users {
+				w.pending[u] = true
+			}
+			w.mu.Unlock()
+			time.AfterFunc(time.Second, w.poke)
 		}
 	}
 }

@@ -1,7 +1,7 @@
 -- wrk script for make bench: every request is for a random user of the seeded set.
 -- Arguments (after --): a file of "user_id token task_id etag" lines, and the operation:
--- list, list-304 (If-None-Match with the list's current ETag), get, toggle, create, or
--- create-key (with a fresh Idempotency-Key each time).
+-- list, list-304 (If-None-Match with the list's current ETag), get, toggle, update (a new
+-- title), create, or create-key (with a fresh Idempotency-Key each time).
 local users, op, sent = {}, "list", 0
 
 function init(args)
@@ -28,6 +28,9 @@ function request()
     return wrk.format("PATCH", base .. "/" .. u.task .. "/complete", headers)
   end
   headers["Content-Type"] = "application/json"
+  if op == "update" then
+    return wrk.format("PUT", base .. "/" .. u.task, headers, '{"title":"bench update"}')
+  end
   if op == "create-key" then
     sent = sent + 1
     headers["Idempotency-Key"] = string.format("bench-%d-%d", sent, math.random(1000000000))
