@@ -125,17 +125,31 @@ func (e *Events) Close() {
 	}
 }
 
+// Admits reports whether a stream of userID's would open now, or why not.
+func (e *Events) Admits(userID string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.admitsLocked(userID)
+}
+
+func (e *Events) admitsLocked(userID string) error {
+	switch {
+	case e.closed:
+		return errShuttingDown
+	case e.total >= e.maxTotal:
+		return errStreamsFull
+	case len(e.streams[userID]) >= e.maxPerUser:
+		return errTooManyStreams
+	}
+	return nil
+}
+
 // subscribe counts a stream against the limits; unsubscribe, once its socket is closed.
 func (e *Events) subscribe(userID string) (*stream, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	switch {
-	case e.closed:
-		return nil, errShuttingDown
-	case e.total >= e.maxTotal:
-		return nil, errStreamsFull
-	case len(e.streams[userID]) >= e.maxPerUser:
-		return nil, errTooManyStreams
+	if err := e.admitsLocked(userID); err != nil {
+		return nil, err
 	}
 	s := &stream{userID: userID, wake: make(chan struct{}, 1), gone: make(chan struct{})}
 	if e.streams[userID] == nil {

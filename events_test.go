@@ -434,6 +434,10 @@ func TestStreamLimits(t *testing.T) {
 	if _, status := tryEvents(t, es.url+"/api/"+alice.id+"/events", map[string]string{"Authorization": "Bearer " + alice.token}); status != http.StatusTooManyRequests {
 		t.Errorf("a third stream for one user: %d, want 429", status)
 	}
+	// HEAD says so too, for a client whose EventSource cannot see why it was refused.
+	if res := alice.do(t, "HEAD", "/api/{me}/events", ""); res.Code != http.StatusTooManyRequests || res.Header().Get("Retry-After") == "" {
+		t.Errorf("HEAD at the limit: %d %v, want 429 with Retry-After", res.Code, res.Header())
+	}
 	// A client that closes its stream gives its place back, with no event sent to notice.
 	first.res.Body.Close()
 	waitFor(t, "the closed stream to be forgotten", func() bool { return es.streams() == 1 })

@@ -297,7 +297,11 @@ func handleEvents(store *Store, events *Events) userHandler {
 		}
 		if r.Method == http.MethodHead {
 			// A GET route answers HEAD too. A stream's answer has no end, so its head is
-			// all there is to send: no stream is opened, and no event follows.
+			// all there is to send: no stream is opened, and no event follows. It says
+			// whether one would be, which an EventSource refused cannot learn.
+			if err := events.Admits(who.userID); err != nil {
+				return err
+			}
 			w.Header().Set("Content-Type", "text/event-stream")
 			w.WriteHeader(http.StatusOK)
 			return nil
