@@ -149,8 +149,12 @@ function follow(api: Client, o: Options, base: string, onChange: (tasks: Task[])
     cursor = at;
   }
   async function relist() {
+    const asLeader = leading;
     const { tasks: list, cursor: at } = await api.list();
     if (leading) {
+      // A list asked for before this tab led may come after the one it asked for since,
+      // and be older than the stream it follows: only the leader's own lists count.
+      if (!asLeader) return;
       replace(list, at);
       tell({ kind: "snapshot", tasks: list, cursor: at });
     } else if (!synced) {
