@@ -14,8 +14,8 @@ done
 [ -x /usr/bin/chromium ] || { echo "e2e: installing chromium" >&2; apt_install chromium; }
 command -v node >/dev/null || { echo "e2e: installing Node.js" >&2; apt_install nodejs; }
 command -v npm >/dev/null || apt_install npm
-node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' ||
-  { echo "e2e: playwright-core needs Node.js 20 or later, found $(node --version)" >&2; exit 1; }
+node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || a === 20 && b >= 19 ? 0 : 1)' ||
+  { echo "e2e: Redocly CLI and playwright-core need Node.js 20.19 or later, found $(node --version)" >&2; exit 1; }
 
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
 use_devdb
