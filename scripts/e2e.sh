@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# make e2e: a real Better Auth server and headless Chromium against the Go API (e2e/run.mjs).
-# Installs what it needs when missing: Debian's chromium, Node.js, the e2e packages (npm ci).
+# make e2e: a real Better Auth server and headless Chromium against the Go API (e2e/run.mjs),
+# behind a recording proxy whose traffic is checked against openapi.json, with the client
+# (client/) built as it ships. Installs what it needs when missing: Debian's chromium,
+# Node.js, the client's and the e2e's packages (npm ci, from their lockfiles).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -17,6 +19,9 @@ command -v npm >/dev/null || apt_install npm
 node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || a === 20 && b >= 19 ? 0 : 1)' ||
   { echo "e2e: Redocly CLI and playwright-core need Node.js 20.19 or later, found $(node --version)" >&2; exit 1; }
 
+# The client as it ships: its own pinned toolchain; check regenerates the types from
+# openapi.json and fails on any difference, then runs tsc --strict (CI's check of them).
+(cd client && npm ci --no-audit --no-fund --loglevel=error && npm run --silent check && npm run --silent build)
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
 use_devdb
 go build -o bin/taskflow-api .
