@@ -1,23 +1,30 @@
-// make e2e: a real Better Auth server and page on :3000, the Go API on :8000 verifying its
-// tokens through the JWKS, and headless Chromium driving the page. No code of ours runs on
-// the client side. Prints each check and "N passed, M failed"; exits non-zero on failure.
-import { spawn } from "node:child_process";
+// make e2e: a real Better Auth server and page on :3000, the Go API (on 127.0.0.1:8001)
+// verifying its tokens through the JWKS behind a recording proxy on :8000 (proxy.mjs), and
+// headless Chromium driving the pages. First the API by hand (index.html: fetch and
+// EventSource, no code of ours on the client side), then the shipped client (app.html,
+// client/dist) through the scenarios of feed.mjs, tabs.mjs and reconnects.mjs; last, every
+// exchange the proxy saw is checked against openapi.json (validate.mjs) and the document is
+// linted. Prints each check and "N passed, M failed"; exits non-zero on failure.
+import { spawn, spawnSync } from "node:child_process";
+import { once } from "node:events";
+import { readFile } from "node:fs/promises";
 import { chromium } from "playwright-core";
 import { startAuthServer, origin } from "./server.mjs";
+import { startProxy, isEventStream } from "./proxy.mjs";
+import { makeValidator } from "./validate.mjs";
+import { results, check, eq, section } from "./harness.mjs";
+import { restartScenario, offlineScenario, lateListScenario } from "./feed.mjs";
+import { tenTabsScenario, conflictScenario, refusedOriginScenario } from "./tabs.mjs";
+import { reconnectScenario } from "./reconnects.mjs";
 
 const apiBin = process.env.TASKFLOW_API_BIN;
-const apiURL = "http://localhost:8000";
+const apiURL = "http://localhost:8000"; // the proxy: what the browser and every check use
+const upstreamPort = 8001;
 if (!apiBin || !process.env.DATABASE_URL) {
   console.error("run through make e2e (it builds the API and starts the database)");
   process.exit(2);
 }
-
-let passed = 0, failed = 0;
-function check(name, ok, detail = "") {
-  ok ? passed++ : failed++;
-  console.log(`${ok ? "ok  " : "FAIL"} ${name}${ok || !detail ? "" : `: ${detail}`}`);
-}
-const eq = (name, got, want) => check(name, got === want, `got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
+const started = Date.now();
 
 async function waitFor(url, what) {
   for (let i = 0; i < 100; i++) {
@@ -31,26 +38,48 @@ const authServer = await startAuthServer();
 // The jwks endpoint creates the signing key on first use; do it before the API starts so
 // that its first fetch finds it.
 await waitFor(`${origin}/api/auth/jwks`, "Better Auth");
+const proxy = await startProxy({ port: 8000, upstreamPort });
 
-const api = spawn(apiBin, [], {
-  stdio: ["ignore", "ignore", "inherit"], // its access log would drown the checks
-  env: {
-    PATH: process.env.PATH,
-    DATABASE_URL: process.env.DATABASE_URL,
-    JWT_JWKS_URL: `${origin}/api/auth/jwks`,
-    CORS_ORIGINS: origin,
-    PORT: "8000",
-    LOG_FORMAT: "text",
+// The API process; restart() stops it as a deploy would (SIGTERM) and starts it again.
+const api = {
+  proc: undefined,
+  start() {
+    this.proc = spawn(apiBin, [], {
+      stdio: ["ignore", "ignore", "inherit"], // its access log would drown the checks
+      env: {
+        PATH: process.env.PATH,
+        DATABASE_URL: process.env.DATABASE_URL,
+        JWT_JWKS_URL: `${origin}/api/auth/jwks`,
+        CORS_ORIGINS: origin,
+        PORT: String(upstreamPort),
+        LOG_FORMAT: "text",
+        MAX_WRITES_PER_USER: "200", // the writers of the scenarios are not to be limited
+      },
+    });
+    return waitFor(`http://127.0.0.1:${upstreamPort}/readyz`, "the Go API");
   },
-});
+  async stop() {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    p.kill("SIGTERM");
+    await once(p, "exit");
+  },
+  async restart() {
+    await this.stop();
+    await this.start();
+  },
+};
+
 let browser;
 try {
-  await waitFor(`${apiURL}/readyz`, "the Go API");
+  await api.start();
+  await waitFor(`${apiURL}/readyz`, "the proxy in front of the Go API");
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
       "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"],
   });
+  section("the API by hand: fetch and EventSource in the page (index.html)");
   // Two browser contexts: two people with their own cookies.
   const open = async () => {
     const page = await (await browser.newContext()).newPage();
@@ -184,12 +213,85 @@ try {
     return res.status;
   }, apiURL);
   eq("a cross-origin call without a token still reads /healthz", cors, 200);
+  // HEAD on every route that takes one: the 200's headers and no body (validate.mjs checks both).
+  const heads = [base, `${base}/${retried.body?.id}`, `/api/${alice.userId}/changes`, `/api/${alice.userId}/events`, "/healthz", "/readyz", "/openapi.json"];
+  const headStatuses = [];
+  for (const path of heads) headStatuses.push((await fetch(apiURL + path, { method: "HEAD", headers: { Authorization: `Bearer ${alice.token}` } })).status);
+  eq("HEAD is 200 on every route that takes it", headStatuses.join(","), heads.map(() => 200).join(","));
+
+  await alicePage.context().close();
+  await bobPage.context().close();
+
+  // The shipped client, in pages of their own (app.html). Each browser context tags its
+  // User-Agent (taskflow-e2e/<name>) so that the proxy can tell its streams apart.
+  const probe = await browser.newContext();
+  const userAgent = await (await probe.newPage()).evaluate(() => navigator.userAgent);
+  await probe.close();
+  const ctx = {
+    browser, proxy, api, apiURL, origin,
+    alice: { userId: alice.userId, email: alice.email, token: alice.token },
+    /** A browser context of its own (a browser, a device); page() opens app.html in it. */
+    async openApp(name, pageOrigin = origin) {
+      const context = await browser.newContext({ userAgent: `${userAgent} taskflow-e2e/${name}` });
+      return {
+        context,
+        async page() {
+          const page = await context.newPage();
+          page.on("pageerror", (err) => console.error(`[${name}] ${err.message}`));
+          await page.goto(`${pageOrigin}/app.html?api=${encodeURIComponent(apiURL)}`);
+          await page.waitForFunction(() => window.tf !== undefined);
+          return page;
+        },
+      };
+    },
+  };
+  await conflictScenario(ctx);
+  await lateListScenario(ctx);
+  await offlineScenario(ctx);
+  await restartScenario(ctx);
+  await tenTabsScenario(ctx);
+  await reconnectScenario(ctx);
+  await refusedOriginScenario(ctx);
 } catch (err) {
   check("the scenario ran to the end", false, err.stack || String(err));
 } finally {
   await browser?.close();
-  api.kill("SIGTERM");
+  await api.stop();
+  await proxy.close();
   authServer.close();
 }
-console.log(`\ne2e: ${passed} passed, ${failed} failed`);
-process.exit(failed === 0 && passed > 0 ? 0 : 1);
+
+// Every exchange the proxy recorded, against the document.
+const doc = JSON.parse(await readFile(new URL("../openapi.json", import.meta.url), "utf8"));
+const { check: violationsOf } = makeValidator(doc);
+const ex = proxy.exchanges;
+const answered = ex.filter((e) => e.status !== undefined);
+const streams = ex.filter((e) => isEventStream(e) && e.status === 200);
+const violations = ex.flatMap(violationsOf);
+section("the traffic against the document");
+console.log(`traffic: ${ex.length} exchanges recorded, ${answered.length} answered and checked against openapi.json ` +
+  `(${ex.filter((e) => e.method === "OPTIONS").length} preflights, ${ex.filter((e) => e.method === "HEAD").length} HEADs, ` +
+  `${streams.length} event streams carrying ${streams.reduce((n, e) => n + e.events.length, 0)} events); ` +
+  `${ex.length - answered.length} never answered (the API restarting, or the caller gone first)`);
+for (const v of violations.slice(0, 40)) console.log(`     ${v}`);
+if (violations.length > 40) console.log(`     ... and ${violations.length - 40} more`);
+check(`traffic fits openapi.json: ${violations.length} violations`, violations.length === 0);
+// The validation must be able to fail: a recorded task answer, its ETag dropped and its version made 0.
+const sample = answered.find((e) => e.method === "GET" && /\/tasks\/\d+$/.test(e.path) && e.status === 200);
+const { etag, ...withoutETag } = sample?.headers ?? {};
+const broken = sample && { ...sample, headers: withoutETag, body: [Buffer.from(JSON.stringify({ ...JSON.parse(Buffer.concat(sample.body)), version: 0 }))] };
+check("the validation finds both faults of a broken task answer", broken && violationsOf(broken).length === 2, broken && violationsOf(broken).join("; "));
+
+// The document itself, linted by Redocly's recommended rules.
+const lint = spawnSync(new URL("./node_modules/.bin/redocly", import.meta.url).pathname, ["lint", "../openapi.json", "--format=json"], {
+  cwd: new URL(".", import.meta.url).pathname, encoding: "utf8", timeout: 120_000,
+  env: { ...process.env, REDOCLY_TELEMETRY: "off", REDOCLY_SUPPRESS_UPDATE_NOTICE: "true", NO_COLOR: "1" },
+});
+let totals;
+try { totals = JSON.parse(lint.stdout).totals; } catch {}
+check(`Redocly lints openapi.json: ${totals?.errors} errors, ${totals?.warnings} warnings`,
+  totals?.errors === 0 && totals?.warnings === 0, totals ? JSON.stringify(JSON.parse(lint.stdout).problems).slice(0, 2000) : `${lint.status}: ${lint.stderr.slice(-500)}`);
+
+console.log(`\nran in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+console.log(`e2e: ${results.passed} passed, ${results.failed} failed`);
+process.exit(results.failed === 0 && results.passed > 0 ? 0 : 1);

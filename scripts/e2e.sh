@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 # Ports 3000 and 8000 are the frontend's and the API's real ones: the page's origin and the
-# API's CORS allow-list are part of what is tested. Checked first, before installing anything.
-for port in 3000 8000; do
-  port_free $port "e2e: port $port is in use (make run?); make e2e needs 3000 and 8000 free" || exit 1
+# API's CORS allow-list are part of what is tested; 8001 is where the API itself listens,
+# behind the proxy on 8000. Checked first, before installing anything.
+for port in 3000 8000 8001; do
+  port_free $port "e2e: port $port is in use (make run?); make e2e needs 3000, 8000 and 8001 free" || exit 1
 done
 
 [ -x /usr/bin/chromium ] || { echo "e2e: installing chromium" >&2; apt_install chromium; }
@@ -24,5 +25,11 @@ node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.ex
 (cd client && npm ci --no-audit --no-fund --loglevel=error && npm run --silent check && npm run --silent build)
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
 use_devdb
-go build -o bin/taskflow-api .
-cd e2e && TASKFLOW_API_BIN=../bin/taskflow-api node run.mjs
+# TASKFLOW_API_BIN=path runs another build of the API (another worktree's, say) instead of
+# building this tree's.
+if [ -n "${TASKFLOW_API_BIN:-}" ]; then
+  api_bin=$(realpath "$TASKFLOW_API_BIN")
+else
+  go build -o bin/taskflow-api . && api_bin=$PWD/bin/taskflow-api
+fi
+cd e2e && TASKFLOW_API_BIN=$api_bin node run.mjs
