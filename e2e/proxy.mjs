@@ -68,7 +68,7 @@ export function startProxy({ port = 8000, upstreamPort = 8001, bodyLimit = 4 << 
       seq: exchanges.length, startedAt: Date.now(), method: req.method, path: url.pathname,
       query: Object.fromEntries(url.searchParams), request: { headers: headerMap(req.rawHeaders) },
       status: undefined, headers: undefined, body: [], bodyBytes: 0, truncated: false, events: undefined,
-      complete: false, cut: false, clientLeft: false, error: undefined,
+      complete: false, cut: false, clientLeft: false, error: undefined, wire: Buffer.alloc(0),
     };
     if (ex.query.access_token) ex.query.access_token = "(token)"; // kept out of the record, as the API keeps it out of its log
     exchanges.push(ex);
@@ -92,6 +92,9 @@ export function startProxy({ port = 8000, upstreamPort = 8001, bodyLimit = 4 << 
     };
     const forward = () => {
       up = request({ host: "127.0.0.1", port: upstreamPort, method: req.method, path: req.url, headers: forwardable(req.rawHeaders), agent: false });
+      // The first bytes off the wire, as they came: a body after a bodiless answer (HEAD,
+      // 204, 304) is dropped by Node's parser, but shows here when it came with the head.
+      up.on("socket", (sock) => sock.on("data", (d) => { if (ex.wire.length < 8192) ex.wire = Buffer.concat([ex.wire, d]).subarray(0, 8192); }));
       req.on("error", () => up.destroy());
       req.pipe(up);
       up.on("error", (err) => {
