@@ -34,7 +34,7 @@ soak:
 # What hostile clients and an outage cost the server; ABUSE_COMPARE=name=binary,... measures
 # other builds beside this tree's in the same run (docs/operations.md).
 abuse:
-	@. scripts/lib.sh && use_devdb && go test -tags abuse -run '^TestAbuse$$' -count=1 -timeout 20m -v . | grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok '
+	@. scripts/lib.sh && use_devdb && go test -tags abuse -run '^TestAbuse' -count=1 -timeout 20m -v . | grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok '
 
 # The service against pgbench running the same statements; prints tables (docs/performance.md).
 bench:

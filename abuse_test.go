@@ -218,3 +218,104 @@ func resetPeakRSS(t *testing.T, pid int) {
 		t.Fatal(err)
 	}
 }
+
+// TestAbuseWrites: what one account can add to the database, and what many accounts cost
+// the write limiter. One user with 8 connections toggles for 10 s with a fresh 255-character
+// Idempotency-Key each time (the probe that grew idempotency_keys by 492 rows a second
+// before MAX_WRITES_PER_USER); then 100,000 users write once each.
+func TestAbuseWrites(t *testing.T) {
+	testStore(t)
+	ctx := context.Background()
+	dbURL := freshDatabase(t, "taskflow_abuse_writes")
+	db, err := openTestStore(dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	port := freePort(t)
+	srv := exec.Command(testBinary(t))
+	srv.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "BETTER_AUTH_SECRET="+testSecret, "PORT="+port, "LOG_FORMAT=json")
+	srv.Stdout, srv.Stderr = io.Discard, os.Stderr
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Process.Signal(os.Interrupt); srv.Wait() }()
+	base := "http://127.0.0.1:" + port
+	waitOK(t, base+"/readyz")
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	send := func(method, url, token, key, body string) int {
+		req, _ := http.NewRequest(method, url, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			return 0
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res.StatusCode
+	}
+
+	me := newUserID(t)
+	token := tokenFor(t, me)
+	var taskID int64
+	db.pool.QueryRow(ctx, `INSERT INTO tasks (user_id, title) VALUES ($1, 'toggled') RETURNING id`, me).Scan(&taskID)
+	var before int64
+	db.pool.QueryRow(ctx, `SELECT count(*) FROM idempotency_keys`).Scan(&before)
+	var (
+		statuses sync.Map
+		sent     atomic.Int64
+		wg       sync.WaitGroup
+	)
+	stop := time.Now().Add(10 * time.Second)
+	for w := range 8 {
+		wg.Go(func() {
+			for n := 0; time.Now().Before(stop); n++ {
+				key := fmt.Sprintf("%d-%d-", w, n)
+				key += strings.Repeat("k", 255-len(key))
+				status := send("PATCH", fmt.Sprintf("%s/api/%s/tasks/%d/complete", base, me, taskID), token, key, "")
+				v, _ := statuses.LoadOrStore(status, new(atomic.Int64))
+				v.(*atomic.Int64).Add(1)
+				sent.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	var after int64
+	db.pool.QueryRow(ctx, `SELECT count(*) FROM idempotency_keys`).Scan(&after)
+	fmt.Printf("\none user, 8 connections, 10 s of toggles with fresh 255-character keys: %d sent;", sent.Load())
+	statuses.Range(func(k, v any) bool { fmt.Printf(" %v: %d;", k, v.(*atomic.Int64).Load()); return true })
+	fmt.Printf(" idempotency_keys grew by %d rows\n", after-before)
+
+	// 100,000 users, each creating one task, from 16 connections.
+	rss := func() float64 { return float64(procStatus(t, srv.Process.Pid, "VmRSS")) / (1 << 20) }
+	idle := rss()
+	const users = 100_000
+	next := atomic.Int64{}
+	resetPeakRSS(t, srv.Process.Pid)
+	start := time.Now()
+	var failed atomic.Int64
+	for range 16 {
+		wg.Go(func() {
+			for i := next.Add(1); i <= users; i = next.Add(1) {
+				id := fmt.Sprintf("writer-%d", i)
+				tok, _ := mintToken([]byte(testSecret), validClaims(id))
+				if send("POST", base+"/api/"+id+"/tasks", tok, "", `{"title":"once"}`) != http.StatusCreated {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	peak, end := float64(peakRSS(t, srv.Process.Pid))/(1<<20), rss()
+	time.Sleep(3 * time.Second)
+	send("POST", base+"/api/"+me+"/tasks", token, "", `{"title":"sweeps the limiter"}`) // its sweep runs on a write
+	fmt.Printf("%d users writing once each in %s (%d failed): RSS %.1f MiB idle, %.1f MiB at the peak, %.1f MiB at the end, %.1f MiB 3 s later\n",
+		users, took.Round(time.Second), failed.Load(), idle, peak, end, rss())
+}
