@@ -22,6 +22,18 @@ import (
 // A batch (since, upto] can be longer than a page: it is then read in task id order, and
 // the cursor also holds upto and the last id delivered.
 
+// Feed reads the feed of changes, and forgets its tombstones after retention.
+type Feed struct {
+	*db
+	retention time.Duration // CHANGES_RETENTION
+}
+
+// PruneTombstones forgets the tombstones older than the retention, moving the feed's
+// horizon past them.
+func (f *Feed) PruneTombstones(ctx context.Context) (int64, error) {
+	return f.pruneBatches(ctx, sqlPruneTombstones, f.retention)
+}
+
 // A Change is one task's latest state in the feed, or its deletion.
 type Change struct {
 	Task    Task // for a deletion, only ID, UserID and Version are set
@@ -57,7 +69,7 @@ SELECT upto::text, now::text, horizon::text, page.* FROM head LEFT JOIN page ON 
 // each to each as it arrives; it returns where the feed goes on and whether more is
 // waiting already. A cursor older than the feed keeps is ErrCursorExpired, returned with
 // a cursor at the present, from which a client that has listed again may go on.
-func (s *Store) Changes(ctx context.Context, userID string, from Cursor, limit int, each func(*Change) error) (Cursor, bool, error) {
+func (s *Feed) Changes(ctx context.Context, userID string, from Cursor, limit int, each func(*Change) error) (Cursor, bool, error) {
 	var since, upto any // NULL unless set
 	if from.since.xmin != 0 {
 		since = from.since.String()
@@ -146,7 +158,7 @@ func expired(c Cursor, nowText, horizonText string) bool {
 
 // Now is a cursor at the present: a stream that starts there sends nothing committed
 // before it.
-func (s *Store) Now(ctx context.Context) (Cursor, error) {
+func (s *Feed) Now(ctx context.Context) (Cursor, error) {
 	var text string
 	err := s.row(ctx, func(r pgx.Row) error { return r.Scan(&text) }, `SELECT pg_current_snapshot()::text`)
 	if err != nil {

@@ -43,7 +43,7 @@ func readFeed(t *testing.T, s *Store, userID string, c Cursor, limit int) ([][]C
 	var pages [][]Change
 	for {
 		var page []Change
-		next, more, err := s.Changes(context.Background(), userID, c, limit, func(ch *Change) error {
+		next, more, err := testFeed(s).Changes(context.Background(), userID, c, limit, func(ch *Change) error {
 			page = append(page, *ch)
 			return nil
 		})
@@ -73,7 +73,7 @@ func TestTheFeedNeverSkipsALateCommit(t *testing.T) {
 	t.Parallel()
 	s, ctx, me := testStore(t), context.Background(), newUserID(t)
 	a, b := mustCreate(t, s, me, "a", nil), mustCreate(t, s, me, "b", nil)
-	start, err := s.Now(ctx)
+	start, err := testFeed(s).Now(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestTheFeedNeverSkipsALateCommit(t *testing.T) {
 func TestTheFeedPagesCompactsAndKeepsDeletes(t *testing.T) {
 	t.Parallel()
 	s, ctx, me := testStore(t), context.Background(), newUserID(t)
-	start, err := s.Now(ctx)
+	start, err := testFeed(s).Now(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,15 +239,15 @@ func TestChangesRefusesWhatItCannotServe(t *testing.T) {
 // schema, so it is not parallel: the cursors of tests still running would expire.
 func TestAnExpiredCursorIs410(t *testing.T) {
 	s := storeVia(t, "", 5*time.Second, nil)
-	s.retention = time.Millisecond
+	feed := &Feed{db: s.db, retention: time.Millisecond}
 	ctx := context.Background()
 	me := newTestAPI(s).newUser(t)
 	before := me.do(t, "GET", "/api/{me}/tasks", "").wantStatus(http.StatusOK).Header().Get("X-Cursor")
 	task := me.create(t, "deleted, and its tombstone pruned")
 	me.do(t, "DELETE", fmt.Sprintf("/api/{me}/tasks/%d", task.ID), "").wantStatus(http.StatusNoContent)
 	time.Sleep(10 * time.Millisecond)
-	if _, n, err := s.Prune(ctx); err != nil || n < 1 {
-		t.Fatalf("Prune = %d tombstones, %v", n, err)
+	if n, err := feed.PruneTombstones(ctx); err != nil || n < 1 {
+		t.Fatalf("PruneTombstones = %d, %v", n, err)
 	}
 	if d := me.do(t, "GET", "/api/{me}/changes?since="+url.QueryEscape(before), "").wantStatus(http.StatusGone).detail(); !strings.Contains(d, "X-Cursor") {
 		t.Errorf("detail %q does not say what to do", d)
@@ -265,8 +265,8 @@ func TestPruningTakesBatches(t *testing.T) {
 SELECT $1, -i, now() - interval '30 days' FROM generate_series(1, $2::int) AS i`, me, pruneBatch+10); err != nil {
 		t.Fatal(err)
 	}
-	if _, n, err := s.Prune(ctx); err != nil || n < pruneBatch+10 {
-		t.Errorf("Prune = %d tombstones, %v, want at least %d", n, err, pruneBatch+10)
+	if n, err := testFeed(s).PruneTombstones(ctx); err != nil || n < pruneBatch+10 {
+		t.Errorf("PruneTombstones = %d, %v, want at least %d", n, err, pruneBatch+10)
 	}
 	var left int
 	s.pool.QueryRow(ctx, `SELECT count(*) FROM task_tombstones WHERE user_id = $1`, me).Scan(&left)

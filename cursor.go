@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -20,35 +19,34 @@ type snapshot struct {
 
 // String is the snapshot in pg_snapshot's text form, "xmin:xmax:xip,...".
 func (s snapshot) String() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d:%d:", s.xmin, s.xmax)
+	xip := make([]string, len(s.xip))
 	for i, x := range s.xip {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(strconv.FormatUint(x, 10))
+		xip[i] = strconv.FormatUint(x, 10)
 	}
-	return b.String()
+	return fmt.Sprintf("%d:%d:%s", s.xmin, s.xmax, strings.Join(xip, ","))
 }
 
 func parseSnapshot(text string) (snapshot, error) {
 	var s snapshot
-	parts := strings.Split(text, ":")
+	parts := strings.SplitN(text, ":", 3)
 	if len(parts) != 3 {
 		return s, fmt.Errorf("malformed snapshot %q", text)
 	}
-	var err1, err2 error
-	s.xmin, err1 = strconv.ParseUint(parts[0], 10, 64)
-	s.xmax, err2 = strconv.ParseUint(parts[1], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return s, err
-	}
+	ids := []string{parts[0], parts[1]}
 	if parts[2] != "" {
-		for _, x := range strings.Split(parts[2], ",") {
-			v, err := strconv.ParseUint(x, 10, 64)
-			if err != nil {
-				return s, err
-			}
+		ids = append(ids, strings.Split(parts[2], ",")...)
+	}
+	for i, id := range ids {
+		v, err := strconv.ParseUint(id, 10, 64)
+		if err != nil {
+			return s, err
+		}
+		switch i {
+		case 0:
+			s.xmin = v
+		case 1:
+			s.xmax = v
+		default:
 			s.xip = append(s.xip, v)
 		}
 	}
@@ -78,64 +76,29 @@ func (c *Cursor) set(snapshotText string) error {
 	return err
 }
 
-// cursorFormat heads every encoded cursor, so that a later format can tell it apart.
-const cursorFormat = 1
-
-// Encode is the cursor as the opaque string clients hold: its format, a tag of the user
-// it belongs to, and the snapshots as varints relative to their xmin, in base64url.
+// Encode is the cursor as the opaque string clients hold: its format, a tag of the user it
+// belongs to, and the snapshots as PostgreSQL writes them, in base64url.
 func (c Cursor) Encode(userID string) string {
-	b := append([]byte{cursorFormat}, userTag(userID)...)
-	for _, s := range []snapshot{c.since, c.upto} {
-		b = binary.AppendUvarint(b, s.xmin)
-		b = binary.AppendUvarint(b, s.xmax-s.xmin)
-		b = binary.AppendUvarint(b, uint64(len(s.xip)))
-		for _, x := range s.xip {
-			b = binary.AppendUvarint(b, x-s.xmin)
-		}
-	}
-	b = binary.AppendUvarint(b, uint64(c.after))
-	return base64.RawURLEncoding.EncodeToString(b)
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "1|%x|%s|%s|%d", userTag(userID), c.since, c.upto, c.after))
 }
 
 // decodeCursor reads a cursor given by userID; one that is malformed, or that belongs to
 // another user, is an error for a 400.
 func decodeCursor(userID, text string) (Cursor, error) {
 	var c Cursor
-	bad := badRequest("the cursor is not one this API gave to this user")
 	b, err := base64.RawURLEncoding.DecodeString(text)
-	if err != nil || len(text) > 4096 || len(b) < 5 || b[0] != cursorFormat || string(b[1:5]) != string(userTag(userID)) {
-		return c, bad
+	parts := strings.Split(string(b), "|")
+	if err != nil || len(parts) != 5 || parts[0] != "1" || parts[1] != fmt.Sprintf("%x", userTag(userID)) {
+		return c, errBadCursor
 	}
-	b = b[5:]
-	next := func() uint64 {
-		v, n := binary.Uvarint(b)
-		if n <= 0 {
-			b = nil
-			err = bad
-			return 0
-		}
-		b = b[n:]
-		return v
+	var errs [3]error
+	c.since, errs[0] = parseSnapshot(parts[2])
+	c.upto, errs[1] = parseSnapshot(parts[3])
+	c.after, errs[2] = strconv.ParseInt(parts[4], 10, 64)
+	usable := func(s snapshot) bool { return s.xmin == 0 && s.xmax == 0 && s.xip == nil || s.valid() }
+	if errors.Join(errs[:]...) != nil || !usable(c.since) || !usable(c.upto) || c.after < 0 || (c.upto.xmin == 0) != (c.after == 0) {
+		return c, errBadCursor
 	}
-	for _, s := range []*snapshot{&c.since, &c.upto} {
-		s.xmin = next()
-		s.xmax = s.xmin + next()
-		n := next()
-		if n > uint64(len(b)) { // each xip takes at least a byte
-			return c, bad
-		}
-		for range n {
-			s.xip = append(s.xip, s.xmin+next())
-		}
-		if err == nil && s.xmin != 0 && !s.valid() {
-			err = bad
-		}
-	}
-	after := next()
-	if err != nil || len(b) != 0 || after > 1<<63-1 || (c.upto.xmin == 0) != (after == 0) {
-		return c, bad
-	}
-	c.after = int64(after)
 	return c, nil
 }
 

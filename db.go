@@ -22,22 +22,12 @@ import (
 // under, and the few errors the rest of the code needs to tell apart. The statements
 // themselves are in store.go and changes.go.
 
-// Store runs the service's SQL: every statement under the store's deadline, so that a
-// hanging database is ErrUnavailable, not a hung request.
-type Store struct {
-	pool      *pgxpool.Pool
-	timeout   time.Duration // DB_TIMEOUT
-	maxTasks  int           // MAX_TASKS_PER_USER
-	retention time.Duration // CHANGES_RETENTION
-	breaker   *breaker
-}
-
-// storeConfig is what a Store needs besides its pool's.
-type storeConfig struct {
-	timeout   time.Duration
-	maxTasks  int
-	retention time.Duration
-	log       *slog.Logger
+// db runs statements, each under the deadline DB_TIMEOUT, so that a hanging database is
+// ErrUnavailable, not a hung request. Store and Feed hold one.
+type db struct {
+	pool    *pgxpool.Pool
+	timeout time.Duration
+	breaker *breaker
 }
 
 // Pool defaults suited to Neon; each applies only when the URL does not set it.
@@ -93,31 +83,29 @@ func hasConnParam(connString, param string) bool {
 //go:embed schema.sql
 var schemaSQL string
 
-// newStore makes a store whose pool connects on first use.
-func newStore(cfg *pgxpool.Config, sc storeConfig) (*Store, error) {
-	b := &breaker{log: sc.log}
+// newDB makes a db whose pool connects on first use.
+func newDB(cfg *pgxpool.Config, timeout time.Duration, log *slog.Logger) (*db, error) {
+	b := &breaker{log: log}
 	cfg.BeforeConnect, cfg.ConnConfig.Tracer = b.beforeConnect, b
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, err
 	}
-	return &Store{pool: pool, timeout: sc.timeout, maxTasks: sc.maxTasks, retention: sc.retention, breaker: b}, nil
+	return &db{pool: pool, timeout: timeout, breaker: b}, nil
 }
 
-// openStore makes a store, pings the database and applies schema.sql. It fails rather
-// than start a server that could not serve a single request.
-func openStore(ctx context.Context, cfg *pgxpool.Config, sc storeConfig) (*Store, error) {
-	// Until the store opens, a failure is the start's own error, not an outage to log.
-	quiet := sc
-	quiet.log = slog.New(slog.DiscardHandler)
-	s, err := newStore(cfg, quiet)
+// openDB makes a db, pings the database and applies schema.sql. It fails rather than
+// start a server that could not serve a single request.
+func openDB(ctx context.Context, cfg *pgxpool.Config, timeout time.Duration, log *slog.Logger) (*db, error) {
+	// Until it opens, a failure is the start's own error, not an outage to log.
+	s, err := newDB(cfg, timeout, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return nil, err
 	}
-	defer s.breaker.setLog(sc.log)
+	defer s.breaker.setLog(log)
 	// Neon may need a few seconds to wake a suspended compute, so the start gets more
 	// time than a request does.
-	startCtx, cancel := context.WithTimeout(ctx, max(sc.timeout, 15*time.Second))
+	startCtx, cancel := context.WithTimeout(ctx, max(timeout, 15*time.Second))
 	defer cancel()
 	if err := s.pool.Ping(startCtx); err != nil {
 		s.Close()
@@ -130,24 +118,24 @@ func openStore(ctx context.Context, cfg *pgxpool.Config, sc storeConfig) (*Store
 	return s, nil
 }
 
-func (s *Store) Close() { s.pool.Close() }
+func (s *db) Close() { s.pool.Close() }
 
-// Ping reports whether the database answers within the store's deadline.
-func (s *Store) Ping(ctx context.Context) error {
+// Ping reports whether the database answers within the deadline.
+func (s *db) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	return translate(ctx, s.pool.Ping(ctx))
 }
 
 // row runs a statement that returns at most one row, and scans it. It runs to completion
-// under the store's deadline even if the client hangs up: it takes a millisecond, and
+// under its deadline even if the client hangs up: it takes a millisecond, and
 // interrupting it would cost its connection (pgx closes a connection it interrupts).
 //
 // The deadline is set on the connection's socket, not in a context pgx watches: 8-11%
 // more throughput, p99 a fifth to a third lower (docs/performance.md, "Socket deadlines").
 // A statement past it fails with a timeout; pgx then closes the connection, and the pool
 // replaces it.
-func (s *Store) row(ctx context.Context, scan func(pgx.Row) error, sql string, args ...any) error {
+func (s *db) row(ctx context.Context, scan func(pgx.Row) error, sql string, args ...any) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	defer cancel()
 	conn, socket, release, err := s.acquire(ctx)
@@ -163,12 +151,12 @@ func (s *Store) row(ctx context.Context, scan func(pgx.Row) error, sql string, a
 }
 
 // query runs a statement and hands each row to scan as it arrives; an error from scan
-// stops the query and is returned as it is. Each row must arrive within the store's
+// stops the query and is returned as it is. Each row must arrive within the
 // deadline of asking for it, set on the socket as in row; how long the whole takes
 // depends on how fast scan passes rows on, which is the caller's to bound (the HTTP
 // server's write timeout). A client that hangs up (ctx) ends the query at the next row;
 // one that stops reading, at the write that fails.
-func (s *Store) query(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
+func (s *db) query(ctx context.Context, scan func(pgx.Rows) error, sql string, args ...any) error {
 	acquireCtx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	conn, socket, release, err := s.acquire(acquireCtx)
@@ -211,7 +199,7 @@ func (s *Store) query(ctx context.Context, scan func(pgx.Rows) error, sql string
 // statement's deadline. release clears the deadline and gives the connection back; but a
 // connection pgx closed (after a timeout, say) is cleaning up under a deadline of its
 // own, which must stay: it goes back to the pool only to be destroyed.
-func (s *Store) acquire(ctx context.Context) (conn *pgxpool.Conn, socket net.Conn, release func(), err error) {
+func (s *db) acquire(ctx context.Context) (conn *pgxpool.Conn, socket net.Conn, release func(), err error) {
 	conn, err = s.pool.Acquire(ctx)
 	if err != nil {
 		return nil, nil, nil, translate(ctx, err)

@@ -46,6 +46,7 @@ var (
 	errNoRoute          = &apiError{status: http.StatusNotFound, detail: "not found"}
 	errMethodNotAllowed = &apiError{status: http.StatusMethodNotAllowed, detail: "method not allowed"}
 	errNotJSON          = &apiError{status: http.StatusUnsupportedMediaType, detail: "Content-Type must be application/json"}
+	errBadCursor        = &apiError{status: http.StatusBadRequest, detail: "the cursor is not one this API gave to this user"}
 	errCreateIfMatch    = &apiError{status: http.StatusPreconditionFailed, detail: "If-Match cannot hold on a create: the task does not exist yet"}
 	errTooManyWrites    = &apiError{status: http.StatusTooManyRequests, detail: "too many writes for this user (MAX_WRITES_PER_USER); retry after Retry-After seconds", retryAfter: 1}
 	errTooManyStreams   = &apiError{status: http.StatusTooManyRequests, detail: "too many open event streams for this user (MAX_STREAMS_PER_USER)", retryAfter: 5}

@@ -23,12 +23,12 @@ import (
 // The path of a change, from write to browser: the handler's statement stamps the row
 // (store.go) and, once it has committed, Wakeups.Changed wakes this instance's streams of
 // the user and has the others woken by a NOTIFY; each woken stream reads its feed from
-// its cursor (Store.Changes) and writes one event per change, whose id is the cursor
+// its cursor (Feed.Changes) and writes one event per change, whose id is the cursor
 // after it.
 
 // Events holds one instance's open streams, by user.
 type Events struct {
-	store      *Store
+	feed       *Feed
 	log        *slog.Logger
 	maxPerUser int
 	maxTotal   int
@@ -61,9 +61,9 @@ const (
 	streamPages = 64
 )
 
-func newEvents(store *Store, log *slog.Logger, maxPerUser, maxTotal int) *Events {
+func newEvents(feed *Feed, log *slog.Logger, maxPerUser, maxTotal int) *Events {
 	return &Events{
-		store:      store,
+		feed:       feed,
 		log:        log,
 		maxPerUser: maxPerUser,
 		maxTotal:   maxTotal,
@@ -299,7 +299,7 @@ func (e *Events) sendChanges(conn net.Conn, userID string, cur Cursor) (Cursor, 
 		// held 264 MiB instead of 150; make bench-live).
 		go func() {
 			defer close(read)
-			next, more, err = e.store.Changes(context.Background(), userID, cur, streamPage, func(c *Change) error {
+			next, more, err = e.feed.Changes(context.Background(), userID, cur, streamPage, func(c *Change) error {
 				*buf = appendChangeEvent(*buf, c, userID)
 				return nil
 			})

@@ -136,12 +136,12 @@ func storeVia(t *testing.T, addr string, timeout time.Duration, tweak func(*pgxp
 	if tweak != nil {
 		tweak(cfg)
 	}
-	s, err := openStore(context.Background(), cfg, testStoreConfig(timeout))
+	d, err := openDB(context.Background(), cfg, timeout, discardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(s.Close)
-	return s
+	t.Cleanup(d.Close)
+	return &Store{db: d, maxTasks: 10000}
 }
 
 func dbAddr(t *testing.T) string {

@@ -19,6 +19,7 @@ type router interface {
 // service is what the handlers are made of.
 type service struct {
 	store  *Store
+	feed   *Feed
 	auth   *Authenticator
 	events *Events
 	writes *writes
@@ -36,8 +37,8 @@ func addRoutes(mux router, s service) {
 	mux.Handle("PUT /api/{user_id}/tasks/{id}", authed(s.auth, handleUpdateTask(s.store, s.writes)))
 	mux.Handle("DELETE /api/{user_id}/tasks/{id}", authed(s.auth, handleDeleteTask(s.store, s.writes)))
 	mux.Handle("PATCH /api/{user_id}/tasks/{id}/complete", authed(s.auth, handleToggleTask(s.store, s.writes)))
-	mux.Handle("GET /api/{user_id}/changes", authed(s.auth, handleChanges(s.store)))
-	mux.Handle(eventsRoute, authed(s.auth, handleEvents(s.store, s.events)))
+	mux.Handle("GET /api/{user_id}/changes", authed(s.auth, handleChanges(s.feed)))
+	mux.Handle(eventsRoute, authed(s.auth, handleEvents(s.feed, s.events)))
 }
 
 // eventsRoute is the live stream, the one route that may take its token from the query:
@@ -264,7 +265,7 @@ func handleToggleTask(store *Store, writes *writes) userHandler {
 
 // handleChanges serves one page of the user's feed: {"changes": [...], "cursor", "more"},
 // streamed as the changes arrive.
-func handleChanges(store *Store) userHandler {
+func handleChanges(feed *Feed) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		from, limit, err := parseChangesQuery(r.URL.RawQuery, who.userID)
 		if err != nil {
@@ -273,7 +274,7 @@ func handleChanges(store *Store) userHandler {
 		page := jsonStream{w: w}
 		page.begin(nil, `{"changes":[`)
 		n := 0
-		next, more, err := store.Changes(r.Context(), who.userID, from, limit, func(c *Change) error {
+		next, more, err := feed.Changes(r.Context(), who.userID, from, limit, func(c *Change) error {
 			n++
 			return page.add(n == 1, func(b []byte) []byte { return appendChange(b, c) })
 		})
@@ -284,7 +285,7 @@ func handleChanges(store *Store) userHandler {
 
 // handleEvents opens a stream of the user's feed (events.go): from the Last-Event-ID an
 // EventSource sends when it reconnects, else from since=, else from now.
-func handleEvents(store *Store, events *Events) userHandler {
+func handleEvents(feed *Feed, events *Events) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		if !time.Now().Before(who.expires) {
 			// Within the clock leeway the token still authenticates, but a stream would
@@ -307,7 +308,7 @@ func handleEvents(store *Store, events *Events) userHandler {
 			return nil
 		}
 		if now {
-			if from, err = store.Now(r.Context()); err != nil {
+			if from, err = feed.Now(r.Context()); err != nil {
 				return err
 			}
 		}

@@ -114,13 +114,15 @@ func openTestStore(databaseURL string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	return openStore(context.Background(), cfg, testStoreConfig(5*time.Second))
+	d, err := openDB(context.Background(), cfg, 5*time.Second, discardLogger())
+	if err != nil {
+		return nil, err
+	}
+	return &Store{db: d, maxTasks: 10000}, nil
 }
 
-// testStoreConfig is a store's configuration for tests, with the default task limit.
-func testStoreConfig(timeout time.Duration) storeConfig {
-	return storeConfig{timeout: timeout, maxTasks: 10000, retention: 168 * time.Hour, log: discardLogger()}
-}
+// testFeed is the feed of a test store's database, with the default retention.
+func testFeed(s *Store) *Feed { return &Feed{db: s.db, retention: 168 * time.Hour} }
 
 // testStore returns the store on the test database, or skips when there is none (only
 // outside CI: TestMain fails the run there).
@@ -140,12 +142,12 @@ func noDatabase(t testing.TB) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := newStore(cfg, testStoreConfig(time.Second))
+	d, err := newDB(cfg, time.Second, discardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(s.Close)
-	return s
+	t.Cleanup(d.Close)
+	return &Store{db: d, maxTasks: 10000}
 }
 
 // newUserID returns a fresh id shaped like Better Auth's: 32 random alphanumerics.
@@ -200,10 +202,12 @@ func newTestAPI(s *Store) *testAPI {
 // updates wake this instance's streams only (nothing sends wake-ups to others), and
 // writes are limited far above what any test but the limit's own makes.
 func newTestService(s *Store, log *slog.Logger) service {
-	events := newEvents(s, log, 16, 10000)
-	wakeups := newWakeups(events, s, nil, log)
+	feed := testFeed(s)
+	events := newEvents(feed, log, 16, 10000)
+	wakeups := newWakeups(events, s.db, nil, log)
 	return service{
 		store:  s,
+		feed:   feed,
 		auth:   newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"),
 		events: events,
 		writes: &writes{limit: newWriteLimiter(1 << 20), store: s, wakeups: wakeups},

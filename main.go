@@ -65,20 +65,21 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	}
 	log := newLogger(cfg.logFormat, stdout)
-	store, err := openStore(ctx, cfg.pool, storeConfig{timeout: cfg.dbTimeout, maxTasks: cfg.maxTasks, retention: cfg.retention, log: log})
+	db, err := openDB(ctx, cfg.pool, cfg.dbTimeout, log)
 	if err != nil {
 		return databaseError(cfg, err)
 	}
-	defer store.Close()
-	go prune(ctx, store, log)
+	defer db.Close()
+	store, feed := &Store{db: db, maxTasks: cfg.maxTasks}, &Feed{db: db, retention: cfg.retention}
+	go prune(ctx, store, feed, log)
 
 	auth, authModes := newAuth(ctx, cfg, log)
-	events := newEvents(store, log, cfg.maxUserStreams, cfg.maxStreams)
-	wakeups := newWakeups(events, store, cfg.listen.ConnConfig, log)
+	events := newEvents(feed, log, cfg.maxUserStreams, cfg.maxStreams)
+	wakeups := newWakeups(events, db, cfg.listen.ConnConfig, log)
 	go wakeups.Listen(ctx)
 	go wakeups.Notify(ctx)
 	writes := &writes{limit: newWriteLimiter(cfg.maxWrites), store: store, wakeups: wakeups}
-	srv := newServer(newHandler(log, service{store: store, auth: auth, events: events, writes: writes}, cfg.corsOrigins), log)
+	srv := newServer(newHandler(log, service{store: store, feed: feed, auth: auth, events: events, writes: writes}, cfg.corsOrigins), log)
 	countServerRefusals(srv, log)
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.host, cfg.port))
@@ -194,11 +195,13 @@ func printDevToken(getenv func(string) string, userID string, stdout io.Writer) 
 	return err
 }
 
-// prune forgets expired idempotency keys and tombstones (Store.Prune), at start and then
-// every ten minutes, off the path of any request.
-func prune(ctx context.Context, store *Store, log *slog.Logger) {
+// prune forgets expired idempotency keys and tombstones, at start and then every ten
+// minutes, off the path of any request.
+func prune(ctx context.Context, store *Store, feed *Feed, log *slog.Logger) {
 	for {
-		if keys, tombstones, err := store.Prune(ctx); err != nil && ctx.Err() == nil {
+		keys, err := store.PruneKeys(ctx)
+		tombstones, err2 := feed.PruneTombstones(ctx)
+		if err = errors.Join(err, err2); err != nil && ctx.Err() == nil {
 			log.Warn("pruning failed", "err", err)
 		} else if keys+tombstones > 0 {
 			log.Info("pruned", "idempotency_keys", keys, "tombstones", tombstones)

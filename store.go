@@ -14,6 +14,12 @@ import (
 // conditions and Idempotency-Key checked in the statement that writes; the lists. The
 // feed of changes reads these rows in changes.go.
 
+// Store reads and writes users' tasks.
+type Store struct {
+	*db
+	maxTasks int // MAX_TASKS_PER_USER
+}
+
 // Task is one row of the tasks table. The API's JSON for it is appendTask's; the tags
 // read the JSON PostgreSQL makes of a row (replayed answers).
 type Task struct {
@@ -323,22 +329,17 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 	return head(h)
 }
 
-// Prune forgets what the service keeps only for a while: idempotency keys after 24
-// hours, tombstones after CHANGES_RETENTION (moving the feed's horizon past them). It
-// deletes in batches, each a short transaction, under a deadline of its own, so that it
-// holds no lock for long, and two instances pruning at once skip each other's rows.
-func (s *Store) Prune(ctx context.Context) (keys, tombstones int64, err error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	if keys, err = s.pruneBatches(ctx, sqlPruneKeys); err != nil {
-		return keys, 0, err
-	}
-	tombstones, err = s.pruneBatches(ctx, sqlPruneTombstones, s.retention)
-	return keys, tombstones, err
+// PruneKeys forgets the idempotency keys older than 24 hours.
+func (s *Store) PruneKeys(ctx context.Context) (int64, error) {
+	return s.pruneBatches(ctx, sqlPruneKeys)
 }
 
-// pruneBatches runs a pruning statement until it prunes less than a whole batch.
-func (s *Store) pruneBatches(ctx context.Context, sql string, args ...any) (int64, error) {
+// pruneBatches runs a pruning statement until it prunes less than a whole batch, each a
+// short transaction, under a deadline of its own: it holds no lock for long, and two
+// instances pruning at once skip each other's rows.
+func (s *db) pruneBatches(ctx context.Context, sql string, args ...any) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	var total int64
 	for ctx.Err() == nil {
 		var n int64

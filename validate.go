@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"mime"
 	"net/http"
 	"net/url"
@@ -15,6 +16,10 @@ import (
 	"unicode/utf8"
 )
 
+// Whether a request is well-formed: bodies, query parameters, task ids, cursors, and the
+// headers a write may carry. The schema's CHECKs mirror the body rules as the database's
+// own guard.
+
 const (
 	maxBodyBytes   = 64 << 10
 	maxTitle       = 200
@@ -22,14 +27,14 @@ const (
 	maxListLimit   = 1000
 )
 
-// Everything that decides whether a request is well-formed: bodies, query parameters,
-// task ids, cursors' places in the request, and the headers a write may carry. The
-// schema's CHECKs mirror the body rules as the database's own guard.
-
 // readNewTask reads a create's body, which it also returns as sent: a title, and a
 // description or none. completed is not taken: the server decides the initial state.
 func readNewTask(w http.ResponseWriter, r *http.Request) (TaskPatch, []byte, error) {
-	p, body, err := readTaskBody(w, r, false)
+	body, err := readJSONBody(w, r)
+	if err != nil {
+		return TaskPatch{}, nil, err
+	}
+	p, err := decodeTask(body, false)
 	if err == nil && p.Title == nil {
 		err = unprocessable("title is required")
 	}
@@ -38,30 +43,18 @@ func readNewTask(w http.ResponseWriter, r *http.Request) (TaskPatch, []byte, err
 
 // readPatch reads an update's body: at least one of title, description, completed.
 func readPatch(w http.ResponseWriter, r *http.Request) (TaskPatch, error) {
-	p, _, err := readTaskBody(w, r, true)
+	body, err := readJSONBody(w, r)
+	if err != nil {
+		return TaskPatch{}, err
+	}
+	p, err := decodeTask(body, true)
 	if err == nil && p == (TaskPatch{}) {
 		err = unprocessable("the body must set at least one of title, description, completed")
 	}
 	return p, err
 }
 
-func readTaskBody(w http.ResponseWriter, r *http.Request, allowCompleted bool) (TaskPatch, []byte, error) {
-	body, err := readJSONBody(w, r)
-	if err != nil {
-		return TaskPatch{}, nil, err
-	}
-	fields, err := parseJSONObject(body)
-	if err != nil {
-		return TaskPatch{}, nil, err
-	}
-	p, err := decodeTaskFields(fields, allowCompleted)
-	return p, body, err
-}
-
-// readJSONBody reads a request body that must be one JSON object and returns its
-// members undecoded. It settles every status that depends on the bytes alone: 415 for
-// the wrong content type, 413 past the size limit, 400 for anything that is not
-// well-formed UTF-8 JSON (trailing data included), 422 for JSON that is not an object.
+// readJSONBody reads a body sent as JSON, within the size limit.
 func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	if r.ContentLength > maxBodyBytes {
 		return nil, tooLarge(maxBodyBytes)
@@ -70,91 +63,37 @@ func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		return nil, errNotJSON
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
-	if err != nil {
-		var overLimit *http.MaxBytesError
-		if errors.As(err, &overLimit) {
-			return nil, tooLarge(maxBodyBytes)
-		}
+	var overLimit *http.MaxBytesError
+	switch {
+	case errors.As(err, &overLimit):
+		return nil, tooLarge(maxBodyBytes)
+	case err != nil:
 		return nil, badRequest("could not read the request body")
 	}
 	return body, nil
 }
 
-// parseJSONObject checks the bytes of a body that must be one JSON object and returns its
-// members undecoded.
-func parseJSONObject(body []byte) (map[string]json.RawMessage, error) {
-	// encoding/json silently turns invalid UTF-8 and unpaired surrogate escapes into
-	// U+FFFD; a client that sent them would get back text it never wrote.
+// decodeTask validates a task body: 400 for anything that is not well-formed UTF-8 JSON
+// (trailing data included), 422 for JSON that is not a valid task object. Keys match
+// exactly: encoding/json alone would take "Title" for "title".
+func decodeTask(body []byte, allowCompleted bool) (TaskPatch, error) {
+	var p TaskPatch
+	// encoding/json silently turns invalid UTF-8 into U+FFFD; a client that sent it would
+	// get back text it never wrote.
 	if !utf8.Valid(body) {
-		return nil, badRequest("request body is not valid UTF-8")
-	}
-	if hasLoneSurrogate(body) {
-		return nil, badRequest("request body has an unpaired UTF-16 surrogate escape")
+		return p, badRequest("request body is not valid UTF-8")
 	}
 	if len(bytes.TrimSpace(body)) == 0 {
-		return nil, badRequest("request body is empty; expected a JSON object")
+		return p, badRequest("request body is empty; expected a JSON object")
 	}
 	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(body, &fields); err != nil {
+	if err := json.Unmarshal(body, &fields); err != nil || fields == nil {
 		var syntaxErr *json.SyntaxError
 		if errors.As(err, &syntaxErr) {
-			return nil, badRequest("request body is not valid JSON: %s", strings.TrimPrefix(syntaxErr.Error(), "json: "))
+			return p, badRequest("request body is not valid JSON: %s", strings.TrimPrefix(syntaxErr.Error(), "json: "))
 		}
-		return nil, unprocessable("request body must be a JSON object")
+		return p, unprocessable("request body must be a JSON object")
 	}
-	if fields == nil { // the body was the literal null
-		return nil, unprocessable("request body must be a JSON object")
-	}
-	return fields, nil
-}
-
-// hasLoneSurrogate reports whether a JSON text has a \uD800-\uDFFF escape that is not
-// part of a high-low pair. It relies on the text being scanned from a value boundary:
-// backslashes only occur inside strings, and "\\" is consumed as a unit.
-func hasLoneSurrogate(b []byte) bool {
-	pendingHigh := false
-	for i := 0; i < len(b); i++ {
-		if b[i] != '\\' || i+1 >= len(b) {
-			if pendingHigh {
-				return true
-			}
-			continue
-		}
-		if b[i+1] != 'u' || i+5 >= len(b) {
-			if pendingHigh {
-				return true
-			}
-			i++ // skip the escaped character, which may be a backslash
-			continue
-		}
-		v, err := strconv.ParseUint(string(b[i+2:i+6]), 16, 16)
-		if err != nil {
-			return false // not valid JSON; the parser reports it
-		}
-		switch {
-		case v >= 0xD800 && v < 0xDC00:
-			if pendingHigh {
-				return true
-			}
-			pendingHigh = true
-		case v >= 0xDC00 && v < 0xE000:
-			if !pendingHigh {
-				return true
-			}
-			pendingHigh = false
-		default:
-			if pendingHigh {
-				return true
-			}
-		}
-		i += 5
-	}
-	return pendingHigh
-}
-
-// decodeTaskFields validates the members of a task body.
-func decodeTaskFields(fields map[string]json.RawMessage, allowCompleted bool) (TaskPatch, error) {
-	var p TaskPatch
 	for name, raw := range fields {
 		switch {
 		case name == "title":
@@ -178,7 +117,7 @@ func decodeTaskFields(fields map[string]json.RawMessage, allowCompleted bool) (T
 			p.SetDescription, p.Description = true, s
 		case name == "completed" && allowCompleted:
 			var b bool
-			if isNull(raw) || json.Unmarshal(raw, &b) != nil {
+			if string(raw) == "null" || json.Unmarshal(raw, &b) != nil {
 				return p, unprocessable("completed must be a boolean")
 			}
 			p.Completed = &b
@@ -191,11 +130,8 @@ func decodeTaskFields(fields map[string]json.RawMessage, allowCompleted bool) (T
 
 // decodeString decodes a JSON string member, or null when nullable.
 func decodeString(name string, raw json.RawMessage, nullable bool) (*string, error) {
-	if isNull(raw) {
-		if nullable {
-			return nil, nil
-		}
-		return nil, unprocessable("%s must be a string", name)
+	if string(raw) == "null" && nullable {
+		return nil, nil
 	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
@@ -207,10 +143,13 @@ func decodeString(name string, raw json.RawMessage, nullable bool) (*string, err
 	if strings.IndexByte(s, 0) >= 0 {
 		return nil, unprocessable("%s must not contain NUL characters", name)
 	}
+	// An unpaired surrogate escape (\ud800) also becomes U+FFFD; the body is valid UTF-8,
+	// so a U+FFFD that the text does not spell, raw or as \ufffd, is one of those.
+	if n := strings.Count(s, "\uFFFD"); n > 0 && n > strings.Count(string(raw), "\uFFFD")+strings.Count(strings.ToLower(string(raw)), `\ufffd`) {
+		return nil, badRequest("%s has an unpaired UTF-16 surrogate escape", name)
+	}
 	return &s, nil
 }
-
-func isNull(raw json.RawMessage) bool { return string(raw) == "null" }
 
 // truncate shortens client-supplied text before it is echoed in an error detail.
 func truncate(s string, n int) string {
@@ -220,94 +159,78 @@ func truncate(s string, n int) string {
 	return string([]rune(s)[:n]) + "…"
 }
 
-// parseListQuery validates the list endpoint's query string. Unknown parameters are
-// ignored, as most HTTP APIs do; a known one with an unknown value, or given twice, is a 400.
-func parseListQuery(rawQuery string) (ListQuery, error) {
-	q := ListQuery{Status: "all", Sort: "created", Desc: true}
+// queryValues reads the known parameters of a query string. Unknown ones are ignored, as
+// most HTTP APIs do; a known one given twice is a 400.
+func queryValues(rawQuery string, known ...string) (map[string]string, error) {
 	values, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return q, badRequest("malformed query string")
+		return nil, badRequest("malformed query string")
 	}
-	get := func(name string) (string, bool, error) {
-		v, ok := values[name]
-		if !ok {
-			return "", false, nil
+	m := map[string]string{}
+	for _, name := range known {
+		switch v := values[name]; len(v) {
+		case 0:
+		case 1:
+			m[name] = v[0]
+		default:
+			return nil, badRequest("query parameter %s is given more than once", name)
 		}
-		if len(v) > 1 {
-			return "", false, badRequest("query parameter %s is given more than once", name)
-		}
-		return v[0], true, nil
 	}
-	oneOf := func(name string, allowed ...string) (string, bool, error) {
-		v, ok, err := get(name)
-		if err != nil || !ok {
-			return "", ok, err
-		}
-		for _, a := range allowed {
-			if v == a {
-				return v, true, nil
+	return m, nil
+}
+
+// parseListQuery validates the list's query: an unknown value of a known parameter is a 400.
+func parseListQuery(rawQuery string) (ListQuery, error) {
+	q := ListQuery{Status: "all", Sort: "created", Desc: true}
+	v, err := queryValues(rawQuery, "status", "sort", "order", "limit", "offset")
+	if err != nil {
+		return q, err
+	}
+	for _, p := range []struct {
+		name, allowed string
+		set           func(string)
+	}{
+		{"status", "all pending completed", func(s string) { q.Status = s }},
+		{"sort", "created updated title", func(s string) { q.Sort = s }},
+		{"order", "asc desc", func(s string) { q.Desc = s == "desc" }},
+	} {
+		if s, ok := v[p.name]; ok {
+			if !strings.Contains(" "+p.allowed+" ", " "+s+" ") {
+				return q, badRequest("query parameter %s must be one of %s, got %q", p.name, strings.ReplaceAll(p.allowed, " ", ", "), truncate(s, 64))
 			}
+			p.set(s)
 		}
-		return "", false, badRequest("query parameter %s must be one of %s, got %q", name, strings.Join(allowed, ", "), truncate(v, 64))
 	}
-	if v, ok, err := oneOf("status", "all", "pending", "completed"); err != nil {
-		return q, err
-	} else if ok {
-		q.Status = v
-	}
-	if v, ok, err := oneOf("sort", "created", "updated", "title"); err != nil {
-		return q, err
-	} else if ok {
-		q.Sort = v
-	}
-	if v, ok, err := oneOf("order", "asc", "desc"); err != nil {
-		return q, err
-	} else if ok {
-		q.Desc = v == "desc"
-	}
-	if v, ok, err := get("limit"); err != nil {
-		return q, err
-	} else if ok {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > maxListLimit || !isDigits(v) {
-			return q, badRequest("query parameter limit must be an integer from 1 to %d, got %q", maxListLimit, truncate(v, 64))
+	if s, ok := v["limit"]; ok {
+		if q.Limit, ok = decimal(s, 1, maxListLimit); !ok {
+			return q, badRequest("query parameter limit must be an integer from 1 to %d, got %q", maxListLimit, truncate(s, 64))
 		}
-		q.Limit = n
 	}
-	if v, ok, err := get("offset"); err != nil {
-		return q, err
-	} else if ok {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 || !isDigits(v) {
-			return q, badRequest("query parameter offset must be a non-negative integer, got %q", truncate(v, 64))
+	if s, ok := v["offset"]; ok {
+		n, ok := decimal(s, 0, math.MaxInt64)
+		if !ok {
+			return q, badRequest("query parameter offset must be a non-negative integer, got %q", truncate(s, 64))
 		}
-		q.Offset = n
+		q.Offset = int64(n)
 	}
 	return q, nil
 }
 
 // parseChangesQuery reads /changes' since (a cursor; absent: a full sync) and limit.
-func parseChangesQuery(rawQuery, userID string) (Cursor, int, error) {
-	values, err := url.ParseQuery(rawQuery)
+func parseChangesQuery(rawQuery, userID string) (from Cursor, limit int, err error) {
+	v, err := queryValues(rawQuery, "since", "limit")
 	if err != nil {
-		return Cursor{}, 0, badRequest("malformed query string")
+		return from, 0, err
 	}
-	var from Cursor
-	limit := maxListLimit
-	for name, v := range values {
-		switch {
-		case name != "since" && name != "limit":
-			continue // unknown parameters are ignored, as on lists
-		case len(v) > 1:
-			return from, 0, badRequest("query parameter %s is given more than once", name)
-		case name == "since":
-			if from, err = decodeCursor(userID, v[0]); err != nil {
-				return from, 0, err
-			}
-		default:
-			if limit, err = strconv.Atoi(v[0]); err != nil || limit < 1 || limit > maxListLimit || !isDigits(v[0]) {
-				return from, 0, badRequest("query parameter limit must be an integer from 1 to %d, got %q", maxListLimit, truncate(v[0], 64))
-			}
+	if s, ok := v["since"]; ok {
+		if from, err = decodeCursor(userID, s); err != nil {
+			return from, 0, err
+		}
+	}
+	limit = maxListLimit
+	if s, ok := v["limit"]; ok {
+		if limit, ok = decimal(s, 1, maxListLimit); !ok {
+			return from, 0, badRequest("query parameter limit must be an integer from 1 to %d, got %q", maxListLimit, truncate(s, 64))
 		}
 	}
 	return from, limit, nil
@@ -321,36 +244,32 @@ func parseStreamStart(r *http.Request, userID string) (from Cursor, now bool, er
 		from, err = decodeCursor(userID, id)
 		return from, false, err
 	}
-	switch since := r.URL.Query()["since"]; {
-	case len(since) > 1:
-		return from, false, badRequest("query parameter since is given more than once")
-	case len(since) == 1:
-		from, err = decodeCursor(userID, since[0])
+	v, err := queryValues(r.URL.RawQuery, "since")
+	if s, ok := v["since"]; ok && err == nil {
+		from, err = decodeCursor(userID, s)
 		return from, false, err
 	}
-	return from, true, nil
+	return from, err == nil, err
 }
 
-// taskID is the request's {id}: the canonical decimal form of a positive 64-bit integer,
-// spelled out in the path, and nothing else (no sign, leading zero, space, hex or
-// percent-encoded digit), so that each task has exactly one URL.
+// decimal accepts an integer in [lo, hi] written in plain decimal digits: no sign, space,
+// or other base.
+func decimal(s string, lo, hi int) (int, bool) {
+	n, err := strconv.Atoi(s)
+	return n, err == nil && n >= lo && n <= hi && strings.Trim(s, "0123456789") == ""
+}
+
+// taskID is the request's {id}: a positive 64-bit integer in canonical decimal, spelled
+// out in the path, and nothing else (no sign, leading zero, space, hex or percent-encoded
+// digit), so that each task has exactly one URL.
 func taskID(r *http.Request) (int64, error) {
 	s := r.PathValue("id")
-	id, err := strconv.ParseInt(s, 10, 64)
+	id, ok := decimal(s, 1, math.MaxInt64)
 	spelled := strings.HasSuffix(strings.TrimSuffix(r.URL.EscapedPath(), "/complete"), "/tasks/"+s)
-	if err != nil || id < 1 || !isDigits(s) || s[0] == '0' || !spelled {
+	if !ok || s[0] == '0' || !spelled {
 		return 0, badRequest("task id must be a positive integer in decimal, got %q", truncate(s, 64))
 	}
-	return id, nil
-}
-
-func isDigits(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return s != ""
+	return int64(id), nil
 }
 
 // readIdempotencyKey returns the request's Idempotency-Key, nil without one, with the
@@ -362,7 +281,7 @@ func readIdempotencyKey(r *http.Request, body []byte) (*IdempotencyKey, error) {
 		return nil, nil
 	}
 	key := values[0]
-	if len(values) > 1 || !visibleASCII(key, 255) {
+	if len(values) > 1 || len(key) > 255 || key == "" || strings.IndexFunc(key, func(c rune) bool { return c < '!' || c > '~' }) >= 0 {
 		return nil, badRequest("Idempotency-Key must be one value of 1 to 255 visible ASCII characters")
 	}
 	canonical := strings.NewReplacer("{user_id}", url.PathEscape(r.PathValue("user_id")), "{id}", r.PathValue("id")).Replace(route(r.Pattern))
@@ -372,15 +291,6 @@ func readIdempotencyKey(r *http.Request, body []byte) (*IdempotencyKey, error) {
 	k := &IdempotencyKey{Key: key}
 	h.Sum(k.Request[:0])
 	return k, nil
-}
-
-func visibleASCII(s string, maxLen int) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x21 || s[i] > 0x7e {
-			return false
-		}
-	}
-	return s != "" && len(s) <= maxLen
 }
 
 // readCondition reads a write's If-Match and If-None-Match, compared as RFC 9110 13.1.1-2
@@ -412,9 +322,8 @@ func readCondition(r *http.Request) (Condition, error) {
 	return c, err
 }
 
-// readCreateCondition checks a create's conditional headers: well-formed, and able to
-// hold. If-Match cannot: the task it would name does not exist yet. If-None-Match always
-// does, for the same reason.
+// readCreateCondition checks a create's conditions: well-formed, and able to hold.
+// If-Match cannot: the task it would name does not exist yet. If-None-Match always does.
 func readCreateCondition(r *http.Request) error {
 	_, err := readCondition(r)
 	if err == nil && len(r.Header.Values("If-Match")) > 0 {
@@ -433,35 +342,28 @@ func tagVersion(tag string) (int64, bool) {
 // 13.1.2: compared weakly, so W/"1" names "1").
 func noneMatch(r *http.Request, etag string) (bool, error) {
 	tags, err := entityTags(r, "If-None-Match")
-	if err != nil || tags == nil {
-		return false, err
-	}
 	for _, tag := range tags {
 		if tag == "*" || strings.TrimPrefix(tag, "W/") == etag {
 			return true, nil
 		}
 	}
-	return false, nil
+	return false, err
 }
 
 // entityTags splits a conditional header into its entity tags, "*" included; nil when
 // absent. A header that is not "*" or a list of entity tags is a 400.
 func entityTags(r *http.Request, header string) ([]string, error) {
 	values := r.Header.Values(header)
-	if len(values) == 0 {
-		return nil, nil
-	}
 	var tags []string
 	for _, v := range values {
 		for _, tag := range strings.Split(v, ",") {
 			tag = strings.TrimSpace(tag)
 			opaque := strings.TrimPrefix(tag, "W/")
-			switch {
-			case tag == "*" && len(values) == 1 && strings.TrimSpace(v) == "*", len(opaque) >= 2 && opaque[0] == '"' && opaque[len(opaque)-1] == '"' && !strings.ContainsAny(opaque[1:len(opaque)-1], `" `):
-				tags = append(tags, tag)
-			default:
+			quoted := len(opaque) >= 2 && opaque[0] == '"' && opaque[len(opaque)-1] == '"' && !strings.ContainsAny(opaque[1:len(opaque)-1], `" `)
+			if !quoted && (tag != "*" || len(values) > 1 || strings.TrimSpace(v) != "*") {
 				return nil, badRequest(`%s must be * or a list of entity tags such as "123", got %q`, header, truncate(v, 64))
 			}
+			tags = append(tags, tag)
 		}
 	}
 	return tags, nil

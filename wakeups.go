@@ -34,7 +34,7 @@ type wakeup struct {
 // Wakeups sends this instance's wake-ups and listens for the others'.
 type Wakeups struct {
 	events   *Events
-	store    *Store
+	db       *db
 	listen   *pgx.ConnConfig // DATABASE_LISTEN_URL: direct, since a transaction pooler drops LISTEN's notifications
 	log      *slog.Logger
 	instance string
@@ -45,8 +45,8 @@ type Wakeups struct {
 	kick    chan struct{}
 }
 
-func newWakeups(events *Events, store *Store, listen *pgx.ConnConfig, log *slog.Logger) *Wakeups {
-	return &Wakeups{events: events, store: store, listen: listen, log: log, instance: rand.Text(),
+func newWakeups(events *Events, db *db, listen *pgx.ConnConfig, log *slog.Logger) *Wakeups {
+	return &Wakeups{events: events, db: db, listen: listen, log: log, instance: rand.Text(),
 		linger: 30 * time.Second, pending: map[string]bool{}, kick: make(chan struct{}, 1)}
 }
 
@@ -80,7 +80,7 @@ func (w *Wakeups) Notify(ctx context.Context) {
 		users := w.pending
 		w.pending = map[string]bool{}
 		w.mu.Unlock()
-		err := w.store.row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
+		err := w.db.row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
 			`SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) p`, wakeupChannel, wakeupPayloads(w.instance, users))
 		if err != nil && ctx.Err() == nil {
 			// Sent again with the next ones, a second from now at the latest.
@@ -185,7 +185,7 @@ func (w *Wakeups) listenOnce(ctx context.Context) (connected bool, err error) {
 			w.log.Warn("wake-ups: the listener lost its connection; reconnecting", "err", err)
 			return true, err
 		default: // a quiet while: see that the connection lives
-			pingCtx, cancel := context.WithTimeout(ctx, w.store.timeout)
+			pingCtx, cancel := context.WithTimeout(ctx, w.db.timeout)
 			err = conn.Ping(pingCtx)
 			cancel()
 			if err != nil {
