@@ -48,7 +48,7 @@ func (c *Change) Created() bool { return !c.Deleted && c.Task.CreatedAt.Equal(c.
 // (since; NULL for a full sync, which skips tombstones) does not show and upto does, in
 // id order after $4. upto is $3, or the statement's own snapshot when a batch begins.
 // Every row also carries upto, the statement's snapshot and the horizon; an empty page is
-// one row of those alone. The tasks are found by the (user_id, created_at, id) index and
+// one row of those alone, with task id 0. The tasks are found by the (user_id, created_at, id) index and
 // filtered: an index on changed_xid would make every update non-HOT (docs/performance.md).
 const sqlChanges = `WITH head AS MATERIALIZED (
     SELECT coalesce($3::pg_snapshot, pg_current_snapshot()) AS upto, pg_current_snapshot() AS now,
@@ -63,7 +63,10 @@ const sqlChanges = `WITH head AS MATERIALIZED (
       AND changed_xid >= pg_snapshot_xmin($2) AND NOT pg_visible_in_snapshot(changed_xid, $2)
     ORDER BY id LIMIT $5
 )
-SELECT upto::text, now::text, horizon::text, page.* FROM head LEFT JOIN page ON true ORDER BY page.id`
+SELECT coalesce(id, 0), coalesce(user_id, ''), coalesce(title, ''), description, coalesce(completed, false),
+    coalesce(created_at, 'epoch'), coalesce(updated_at, 'epoch'), coalesce(version, 0), coalesce(deleted, false),
+    upto::text, now::text, horizon::text
+FROM head LEFT JOIN page ON true ORDER BY page.id`
 
 // Changes reads one page of userID's feed after from, at most limit changes, and hands
 // each to each as it arrives; it returns where the feed goes on and whether more is
@@ -85,15 +88,8 @@ func (s *Feed) Changes(ctx context.Context, userID string, from Cursor, limit in
 	)
 	mid := func(id int64) Cursor { return Cursor{since: from.since, upto: end, after: id} }
 	err := s.query(ctx, func(rows pgx.Rows) error {
-		var (
-			id, version          *int64
-			owner, title         *string
-			completed, deleted   *bool
-			createdAt, updatedAt *time.Time
-			c                    = &Change{}
-		)
-		if err := rows.Scan(&head.upto, &head.now, &head.horizon, &id, &owner, &title, &c.Task.Description,
-			&completed, &createdAt, &updatedAt, &version, &deleted); err != nil {
+		c := &Change{}
+		if err := scanTask(rows, &c.Task, &c.Deleted, &head.upto, &head.now, &head.horizon); err != nil {
 			return err
 		}
 		if n == 0 {
@@ -105,10 +101,7 @@ func (s *Feed) Changes(ctx context.Context, userID string, from Cursor, limit in
 				return ErrCursorExpired
 			}
 		}
-		if id == nil { // an empty page
-			return nil
-		}
-		if n++; n > limit { // the one that says more is waiting
+		if n++; c.Task.ID == 0 || n > limit { // an empty page, or the one that says more is waiting
 			return nil
 		}
 		if pending != nil {
@@ -117,9 +110,6 @@ func (s *Feed) Changes(ctx context.Context, userID string, from Cursor, limit in
 				return err
 			}
 		}
-		c.Task = Task{ID: *id, UserID: *owner, Title: *title, Description: c.Task.Description, Completed: *completed,
-			CreatedAt: *createdAt, UpdatedAt: *updatedAt, Version: *version}
-		c.Deleted = *deleted
 		pending = c
 		return nil
 	}, sqlChanges, userID, since, upto, from.after, limit+1)
@@ -130,7 +120,7 @@ func (s *Feed) Changes(ctx context.Context, userID string, from Cursor, limit in
 	if err != nil {
 		return Cursor{}, false, err
 	}
-	next, more := Cursor{since: end}, n > limit
+	next, more := Cursor{since: end}, n > limit && pending != nil
 	if pending != nil {
 		if more {
 			next = mid(pending.Task.ID)

@@ -46,9 +46,11 @@ type Events struct {
 	closed  bool
 }
 
-// stream is one open event stream.
+// stream is one open event stream, which a goroutine of its own writes (send).
 type stream struct {
+	*Events
 	userID string
+	conn   net.Conn
 	wake   chan struct{} // the user's feed has more (a flag: capacity one)
 	gone   chan struct{} // closed at shutdown
 }
@@ -151,7 +153,7 @@ func (e *Events) subscribe(userID string) (*stream, error) {
 	if err := e.admitsLocked(userID); err != nil {
 		return nil, err
 	}
-	s := &stream{userID: userID, wake: make(chan struct{}, 1), gone: make(chan struct{})}
+	s := &stream{Events: e, userID: userID, wake: make(chan struct{}, 1), gone: make(chan struct{})}
 	if e.streams[userID] == nil {
 		e.streams[userID] = map[*stream]bool{}
 	}
@@ -202,91 +204,83 @@ func (e *Events) Serve(w http.ResponseWriter, userID string, from Cursor, expire
 	io.WriteString(w, "retry: 2000\n\n") //nolint:errcheck // Flush reports it
 	rc := http.NewResponseController(w)
 	err = rc.Flush()
-	var conn net.Conn
 	if err == nil {
-		conn, _, err = rc.Hijack()
+		s.conn, _, err = rc.Hijack()
 	}
 	if err != nil {
 		// The client went, or the connection is not HTTP/1 (this server speaks no
 		// other). The stream has begun, so there is no error to answer: it ends, and an
 		// EventSource reconnects.
-		e.unsubscribe(s)
+		s.unsubscribe(s)
 		return nil
 	}
-	go e.send(conn, s, from, expires)
+	go s.send(from, expires)
 	return nil
 }
 
-// send writes a stream until it ends, then closes its connection and gives its place back.
-func (e *Events) send(conn net.Conn, s *stream, cur Cursor, expires time.Time) {
+// send writes the stream until it ends, then closes its connection and gives its place
+// back. It reads the feed at once (the catch-up), when woken, and every pollEvery or so.
+func (s *stream) send(cur Cursor, expires time.Time) {
 	graceful := false
 	defer func() {
 		if !graceful {
-			closeAtOnce(conn)
+			closeAtOnce(s.conn)
 		}
-		conn.Close()
-		e.unsubscribe(s)
+		s.conn.Close()
+		s.unsubscribe(s)
 	}()
-	tuneStream(conn, 2*e.heartbeat)
+	tuneStream(s.conn, 2*s.heartbeat)
 	// The answer said Connection: close, so the client has nothing more to send: its
 	// closing the connection, or any byte it sends anyway, ends the stream.
 	left := make(chan struct{})
 	go func() {
-		conn.Read(make([]byte, 1)) //nolint:errcheck // any outcome means the same
+		s.conn.Read(make([]byte, 1)) //nolint:errcheck // any outcome means the same
 		close(left)
 	}()
-	beat := time.NewTicker(e.heartbeat)
+	beat, poll, expiry := time.NewTicker(s.heartbeat), time.NewTimer(0), time.NewTimer(time.Until(expires))
 	defer beat.Stop()
-	poll := time.NewTimer(0) // the first read, at once: the catch-up
 	defer poll.Stop()
-	expiry := time.NewTimer(time.Until(expires))
 	defer expiry.Stop()
-	ready := false
-	for {
+	for ready := false; ; {
 		select {
 		case <-s.wake:
 		case <-poll.C:
 		case <-beat.C:
-			if !e.write(conn, keepAlive) {
+			if !s.write(keepAlive) {
 				return
 			}
 			continue
 		case <-expiry.C:
-			graceful = e.write(conn, expiredEvent)
+			graceful = s.write(expiredEvent)
 			return
 		case <-s.gone:
 			return
 		case <-left:
 			return
 		}
-		next, err := e.sendChanges(conn, s.userID, cur)
+		next, err := s.sendChanges(cur)
 		switch {
-		case errors.Is(err, ErrCursorExpired):
-			if !e.write(conn, frame(next.Encode(s.userID), "resync", cursorData(next, s.userID))) {
-				return
-			}
 		case errors.Is(err, ErrUnavailable):
 			poll.Reset(time.Second) // the database is away: try again shortly, stay open
 			continue
+		case errors.Is(err, ErrCursorExpired) && s.write(s.frame(next, "resync")):
 		case err != nil:
 			return // the client is gone, or too far behind
 		}
-		cur = next
-		if !ready {
-			ready = e.write(conn, frame(cur.Encode(s.userID), "ready", cursorData(cur, s.userID)))
-			if !ready {
+		if cur = next; !ready {
+			if ready = s.write(s.frame(cur, "ready")); !ready {
 				return
 			}
 		}
-		poll.Reset(e.pollEvery/2 + rand.N(e.pollEvery))
+		poll.Reset(s.pollEvery/2 + rand.N(s.pollEvery))
 	}
 }
 
 // sendChanges reads the feed after cur, a page at a time, writing each page's events at
 // once, and returns where it got.
-func (e *Events) sendChanges(conn net.Conn, userID string, cur Cursor) (Cursor, error) {
+func (s *stream) sendChanges(cur Cursor) (Cursor, error) {
 	for {
-		e.pages <- struct{}{}
+		s.pages <- struct{}{}
 		buf := getBuffer()
 		var (
 			next Cursor
@@ -296,20 +290,20 @@ func (e *Events) sendChanges(conn net.Conn, userID string, cur Cursor) (Cursor, 
 		)
 		// The read runs on a goroutine of its own: pgx's calls grow a goroutine's stack to
 		// tens of KiB, which the stream's would keep while it idles (10,000 idle streams
-		// held 264 MiB instead of 150; make bench-live).
+		// held 264 MiB instead of 195; make bench-live).
 		go func() {
 			defer close(read)
-			next, more, err = e.feed.Changes(context.Background(), userID, cur, streamPage, func(c *Change) error {
-				*buf = appendChangeEvent(*buf, c, userID)
+			next, more, err = s.feed.Changes(context.Background(), s.userID, cur, streamPage, func(c *Change) error {
+				*buf = appendChangeEvent(*buf, c, s.userID)
 				return nil
 			})
 		}()
 		<-read
-		if err == nil && len(*buf) > 0 && !e.write(conn, *buf) {
+		if err == nil && len(*buf) > 0 && !s.write(*buf) {
 			err = errClientGone
 		}
 		putBuffer(buf)
-		<-e.pages
+		<-s.pages
 		if err != nil || !more {
 			return next, err
 		}
@@ -320,9 +314,9 @@ func (e *Events) sendChanges(conn net.Conn, userID string, cur Cursor) (Cursor, 
 var errClientGone = errors.New("the client stopped taking events")
 
 // write sends a frame within writeTimeout.
-func (e *Events) write(conn net.Conn, frame []byte) bool {
-	conn.SetWriteDeadline(time.Now().Add(e.writeTimeout)) //nolint:errcheck // fails only on a closed connection, as the write then does
-	_, err := conn.Write(frame)
+func (s *stream) write(frame []byte) bool {
+	s.conn.SetWriteDeadline(time.Now().Add(s.writeTimeout)) //nolint:errcheck // fails only on a closed connection, as the write then does
+	_, err := s.conn.Write(frame)
 	return err == nil
 }
 
@@ -332,18 +326,15 @@ var (
 	expiredEvent = []byte("event: expired\ndata: {}\n\n")
 )
 
-// frame is one Server-Sent Event: its id (a cursor), name and one line of data.
-func frame(id, name string, data []byte) []byte {
-	return append(appendFrameHead(nil, id, name), append(data, "\n\n"...)...)
+// frame is a Server-Sent Event that names a place in the feed: ready or resync.
+func (s *stream) frame(c Cursor, name string) []byte {
+	id := c.Encode(s.userID)
+	return append(appendFrameHead(nil, id, name), `{"cursor":"`+id+`"}`+"\n\n"...)
 }
 
 func appendFrameHead(b []byte, id, name string) []byte {
 	b = append(append(append(b, "id: "...), id...), "\nevent: "...)
 	return append(append(b, name...), "\ndata: "...)
-}
-
-func cursorData(c Cursor, userID string) []byte {
-	return []byte(`{"cursor":"` + c.Encode(userID) + `"}`)
 }
 
 // appendChangeEvent frames a change: task.created or task.updated with the task, as the
