@@ -1,8 +1,8 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -40,7 +40,8 @@ type JWKS struct {
 
 	mu   sync.RWMutex
 	keys map[string]jwk
-	gen  atomic.Uint64 // bumped when a fetch changes the keys; see tokenCache
+	set  []byte        // the document they came from
+	gen  atomic.Uint64 // bumped when a fetch brings another document; see tokenCache
 
 	fetchMu   sync.Mutex
 	inflight  chan struct{} // closed when the running fetch ends; nil when none runs
@@ -228,33 +229,15 @@ func (j *JWKS) fetch() error {
 		j.log.Warn("JWKS key skipped", "url", j.url, "reason", s)
 	}
 	j.mu.Lock()
-	if !sameKeys(j.keys, keys) {
+	if !bytes.Equal(j.set, body) {
 		j.gen.Add(1)
 	}
-	j.keys = keys
+	j.keys, j.set = keys, body
 	j.mu.Unlock()
 	return nil
 }
 
 func (j *JWKS) generation() uint64 { return j.gen.Load() }
-
-// sameKeys reports whether two key sets would verify exactly the same tokens.
-func sameKeys(a, b map[string]jwk) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for kid, ka := range a {
-		kb, ok := b[kid]
-		if !ok || ka.alg != kb.alg || !slices.Equal(ka.algs, kb.algs) {
-			return false
-		}
-		eq, ok := ka.key.(interface{ Equal(crypto.PublicKey) bool })
-		if !ok || !eq.Equal(kb.key) {
-			return false
-		}
-	}
-	return true
-}
 
 // parseJWKS returns the usable keys of a JWK Set by kid, and why the others were skipped.
 // A set without a single usable key is an error, so that it never replaces a good one.
