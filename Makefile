@@ -29,12 +29,12 @@ fuzz:
 
 # Mixed load on loopback for SOAK_DURATION (30s) with PostgreSQL crash-restarted once.
 soak:
-	@. scripts/lib.sh && use_devdb && go test -tags soak -run '^TestSoak$$' -count=1 -timeout 10m -v . | grep -v '^=== '
+	@. scripts/lib.sh && use_devdb && go test -tags soak -run '^TestSoak$$' -count=1 -timeout 10m -v ./load | grep -v '^=== '
 
 # What hostile clients and an outage cost the server; ABUSE_COMPARE=name=binary,... measures
 # other builds beside this tree's in the same run (docs/operations.md).
 abuse:
-	@. scripts/lib.sh && use_devdb && go test -tags abuse -run '^TestAbuse' -count=1 -timeout 20m -v . | grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok '
+	@. scripts/lib.sh && use_devdb && go test -tags abuse -run '^TestAbuse' -count=1 -timeout 20m -v ./load | grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok '
 
 # The service against pgbench running the same statements; prints tables (docs/performance.md).
 bench:

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 
@@ -26,11 +27,11 @@ func signWith(t testing.TB, method jwt.SigningMethod, key any, claims jwt.Regist
 func TestAuthRejections(t *testing.T) {
 	t.Parallel()
 	api := newTestAPI(noDatabase(t))
-	me := newUserID(t)
-	secret := []byte(testSecret)
+	me := testkit.NewUserID()
+	secret := []byte(testkit.Secret)
 	now := time.Now()
 	with := func(change func(*jwt.RegisteredClaims)) jwt.RegisteredClaims {
-		c := validClaims(me)
+		c := testkit.Claims(me)
 		change(&c)
 		return c
 	}
@@ -38,7 +39,7 @@ func TestAuthRejections(t *testing.T) {
 		return signWith(t, jwt.SigningMethodHS256, secret, with(change))
 	}
 	valid := hs256(func(*jwt.RegisteredClaims) {})
-	noneToken := signWith(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, validClaims(me))
+	noneToken := signWith(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, testkit.Claims(me))
 
 	tests := []struct {
 		name          string
@@ -51,7 +52,7 @@ func TestAuthRejections(t *testing.T) {
 		{"scheme and blank", "Bearer    ", "Bearer <token>"},
 		{"garbage", "Bearer not-a-jwt", "malformed"},
 		{"three garbage parts", "Bearer a.b.c", "malformed"},
-		{"bad signature", "Bearer " + signWith(t, jwt.SigningMethodHS256, []byte("another-secret-of-at-least-32-bytes!!"), validClaims(me)), "signature is invalid"},
+		{"bad signature", "Bearer " + signWith(t, jwt.SigningMethodHS256, []byte("another-secret-of-at-least-32-bytes!!"), testkit.Claims(me)), "signature is invalid"},
 		{"tampered payload", "Bearer " + tamper(valid), "signature is invalid"},
 		{"expired", "Bearer " + hs256(func(c *jwt.RegisteredClaims) { c.ExpiresAt = jwt.NewNumericDate(now.Add(-time.Minute)) }), "expired"},
 		{"no exp", "Bearer " + hs256(func(c *jwt.RegisteredClaims) { c.ExpiresAt = nil }), "exp"},
@@ -63,8 +64,8 @@ func TestAuthRejections(t *testing.T) {
 		{"no aud", "Bearer " + hs256(func(c *jwt.RegisteredClaims) { c.Audience = nil }), "required claim"},
 		{"no sub", "Bearer " + hs256(func(c *jwt.RegisteredClaims) { c.Subject = "" }), "subject"},
 		{"alg none", "Bearer " + noneToken, "algorithm is not accepted"},
-		{"HS384", "Bearer " + signWith(t, jwt.SigningMethodHS384, secret, validClaims(me)), "algorithm is not accepted"},
-		{"HS512", "Bearer " + signWith(t, jwt.SigningMethodHS512, secret, validClaims(me)), "algorithm is not accepted"},
+		{"HS384", "Bearer " + signWith(t, jwt.SigningMethodHS384, secret, testkit.Claims(me)), "algorithm is not accepted"},
+		{"HS512", "Bearer " + signWith(t, jwt.SigningMethodHS512, secret, testkit.Claims(me)), "algorithm is not accepted"},
 		{"oversized", "Bearer " + strings.Repeat("a", maxTokenBytes+1), "too long"},
 	}
 	for _, tt := range tests {
@@ -91,13 +92,13 @@ func TestAuthRejections(t *testing.T) {
 
 func TestAuthAccepts(t *testing.T) {
 	t.Parallel()
-	auth := newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api")
-	me := newUserID(t)
+	auth := newAuthenticator([]byte(testkit.Secret), nil, "taskflow-web", "taskflow-api")
+	me := testkit.NewUserID()
 	now := time.Now()
 	with := func(change func(*jwt.RegisteredClaims)) string {
-		c := validClaims(me)
+		c := testkit.Claims(me)
 		change(&c)
-		return signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)
+		return signWith(t, jwt.SigningMethodHS256, []byte(testkit.Secret), c)
 	}
 	tests := []struct {
 		name          string
@@ -124,14 +125,14 @@ func TestAuthAccepts(t *testing.T) {
 
 func TestAuthConfiguredIssuerAndAudience(t *testing.T) {
 	t.Parallel()
-	auth := newAuthenticator([]byte(testSecret), nil, "my-web", "my-api")
-	me := newUserID(t)
-	c := validClaims(me)
-	if _, err := auth.verify(signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)); err == nil {
+	auth := newAuthenticator([]byte(testkit.Secret), nil, "my-web", "my-api")
+	me := testkit.NewUserID()
+	c := testkit.Claims(me)
+	if _, err := auth.verify(signWith(t, jwt.SigningMethodHS256, []byte(testkit.Secret), c)); err == nil {
 		t.Error("accepted the default issuer and audience")
 	}
 	c.Issuer, c.Audience = "my-web", jwt.ClaimStrings{"my-api"}
-	if who, err := auth.verify(signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)); err != nil || who.userID != me {
+	if who, err := auth.verify(signWith(t, jwt.SigningMethodHS256, []byte(testkit.Secret), c)); err != nil || who.userID != me {
 		t.Errorf("verify = %+v, %v; want the configured issuer and audience accepted", who, err)
 	}
 }
@@ -146,8 +147,8 @@ func tamper(token string) string {
 }
 
 func FuzzVerifyToken(f *testing.F) {
-	auth := newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api")
-	valid, _ := mintToken([]byte(testSecret), validClaims("fuzz-user"))
+	auth := newAuthenticator([]byte(testkit.Secret), nil, "taskflow-web", "taskflow-api")
+	valid, _ := mintToken([]byte(testkit.Secret), testkit.Claims("fuzz-user"))
 	for _, seed := range []string{valid, "", ".", "..", "a.b.c", "eyJhbGciOiJub25lIn0.e30.", valid + "x", strings.ToUpper(valid)} {
 		f.Add(seed)
 	}
@@ -180,12 +181,12 @@ func BenchmarkVerify(b *testing.B) {
 		setup func(b *testing.B) (*Authenticator, string)
 	}{
 		{"HS256", func(b *testing.B) (*Authenticator, string) {
-			return newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"), tokenFor(b, benchSub)
+			return newAuthenticator([]byte(testkit.Secret), nil, "taskflow-web", "taskflow-api"), testkit.Token(b, benchSub)
 		}},
 		{"EdDSA", func(b *testing.B) (*Authenticator, string) {
 			key := newTestKey(b, "bench", "EdDSA")
 			auth := newAuthenticator(nil, newTestJWKS(b, newJWKSServer(b, key)), "taskflow-web", "taskflow-api")
-			return auth, key.sign(b, key.method, validClaims(benchSub))
+			return auth, key.sign(b, key.method, testkit.Claims(benchSub))
 		}},
 	} {
 		for _, full := range []bool{false, true} {
@@ -214,13 +215,13 @@ func BenchmarkVerify(b *testing.B) {
 // verifier should still accept exactly one spelling of exactly the tokens it means to.
 func TestStrictTokenParsing(t *testing.T) {
 	t.Parallel()
-	auth := newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api")
-	me := newUserID(t)
+	auth := newAuthenticator([]byte(testkit.Secret), nil, "taskflow-web", "taskflow-api")
+	me := testkit.NewUserID()
 	// signRaw signs a header and a payload given as JSON text, as a careless or hostile
 	// issuer holding the key could.
 	signRaw := func(header, payload string) string {
 		signing := b64u([]byte(header)) + "." + b64u([]byte(payload))
-		sig, err := jwt.SigningMethodHS256.Sign(signing, []byte(testSecret))
+		sig, err := jwt.SigningMethodHS256.Sign(signing, []byte(testkit.Secret))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -273,7 +274,7 @@ func TestTwoAuthorizationHeadersAre400(t *testing.T) {
 	me := api.newUser(t)
 	r := httptest.NewRequest("GET", "/api/"+me.id+"/tasks", nil)
 	r.Header.Add("Authorization", "Bearer "+me.token)
-	r.Header.Add("Authorization", "Bearer "+tokenFor(t, newUserID(t)))
+	r.Header.Add("Authorization", "Bearer "+testkit.Token(t, testkit.NewUserID()))
 	w := httptest.NewRecorder()
 	api.handler.ServeHTTP(w, r)
 	res := response{w, t}

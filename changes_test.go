@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"reflect"
 	"strings"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 )
@@ -71,7 +72,7 @@ func titles(pages [][]Change) []string {
 // commits after them, still comes through the feed, after the feed has gone past them.
 func TestTheFeedNeverSkipsALateCommit(t *testing.T) {
 	t.Parallel()
-	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
 	a, b := mustCreate(t, s, me, "a", nil), mustCreate(t, s, me, "b", nil)
 	start, err := testFeed(s).Now(ctx)
 	if err != nil {
@@ -111,7 +112,7 @@ func TestTheFeedNeverSkipsALateCommit(t *testing.T) {
 // task; the end of the feed is the database's state.
 func TestTheFeedPagesCompactsAndKeepsDeletes(t *testing.T) {
 	t.Parallel()
-	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
 	start, err := testFeed(s).Now(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +170,7 @@ func TestTheFeedPagesCompactsAndKeepsDeletes(t *testing.T) {
 // tombstones: there is nothing to delete yet), and its cursor goes on from there.
 func TestAFullSyncThenFollow(t *testing.T) {
 	t.Parallel()
-	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
 	kept, gone := mustCreate(t, s, me, "kept", nil), mustCreate(t, s, me, "gone", nil)
 	if err := s.DeleteTask(ctx, me, gone.ID, Condition{}); err != nil {
 		t.Fatal(err)
@@ -260,7 +261,7 @@ func TestAnExpiredCursorIs410(t *testing.T) {
 // Not parallel either, for the same reason.
 func TestPruningTakesBatches(t *testing.T) {
 	s := storeVia(t, "", 5*time.Second, nil)
-	ctx, me := context.Background(), newUserID(t)
+	ctx, me := context.Background(), testkit.NewUserID()
 	if _, err := s.pool.Exec(ctx, `INSERT INTO task_tombstones (user_id, id, deleted_at)
 SELECT $1, -i, now() - interval '30 days' FROM generate_series(1, $2::int) AS i`, me, pruneBatch+10); err != nil {
 		t.Fatal(err)

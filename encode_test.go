@@ -41,7 +41,7 @@ func TestAppendTaskIsTheContractsTask(t *testing.T) {
 		}
 		want := taskJSON{ID: task.ID, UserID: task.UserID, Title: task.Title, Description: task.Description, Completed: task.Completed,
 			CreatedAt: task.CreatedAt.UTC().Format("2006-01-02T15:04:05.000000Z"), UpdatedAt: "2026-02-12T09:04:05.123456Z", Version: task.Version}
-		if !got.equal(want) {
+		if !got.Equal(want) {
 			t.Errorf("got %+v, want %+v", got, want)
 		}
 	}

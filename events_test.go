@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 
@@ -17,8 +18,8 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// sse is an event as a client sees it; a comment line is name ":".
-type sse struct{ id, name, data string }
+// sse is an event as a client sees it; a comment line is Name ":".
+type sse = testkit.Event
 
 // eventStream is an open GET of an events route, read into events as they come.
 type eventStream struct {
@@ -54,35 +55,9 @@ func tryEvents(t *testing.T, url string, header map[string]string) (*eventStream
 	t.Cleanup(func() { res.Body.Close() })
 	go func() {
 		defer close(s.events)
-		readSSE(res.Body, func(ev sse) { s.events <- ev })
+		testkit.ReadSSE(res.Body, func(ev sse) { s.events <- ev })
 	}()
 	return s, res.StatusCode
-}
-
-// readSSE reads events from r until it ends, as the server sends them: one data line
-// each. A comment (a heartbeat) comes as an event named ":".
-func readSSE(r io.Reader, each func(sse)) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 64<<10)
-	var ev sse
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case line == "":
-			if ev.name != "" {
-				each(ev)
-			}
-			ev = sse{}
-		case strings.HasPrefix(line, ":"):
-			each(sse{name: ":"})
-		case strings.HasPrefix(line, "id: "):
-			ev.id = strings.TrimPrefix(line, "id: ")
-		case strings.HasPrefix(line, "event: "):
-			ev.name = strings.TrimPrefix(line, "event: ")
-		case strings.HasPrefix(line, "data: "):
-			ev.data = strings.TrimPrefix(line, "data: ")
-		}
-	}
 }
 
 // next returns the stream's next event that is not a heartbeat, within a few seconds.
@@ -94,7 +69,7 @@ func (s *eventStream) next(t *testing.T) sse {
 			if !ok {
 				t.Fatal("the stream ended")
 			}
-			if ev.name != ":" {
+			if ev.Name != ":" {
 				return ev
 			}
 		case <-time.After(5 * time.Second):
@@ -110,7 +85,7 @@ func (s *eventStream) quiet(t *testing.T) {
 	for {
 		select {
 		case ev := <-s.events:
-			if ev.name != ":" {
+			if ev.Name != ":" {
 				t.Fatalf("unexpected event %+v", ev)
 			}
 		case <-timeout:
@@ -142,7 +117,7 @@ type eventsServer struct {
 	url     string
 	events  *Events
 	wakeups *Wakeups
-	logs    *syncBuffer
+	logs    *testkit.SyncBuffer
 	api     *testAPI
 }
 
@@ -158,7 +133,7 @@ func newEventsServer(t *testing.T, listenURL string, tweak func(*Events, *Wakeup
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &testkit.SyncBuffer{}
 	svc := newTestService(store, slogTo(logs))
 	w := svc.writes.wakeups
 	w.listen = cfg
@@ -186,7 +161,7 @@ func (es *eventsServer) open(t *testing.T, u *user, query string, header map[str
 	}
 	s := openEvents(t, es.url+"/api/"+url.PathEscape(u.id)+"/events"+query, h)
 	ready := s.next(t)
-	if ready.name != "ready" || ready.id == "" || !strings.Contains(ready.data, `"cursor":"`+ready.id+`"`) {
+	if ready.Name != "ready" || ready.ID == "" || !strings.Contains(ready.Data, `"cursor":"`+ready.ID+`"`) {
 		t.Fatalf("first event %+v, want ready with its cursor as its id", ready)
 	}
 	return s, ready
@@ -232,7 +207,7 @@ func TestEventsCarryEachChangeToItsOwnerOnly(t *testing.T) {
 	} {
 		want := step.write()
 		got := aliceEvents.next(t)
-		if got.name != step.name || !strings.HasPrefix(got.data, want) || got.id == "" {
+		if got.Name != step.name || !strings.HasPrefix(got.Data, want) || got.ID == "" {
 			t.Errorf("event %+v, want %s %s with an id", got, step.name, want)
 		}
 	}
@@ -255,7 +230,7 @@ func TestOnlyCommittedChangesAreSent(t *testing.T) {
 	}
 	tx.Rollback(ctx)
 	me.create(t, "committed")
-	if ev := stream.next(t); !strings.Contains(ev.data, `"committed"`) {
+	if ev := stream.next(t); !strings.Contains(ev.Data, `"committed"`) {
 		t.Errorf("first event %+v, want the committed task", ev)
 	}
 }
@@ -279,7 +254,7 @@ func TestAStreamFromNowSendsNothingBefore(t *testing.T) {
 	me.create(t, "before the stream")
 	stream := es.stream(t, me)
 	me.create(t, "after it")
-	if ev := stream.next(t); !strings.Contains(ev.data, `"after it"`) {
+	if ev := stream.next(t); !strings.Contains(ev.Data, `"after it"`) {
 		t.Errorf("first event %+v, want the task created after the stream opened", ev)
 	}
 }
@@ -294,27 +269,27 @@ func TestAStreamResumesFromItsLastEventID(t *testing.T) {
 	first := me.create(t, "seen")
 	last := stream.next(t)
 	stream.res.Body.Close()
-	waitFor(t, "the stream to close", func() bool { return es.streams() == 0 })
+	testkit.WaitFor(t, "the stream to close", func() bool { return es.streams() == 0 })
 	missed := me.create(t, "missed")
 	me.do(t, "DELETE", fmt.Sprintf("/api/{me}/tasks/%d", first.ID), "").wantStatus(http.StatusNoContent)
 
 	// What it missed comes first, in task id order, then ready, then what happens next.
 	want := []string{"task.deleted", "task.created", "ready"}
-	header := map[string]string{"Authorization": "Bearer " + me.token, "Last-Event-ID": last.id}
+	header := map[string]string{"Authorization": "Bearer " + me.token, "Last-Event-ID": last.ID}
 	again := openEvents(t, es.url+"/api/"+me.id+"/events", header)
 	for i, name := range want {
-		if ev := again.next(t); ev.name != name || i == 1 && !strings.Contains(ev.data, fmt.Sprintf(`"id":%d`, missed.ID)) {
+		if ev := again.next(t); ev.Name != name || i == 1 && !strings.Contains(ev.Data, fmt.Sprintf(`"id":%d`, missed.ID)) {
 			t.Fatalf("resumed: event %d is %+v, want %s", i, ev, name)
 		}
 	}
 	me.create(t, "live again")
-	if ev := again.next(t); !strings.Contains(ev.data, `"live again"`) {
+	if ev := again.next(t); !strings.Contains(ev.Data, `"live again"`) {
 		t.Errorf("after the catch-up: %+v", ev)
 	}
 	// since= does the same for a client that keeps its own cursor.
-	bySince := openEvents(t, es.url+"/api/"+me.id+"/events?since="+url.QueryEscape(last.id), map[string]string{"Authorization": "Bearer " + me.token})
+	bySince := openEvents(t, es.url+"/api/"+me.id+"/events?since="+url.QueryEscape(last.ID), map[string]string{"Authorization": "Bearer " + me.token})
 	for i, name := range []string{"task.deleted", "task.created", "task.created", "ready"} {
-		if ev := bySince.next(t); ev.name != name {
+		if ev := bySince.next(t); ev.Name != name {
 			t.Fatalf("from since=: event %d is %+v, want %s", i, ev, name)
 		}
 	}
@@ -329,14 +304,14 @@ func TestAnExpiredPlaceIsAResync(t *testing.T) {
 	future := Cursor{since: snapshot{xmin: 1<<40 + 100, xmax: 1<<40 + 100}}.Encode(me.id)
 	stream := openEvents(t, es.url+"/api/"+me.id+"/events", map[string]string{"Authorization": "Bearer " + me.token, "Last-Event-ID": future})
 	resync := stream.next(t)
-	if resync.name != "resync" || !strings.Contains(resync.data, `"cursor":"`+resync.id+`"`) {
+	if resync.Name != "resync" || !strings.Contains(resync.Data, `"cursor":"`+resync.ID+`"`) {
 		t.Fatalf("first event %+v, want resync with a cursor", resync)
 	}
-	if ready := stream.next(t); ready.name != "ready" {
+	if ready := stream.next(t); ready.Name != "ready" {
 		t.Fatalf("after the resync: %+v, want ready", ready)
 	}
 	me.create(t, "after the resync")
-	if ev := stream.next(t); ev.name != "task.created" {
+	if ev := stream.next(t); ev.Name != "task.created" {
 		t.Errorf("after the resync: %+v", ev)
 	}
 }
@@ -347,10 +322,10 @@ func TestEventsReachEveryInstance(t *testing.T) {
 	defer stopA()
 	b, stopB := startRun(t, nil)
 	defer stopB()
-	me := newUserID(t)
-	token := tokenFor(t, me)
+	me := testkit.NewUserID()
+	token := testkit.Token(t, me)
 	stream := openEvents(t, b+"/api/"+me+"/events", map[string]string{"Authorization": "Bearer " + token})
-	if ev := stream.next(t); ev.name != "ready" {
+	if ev := stream.next(t); ev.Name != "ready" {
 		t.Fatalf("first event %+v", ev)
 	}
 	start := time.Now()
@@ -358,7 +333,7 @@ func TestEventsReachEveryInstance(t *testing.T) {
 	if res.StatusCode != http.StatusCreated {
 		t.Fatalf("create through a: %d", res.StatusCode)
 	}
-	if ev := stream.next(t); ev.name != "task.created" || ev.data != strings.TrimSpace(body) {
+	if ev := stream.next(t); ev.Name != "task.created" || ev.Data != strings.TrimSpace(body) {
 		t.Errorf("on b: %+v, want the task created through a", ev)
 	}
 	if took := time.Since(start); took > time.Second {
@@ -372,12 +347,12 @@ func TestEventsReachEveryInstance(t *testing.T) {
 func TestTheListenerSkipsPoolSettings(t *testing.T) {
 	t.Parallel()
 	testStore(t)
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	base, stop := startRunTo(t, map[string]string{"DATABASE_URL": testDatabaseURL + "&pool_max_conns=4"}, &logs)
 	defer stop()
-	me := newUserID(t)
-	stream := openEvents(t, base+"/api/"+me+"/events", map[string]string{"Authorization": "Bearer " + tokenFor(t, me)})
-	if ev := stream.next(t); ev.name != "ready" {
+	me := testkit.NewUserID()
+	stream := openEvents(t, base+"/api/"+me+"/events", map[string]string{"Authorization": "Bearer " + testkit.Token(t, me)})
+	if ev := stream.next(t); ev.Name != "ready" {
 		t.Fatalf("first event %+v, want ready", ev)
 	}
 	time.Sleep(500 * time.Millisecond)
@@ -398,7 +373,7 @@ func TestAStreamCanAuthenticateInItsQuery(t *testing.T) {
 	if h := stream.res.Header; h.Get("Content-Type") != "text/event-stream" || h.Get("Cache-Control") != "no-store" {
 		t.Errorf("headers %v", h)
 	}
-	if ev := stream.next(t); ev.name != "ready" {
+	if ev := stream.next(t); ev.Name != "ready" {
 		t.Fatalf("first event %+v", ev)
 	}
 	for _, c := range []struct {
@@ -440,7 +415,7 @@ func TestStreamLimits(t *testing.T) {
 	}
 	// A client that closes its stream gives its place back, with no event sent to notice.
 	first.res.Body.Close()
-	waitFor(t, "the closed stream to be forgotten", func() bool { return es.streams() == 1 })
+	testkit.WaitFor(t, "the closed stream to be forgotten", func() bool { return es.streams() == 1 })
 	es.stream(t, alice)
 	es.stream(t, bob)
 	for range 30 {
@@ -492,11 +467,11 @@ func TestHeartbeatsAndExpiry(t *testing.T) {
 	t.Parallel()
 	es := newEventsServer(t, "", func(e *Events, _ *Wakeups) { e.heartbeat = 100 * time.Millisecond })
 	me := es.api.newUser(t)
-	c := validClaims(me.id)
+	c := testkit.Claims(me.id)
 	// exp is whole seconds: at least one second away, so that the stream lasts 1 to 2 s
 	// however late in a second the test starts.
 	c.ExpiresAt = jwt.NewNumericDate(time.Now().Truncate(time.Second).Add(2 * time.Second))
-	short, err := mintToken([]byte(testSecret), c)
+	short, err := mintToken([]byte(testkit.Secret), c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -504,11 +479,11 @@ func TestHeartbeatsAndExpiry(t *testing.T) {
 	rest := stream.ended(t, 5*time.Second)
 	beats := 0
 	for _, ev := range rest {
-		if ev.name == ":" {
+		if ev.Name == ":" {
 			beats++
 		}
 	}
-	if len(rest) < 2 || rest[0].name != "ready" || rest[len(rest)-1].name != "expired" || beats < 5 {
+	if len(rest) < 2 || rest[0].Name != "ready" || rest[len(rest)-1].Name != "expired" || beats < 5 {
 		t.Errorf("events %v: want ready, heartbeats every 100 ms, and expired last", rest)
 	}
 }
@@ -529,16 +504,16 @@ func TestASlowClientIsCutLoose(t *testing.T) {
 	defer conn.Close()
 	conn.(*net.TCPConn).SetReadBuffer(4096)
 	fmt.Fprintf(conn, "GET /api/%s/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", me.id, me.token)
-	waitFor(t, "two streams", func() bool { return es.streams() == 2 })
+	testkit.WaitFor(t, "two streams", func() bool { return es.streams() == 2 })
 	// The largest task's events are about 7 KB; a page of them fills any socket buffer.
 	var last taskJSON
 	for range 120 {
-		last = me.do(t, "POST", "/api/{me}/tasks", largestTaskBody()).wantStatus(http.StatusCreated).task()
+		last = me.do(t, "POST", "/api/{me}/tasks", testkit.LargestTaskBody()).wantStatus(http.StatusCreated).task()
 	}
-	waitFor(t, "the slow stream to be dropped", func() bool { return es.streams() == 1 })
+	testkit.WaitFor(t, "the slow stream to be dropped", func() bool { return es.streams() == 1 })
 	var seen taskJSON
 	for seen.ID != last.ID {
-		if err := json.Unmarshal([]byte(fast.next(t).data), &seen); err != nil {
+		if err := json.Unmarshal([]byte(fast.next(t).Data), &seen); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -559,16 +534,16 @@ func TestASlowClientIsCutLoose(t *testing.T) {
 // have missed meanwhile: here a task written around the service, which sends no wake-up.
 func TestAListenerCutLosesNothing(t *testing.T) {
 	t.Parallel()
-	name := "listener-" + strings.ToLower(newUserID(t)[:12])
+	name := "listener-" + strings.ToLower(testkit.NewUserID()[:12])
 	es := newEventsServer(t, testDatabaseURL+"&application_name="+name, nil)
 	me := es.api.newUser(t)
 	stream := es.stream(t, me)
-	waitFor(t, "the listener", func() bool { return listeners(t, name) == 1 })
+	testkit.WaitFor(t, "the listener", func() bool { return listeners(t, name) == 1 })
 	if _, err := testStore(t).pool.Exec(context.Background(), `INSERT INTO tasks (user_id, title) VALUES ($1, 'by hand')`, me.id); err != nil {
 		t.Fatal(err)
 	}
 	terminateBackends(t, name)
-	if ev := stream.next(t); ev.name != "task.created" || !strings.Contains(ev.data, `"by hand"`) {
+	if ev := stream.next(t); ev.Name != "task.created" || !strings.Contains(ev.Data, `"by hand"`) {
 		t.Fatalf("after the cut: %+v, want the task written meanwhile", ev)
 	}
 }
@@ -583,7 +558,7 @@ func listeners(t *testing.T, name string) int {
 // the connection go a while after the last.
 func TestTheListenerHoldsNoConnectionForNobody(t *testing.T) {
 	t.Parallel()
-	name := "lazy-" + strings.ToLower(newUserID(t)[:12])
+	name := "lazy-" + strings.ToLower(testkit.NewUserID()[:12])
 	es := newEventsServer(t, testDatabaseURL+"&application_name="+name, func(e *Events, w *Wakeups) {
 		w.linger, e.heartbeat = 200*time.Millisecond, 100*time.Millisecond
 	})
@@ -593,17 +568,17 @@ func TestTheListenerHoldsNoConnectionForNobody(t *testing.T) {
 	}
 	me := es.api.newUser(t)
 	stream := es.stream(t, me)
-	waitFor(t, "the listener to connect", func() bool { return listeners(t, name) == 1 })
+	testkit.WaitFor(t, "the listener to connect", func() bool { return listeners(t, name) == 1 })
 	stream.res.Body.Close()
-	waitFor(t, "the listener to let go", func() bool { return listeners(t, name) == 0 })
+	testkit.WaitFor(t, "the listener to let go", func() bool { return listeners(t, name) == 0 })
 }
 
 // TestShutdownEndsStreamsAtOnce: open streams must not hold the drain for SHUTDOWN_GRACE.
 func TestShutdownEndsStreamsAtOnce(t *testing.T) {
 	t.Parallel()
 	base, stop := startRun(t, nil)
-	me := newUserID(t)
-	stream := openEvents(t, base+"/api/"+me+"/events", map[string]string{"Authorization": "Bearer " + tokenFor(t, me)})
+	me := testkit.NewUserID()
+	stream := openEvents(t, base+"/api/"+me+"/events", map[string]string{"Authorization": "Bearer " + testkit.Token(t, me)})
 	stream.next(t)
 	start := time.Now()
 	if err := stop(); err != nil {
@@ -622,9 +597,9 @@ func TestShutdownEndsStreamsAtOnce(t *testing.T) {
 func TestTheFeedThroughAPooler(t *testing.T) {
 	t.Parallel()
 	testStore(t)
-	pooled := startPgBouncer(t, testDatabaseURL).url
-	me := newUserID(t)
-	token := tokenFor(t, me)
+	pooled := testkit.StartPgBouncer(t, testDatabaseURL).URL
+	me := testkit.NewUserID()
+	token := testkit.Token(t, me)
 	env := map[string]string{"DATABASE_URL": pooled, "DATABASE_LISTEN_URL": testDatabaseURL}
 	a, stopA := startRun(t, env)
 	defer stopA()
@@ -639,16 +614,16 @@ func TestTheFeedThroughAPooler(t *testing.T) {
 		t.Errorf("changes through the pooler: %d %s", res.StatusCode, body)
 	}
 	stream := openEvents(t, b+"/api/"+me+"/events?since="+url.QueryEscape(cursor), map[string]string{"Authorization": "Bearer " + token})
-	if ev := stream.next(t); ev.name != "task.created" || !strings.Contains(ev.data, "before the stream") {
+	if ev := stream.next(t); ev.Name != "task.created" || !strings.Contains(ev.Data, "before the stream") {
 		t.Fatalf("the stream's catch-up: %+v", ev)
 	}
-	if ev := stream.next(t); ev.name != "ready" {
+	if ev := stream.next(t); ev.Name != "ready" {
 		t.Fatalf("after the catch-up: %+v", ev)
 	}
 	if res, _ := httpDo(t, "POST", a+"/api/"+me+"/tasks", token, `{"title":"heard"}`); res.StatusCode != http.StatusCreated {
 		t.Fatalf("create: %d", res.StatusCode)
 	}
-	if ev := stream.next(t); ev.name != "task.created" || !strings.Contains(ev.data, `"heard"`) {
+	if ev := stream.next(t); ev.Name != "task.created" || !strings.Contains(ev.Data, `"heard"`) {
 		t.Errorf("event %+v, want the task created on the other instance", ev)
 	}
 }
@@ -657,23 +632,16 @@ func TestTheFeedThroughAPooler(t *testing.T) {
 // parallel: Go runs it before any parallel test resumes. The stream stays open through
 // the outage and goes on from its cursor.
 func TestAStreamOutlivesAPostgreSQLRestart(t *testing.T) {
-	needOwnCluster(t)
+	testkit.NeedOwnCluster(t)
 	es := newEventsServer(t, "", nil)
 	me := es.api.newUser(t)
 	stream := es.stream(t, me)
-	pgCtl(t, "stop", "-m", "immediate", "-w")
-	pgCtl(t, "start")
-	waitFor(t, "a create to succeed", func() bool {
+	testkit.PgCtl(t, "stop", "-m", "immediate", "-w")
+	testkit.PgCtl(t, "start")
+	testkit.WaitFor(t, "a create to succeed", func() bool {
 		return me.do(t, "POST", "/api/{me}/tasks", `{"title":"after the restart"}`).Code == http.StatusCreated
 	})
-	if ev := stream.next(t); ev.name != "task.created" {
+	if ev := stream.next(t); ev.Name != "task.created" {
 		t.Errorf("after the restart: %+v", ev)
 	}
-}
-
-// largestTaskBody is a create body of the largest task in JSON: 200 and 1000 characters
-// of U+0001, which JSON escapes the longest (\u0001).
-func largestTaskBody() string {
-	b, _ := json.Marshal(map[string]string{"title": strings.Repeat("\x01", 200), "description": strings.Repeat("\x01", 1000)})
-	return string(b)
 }

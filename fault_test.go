@@ -6,11 +6,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 
@@ -28,18 +27,6 @@ type faultProxy struct {
 	mode    string // "up", "down" (connections refused and cut), "hang" (bytes held) or "deaf" (answers lost)
 	changed chan struct{}
 	conns   map[net.Conn]bool
-}
-
-func newFaultProxy(t *testing.T, target string) *faultProxy {
-	t.Helper()
-	ln := listenLoopback(t)
-	p := &faultProxy{ln: ln, target: target, mode: "up", changed: make(chan struct{}), conns: map[net.Conn]bool{}}
-	t.Cleanup(func() {
-		ln.Close()
-		p.set("down")
-	})
-	go p.serve()
-	return p
 }
 
 func (p *faultProxy) set(mode string) {
@@ -155,9 +142,9 @@ func dbAddr(t *testing.T) string {
 func TestDatabaseOutageIs503WithinTheDeadlineAndHeals(t *testing.T) {
 	t.Parallel()
 	testStore(t)
-	proxy := newFaultProxy(t, dbAddr(t))
+	proxy := testkit.NewFaultProxy(t, dbAddr(t))
 	const deadline = time.Second
-	me := newTestAPI(storeVia(t, proxy.ln.Addr().String(), deadline, nil)).newUser(t)
+	me := newTestAPI(storeVia(t, proxy.Addr(), deadline, nil)).newUser(t)
 	task := me.create(t, "before the outage")
 	taskPath := fmt.Sprintf("/api/{me}/tasks/%d", task.ID)
 
@@ -172,7 +159,7 @@ func TestDatabaseOutageIs503WithinTheDeadlineAndHeals(t *testing.T) {
 	}
 	for _, mode := range []string{"down", "hang"} {
 		t.Run("database "+mode, func(t *testing.T) {
-			proxy.set(mode)
+			proxy.Set(mode)
 			for _, c := range calls {
 				start := time.Now()
 				me.do(t, c.method, c.path, c.body).wantStatus(http.StatusServiceUnavailable).detail()
@@ -182,11 +169,11 @@ func TestDatabaseOutageIs503WithinTheDeadlineAndHeals(t *testing.T) {
 			}
 			me.do(t, "GET", "/healthz", "").wantStatus(http.StatusOK)
 			// Cut before restoring, so that statements held while hanging are never delivered.
-			proxy.set("down")
-			proxy.set("up")
+			proxy.Set("down")
+			proxy.Set("up")
 			// The same store, not restarted, serves again within the breaker's backoff.
 			back := time.Now()
-			waitFor(t, "the store to serve again", func() bool { return me.do(t, "GET", "/readyz", "").Code == http.StatusOK })
+			testkit.WaitFor(t, "the store to serve again", func() bool { return me.do(t, "GET", "/readyz", "").Code == http.StatusOK })
 			if took := time.Since(back); took > time.Second {
 				t.Errorf("serving again %v after the database returned, want within a second", took)
 			}
@@ -209,7 +196,7 @@ func terminateBackends(t *testing.T, appName string) {
 	if err := pool.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1`, appName).Scan(&n); err != nil || n == 0 {
 		t.Fatalf("terminated %d backends: %v", n, err)
 	}
-	waitFor(t, "the backends to exit", func() bool {
+	testkit.WaitFor(t, "the backends to exit", func() bool {
 		pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1`, appName).Scan(&n)
 		return n == 0
 	})
@@ -224,7 +211,7 @@ func TestConnectionsClosedByTheServer(t *testing.T) {
 	// setup gives a user of a store with one connection, a task, and a function that ends
 	// that connection on the server's side.
 	setup := func(t *testing.T, peek bool) (me *user, taskPath string, kill func()) {
-		name := "fault-" + strings.ToLower(newUserID(t)[:12])
+		name := "fault-" + strings.ToLower(testkit.NewUserID()[:12])
 		s := storeVia(t, "", 3*time.Second, func(c *pgxpool.Config) {
 			c.MaxConns = 1
 			c.ConnConfig.RuntimeParams["application_name"] = name
@@ -280,31 +267,11 @@ func TestDatabaseDownIs503AndHealthzStays200(t *testing.T) {
 	me.do(t, "GET", "/healthz", "").wantStatus(http.StatusOK)
 }
 
-// pgCtl runs pg_ctl on the cluster scripts/devdb.sh started, as the user that owns it.
-func pgCtl(t *testing.T, args ...string) {
-	t.Helper()
-	bin, data, owner := os.Getenv("TASKFLOW_PGBIN"), os.Getenv("TASKFLOW_PGDATA"), os.Getenv("TASKFLOW_PGOWNER")
-	argv := append([]string{bin + "/pg_ctl", "-D", data}, args...)
-	if args[0] == "start" {
-		argv = append(argv, "-w", "-t", "60", "-l", data+"/server.log", "-o", "-p "+os.Getenv("TASKFLOW_PG_PORT"))
-	}
-	if owner != "" && os.Geteuid() == 0 {
-		argv = append([]string{"runuser", "-u", owner, "--"}, argv...)
-	}
-	// Output goes to /dev/null (nil), not to a pipe: the server pg_ctl starts would inherit
-	// a pipe and keep Run waiting for as long as it lives.
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = "/" // the owner may not be allowed into the checkout
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s: %v", strings.Join(argv, " "), err)
-	}
-}
-
 // TestAcknowledgedWritesSurviveACrash stops PostgreSQL the hard way right after writes
 // were acknowledged. It shares the cluster with the other tests, so it is not parallel:
 // Go runs it before any parallel test resumes.
 func TestAcknowledgedWritesSurviveACrash(t *testing.T) {
-	needOwnCluster(t)
+	testkit.NeedOwnCluster(t)
 	me := newTestAPI(storeVia(t, "", 2*time.Second, nil)).newUser(t)
 	var acked []taskJSON
 	for i := 0; i < 50; i++ {
@@ -312,17 +279,17 @@ func TestAcknowledgedWritesSurviveACrash(t *testing.T) {
 	}
 	toggled := me.do(t, "PATCH", fmt.Sprintf("/api/{me}/tasks/%d/complete", acked[0].ID), "").wantStatus(http.StatusOK).task()
 
-	pgCtl(t, "stop", "-m", "immediate", "-w")
+	testkit.PgCtl(t, "stop", "-m", "immediate", "-w")
 	restarted := false
 	defer func() {
 		if !restarted {
-			pgCtl(t, "start")
+			testkit.PgCtl(t, "start")
 		}
 	}()
 	me.do(t, "GET", "/api/{me}/tasks", "").wantStatus(http.StatusServiceUnavailable)
 	me.do(t, "GET", "/readyz", "").wantStatus(http.StatusServiceUnavailable)
 	me.do(t, "GET", "/healthz", "").wantStatus(http.StatusOK)
-	pgCtl(t, "start")
+	testkit.PgCtl(t, "start")
 	restarted = true
 
 	// The same store recovers by itself, and every acknowledged write is there.
@@ -335,7 +302,7 @@ func TestAcknowledgedWritesSurviveACrash(t *testing.T) {
 		if i == 0 {
 			want = toggled
 		}
-		if !task.equal(want) {
+		if !task.Equal(want) {
 			t.Errorf("after the crash %+v, want %+v", task, want)
 		}
 	}
@@ -347,20 +314,20 @@ func TestAcknowledgedWritesSurviveACrash(t *testing.T) {
 // few lines, and requests must succeed again within a second of its return.
 func TestAnOutageIsQuietAndCheap(t *testing.T) {
 	t.Parallel()
-	proxy := newFaultProxy(t, dbAddr(t))
-	var logs syncBuffer
-	s := storeVia(t, proxy.ln.Addr().String(), 2*time.Second, nil)
+	proxy := testkit.NewFaultProxy(t, dbAddr(t))
+	var logs testkit.SyncBuffer
+	s := storeVia(t, proxy.Addr(), 2*time.Second, nil)
 	s.breaker.log = slogTo(&logs)
 	api := &testAPI{handler: newHandler(slogTo(&logs), newTestService(s, slogTo(&logs)), []string{testOrigin})}
 	me := api.newUser(t)
 	taskPath := fmt.Sprintf("/api/{me}/tasks/%d", me.create(t, "before").ID)
 
-	proxy.set("down")
+	proxy.Set("down")
 	start, linesBefore := time.Now(), strings.Count(logs.String(), "\n")
 	// The first requests of the outage, one per client, dial before the breaker knows;
 	// after that it sets the pace.
 	var dialsBefore int64
-	time.AfterFunc(time.Second, func() { dialsBefore = proxy.dials.Load() })
+	time.AfterFunc(time.Second, func() { dialsBefore = proxy.Dials.Load() })
 	var (
 		mu    sync.Mutex
 		slow  []time.Duration
@@ -391,7 +358,7 @@ func TestAnOutageIsQuietAndCheap(t *testing.T) {
 	}
 	wg.Wait()
 	outage := time.Since(start)
-	dials := proxy.dials.Load() - dialsBefore
+	dials := proxy.Dials.Load() - dialsBefore
 	lines := strings.Count(logs.String(), "\n") - linesBefore
 	if perSecond := float64(dials) / (outage - time.Second).Seconds(); perSecond >= 10 {
 		t.Errorf("%d connection attempts in the last %v of the outage (%.0f/s); want a few a second", dials, outage-time.Second, perSecond)
@@ -403,9 +370,9 @@ func TestAnOutageIsQuietAndCheap(t *testing.T) {
 		t.Errorf("%d of %d requests took over 50 ms during the outage (%v)", len(slow), count, slow)
 	}
 
-	proxy.set("up")
+	proxy.Set("up")
 	back := time.Now()
-	waitFor(t, "a request to succeed", func() bool {
+	testkit.WaitFor(t, "a request to succeed", func() bool {
 		return me.do(t, "GET", taskPath, "").Code == http.StatusOK
 	})
 	if took := time.Since(back); took > time.Second {
@@ -421,11 +388,11 @@ func TestAnOutageIsQuietAndCheap(t *testing.T) {
 // database is logged as 499, never as a 503 or a warning.
 func TestAClientHangUpIsNotAnOutage(t *testing.T) {
 	t.Parallel()
-	proxy := newFaultProxy(t, dbAddr(t))
-	var logs syncBuffer
+	proxy := testkit.NewFaultProxy(t, dbAddr(t))
+	var logs testkit.SyncBuffer
 	// Two connections open before the hang, so that neither request has to dial (a dial
 	// into a hanging database would rightly warn that it is unreachable).
-	s := storeVia(t, proxy.ln.Addr().String(), time.Second, nil)
+	s := storeVia(t, proxy.Addr(), time.Second, nil)
 	var wg sync.WaitGroup
 	for range 2 {
 		wg.Add(1)
@@ -433,22 +400,22 @@ func TestAClientHangUpIsNotAnOutage(t *testing.T) {
 	}
 	wg.Wait()
 	srv := newTestServer(t, newHandler(slogTo(&logs), newTestService(s, slogTo(&logs)), []string{testOrigin}))
-	me := newUserID(t)
-	proxy.set("hang")
+	me := testkit.NewUserID()
+	proxy.Set("hang")
 	for _, path := range []string{"/tasks", "/tasks/1"} {
 		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(conn, "GET /api/%s%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", me, path, tokenFor(t, me))
+		fmt.Fprintf(conn, "GET /api/%s%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", me, path, testkit.Token(t, me))
 		time.Sleep(100 * time.Millisecond)
 		conn.Close()
 	}
-	waitFor(t, "two access log lines", func() bool { return strings.Count(logs.String(), "msg=request") == 2 })
+	testkit.WaitFor(t, "two access log lines", func() bool { return strings.Count(logs.String(), "msg=request") == 2 })
 	if strings.Count(logs.String(), "status=499") != 2 || strings.Contains(logs.String(), "WARN") || strings.Contains(logs.String(), "status=503") {
 		t.Errorf("want two 499s and no warning:\n%s", logs.String())
 	}
-	proxy.set("down")
+	proxy.Set("down")
 }
 
 // TestARetryAfterALostAnswerWritesOnce: the statement of a create reaches PostgreSQL and
@@ -457,21 +424,21 @@ func TestAClientHangUpIsNotAnOutage(t *testing.T) {
 // first answer, and there is one task.
 func TestARetryAfterALostAnswerWritesOnce(t *testing.T) {
 	t.Parallel()
-	proxy := newFaultProxy(t, dbAddr(t))
-	me := newTestAPI(storeVia(t, proxy.ln.Addr().String(), time.Second, nil)).newUser(t)
+	proxy := testkit.NewFaultProxy(t, dbAddr(t))
+	me := newTestAPI(storeVia(t, proxy.Addr(), time.Second, nil)).newUser(t)
 	me.create(t, "before") // a pooled connection, so that the create below needs no dial
 	key := map[string]string{"Idempotency-Key": "lost-answer"}
 
-	proxy.set("deaf")
+	proxy.Set("deaf")
 	d := me.doWith(t, "POST", "/api/{me}/tasks", `{"title":"committed, answer lost"}`, key).wantStatus(http.StatusServiceUnavailable).detail()
 	if !strings.Contains(d, "retry with the same Idempotency-Key") {
 		t.Errorf("the 503 of a write says %q, want it to say to retry with the same key", d)
 	}
-	proxy.set("down")
-	proxy.set("up")
+	proxy.Set("down")
+	proxy.Set("up")
 
 	var retry response
-	waitFor(t, "the retry to be answered", func() bool {
+	testkit.WaitFor(t, "the retry to be answered", func() bool {
 		retry = me.doWith(t, "POST", "/api/{me}/tasks", `{"title":"committed, answer lost"}`, key)
 		return retry.Code != http.StatusServiceUnavailable
 	})
@@ -480,7 +447,7 @@ func TestARetryAfterALostAnswerWritesOnce(t *testing.T) {
 		t.Error("the retry was not answered from the first request")
 	}
 	tasks := me.do(t, "GET", "/api/{me}/tasks?order=asc", "").wantStatus(http.StatusOK).tasks()
-	if len(tasks) != 2 || !tasks[1].equal(retry.task()) {
+	if len(tasks) != 2 || !tasks[1].Equal(retry.task()) {
 		t.Fatalf("tasks %+v after the retry, want [before, %s]", tasks, retry.Body)
 	}
 	if want := fmt.Sprintf("/api/%s/tasks/%d", me.id, tasks[1].ID); retry.Header().Get("Location") != want {
@@ -494,11 +461,11 @@ func TestARetryAfterALostAnswerWritesOnce(t *testing.T) {
 // request that probes the database at a time waits, the others fail fast.
 func TestTheBreakerHearsOfConnectsThatHang(t *testing.T) {
 	t.Parallel()
-	proxy := newFaultProxy(t, dbAddr(t))
+	proxy := testkit.NewFaultProxy(t, dbAddr(t))
 	const deadline = 500 * time.Millisecond
-	me := newTestAPI(storeVia(t, proxy.ln.Addr().String(), deadline, nil)).newUser(t)
-	proxy.set("down") // no pooled connection is left
-	proxy.set("hang")
+	me := newTestAPI(storeVia(t, proxy.Addr(), deadline, nil)).newUser(t)
+	proxy.Set("down") // no pooled connection is left
+	proxy.Set("hang")
 	me.do(t, "GET", "/api/{me}/tasks/1", "").wantStatus(http.StatusServiceUnavailable)
 	time.Sleep(deadline / 2) // the attempt's own connect timeout ends
 	slow := 0
@@ -512,5 +479,5 @@ func TestTheBreakerHearsOfConnectsThatHang(t *testing.T) {
 	if slow > 1 {
 		t.Errorf("%d of 20 requests waited for the hanging database; want only the one probing it", slow)
 	}
-	proxy.set("down")
+	proxy.Set("down")
 }

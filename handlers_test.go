@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"runtime"
 	"strings"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 
@@ -39,12 +40,12 @@ func TestTaskLifecycle(t *testing.T) {
 	}
 	taskPath := fmt.Sprintf("/api/{me}/tasks/%d", created.ID)
 
-	if got := me.do(t, "GET", taskPath, "").wantStatus(http.StatusOK).task(); !got.equal(created) {
+	if got := me.do(t, "GET", taskPath, "").wantStatus(http.StatusOK).task(); !got.Equal(created) {
 		t.Errorf("GET %+v, want %+v", got, created)
 	}
 
 	list := me.do(t, "GET", "/api/{me}/tasks", "").wantStatus(http.StatusOK)
-	if tasks := list.tasks(); len(tasks) != 1 || !tasks[0].equal(created) {
+	if tasks := list.tasks(); len(tasks) != 1 || !tasks[0].Equal(created) {
 		t.Errorf("list %+v, want [%+v]", tasks, created)
 	}
 	if list.Header().Get("X-Total-Count") != "1" {
@@ -143,7 +144,7 @@ func TestUsersCannotReachEachOthersTasks(t *testing.T) {
 			}
 		}
 	})
-	if got := owner.do(t, "GET", fmt.Sprintf("/api/{me}/tasks/%d", task.ID), "").wantStatus(http.StatusOK).task(); !got.equal(task) {
+	if got := owner.do(t, "GET", fmt.Sprintf("/api/{me}/tasks/%d", task.ID), "").wantStatus(http.StatusOK).task(); !got.Equal(task) {
 		t.Errorf("after the intrusions the task is %+v, want %+v", got, task)
 	}
 }
@@ -255,7 +256,7 @@ SELECT $1, 'task ' || i, repeat('😀', 1000) FROM generate_series(1, $2) AS i`,
 // JSON) and looks at the server's live heap: a list built whole would hold all of it.
 func TestListStreamsInBoundedMemory(t *testing.T) {
 	testStore(t) // not parallel: it measures this process's heap
-	me := newUserID(t)
+	me := testkit.NewUserID()
 	insertBigTasks(t, me, 10000)
 	srv := newTestServer(t, newTestAPI(testStore(t)).handler)
 
@@ -263,7 +264,7 @@ func TestListStreamsInBoundedMemory(t *testing.T) {
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
 	req, _ := http.NewRequest("GET", srv.URL+"/api/"+me+"/tasks", nil)
-	req.Header.Set("Authorization", "Bearer "+tokenFor(t, me))
+	req.Header.Set("Authorization", "Bearer "+testkit.Token(t, me))
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -295,9 +296,9 @@ func TestListStreamsInBoundedMemory(t *testing.T) {
 // or hangs up ends the query, which otherwise would hold a pooled connection.
 func TestAListEndsWhenItsClientGoes(t *testing.T) {
 	t.Parallel()
-	appName := "listgone-" + strings.ToLower(newUserID(t)[:12])
+	appName := "listgone-" + strings.ToLower(testkit.NewUserID()[:12])
 	s := storeVia(t, "", 5*time.Second, func(c *pgxpool.Config) { c.ConnConfig.RuntimeParams["application_name"] = appName })
-	me := newUserID(t)
+	me := testkit.NewUserID()
 	insertBigTasks(t, me, 10000)
 	active := func() int {
 		var n int
@@ -305,11 +306,11 @@ func TestAListEndsWhenItsClientGoes(t *testing.T) {
 WHERE application_name = $1 AND state = 'active'`, appName).Scan(&n)
 		return n
 	}
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	srv := httptest.NewUnstartedServer(newHandler(slogTo(&logs), newTestService(s, slogTo(&logs)), []string{testOrigin}))
 	srv.Config.WriteTimeout = time.Second
 	srv.Listener.Close()
-	srv.Listener = listenLoopback(t)
+	srv.Listener = testkit.ListenLoopback(t)
 	srv.Start()
 	defer srv.Close()
 
@@ -320,15 +321,15 @@ WHERE application_name = $1 AND state = 'active'`, appName).Scan(&n)
 				t.Fatal(err)
 			}
 			defer conn.Close()
-			fmt.Fprintf(conn, "GET /api/%s/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", me, tokenFor(t, me))
-			waitFor(t, "the list to be under way", func() bool { return active() == 1 })
+			fmt.Fprintf(conn, "GET /api/%s/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", me, testkit.Token(t, me))
+			testkit.WaitFor(t, "the list to be under way", func() bool { return active() == 1 })
 			if how == "hangs up" {
 				conn.Close()
 			}
-			waitFor(t, "the list's statement to end", func() bool { return active() == 0 })
+			testkit.WaitFor(t, "the list's statement to end", func() bool { return active() == 0 })
 		})
 	}
-	waitFor(t, "two access log lines", func() bool { return strings.Count(logs.String(), "route=/api/{user_id}/tasks") == 2 })
+	testkit.WaitFor(t, "two access log lines", func() bool { return strings.Count(logs.String(), "route=/api/{user_id}/tasks") == 2 })
 	// Neither is an outage: both are logged as 499 (net/http cancels the request's context
 	// when a write fails too), with no warning.
 	if strings.Contains(logs.String(), "WARN") || strings.Count(logs.String(), "status=499") != 2 {

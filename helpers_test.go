@@ -7,20 +7,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -35,8 +30,6 @@ var (
 	testStoreShared *Store
 	testDatabaseURL string // TEST_DATABASE_URL with the run's schema as search_path
 )
-
-const testSecret = "test-secret-that-is-at-least-32-bytes-long"
 
 func TestMain(m *testing.M) {
 	base := os.Getenv("TEST_DATABASE_URL")
@@ -162,27 +155,6 @@ func newUserID(t testing.TB) string {
 	return string(b)
 }
 
-// validClaims are claims the test server accepts for userID; tests mutate a copy.
-func validClaims(userID string) jwt.RegisteredClaims {
-	now := time.Now()
-	return jwt.RegisteredClaims{
-		Subject:   userID,
-		Issuer:    "taskflow-web",
-		Audience:  jwt.ClaimStrings{"taskflow-api"},
-		IssuedAt:  jwt.NewNumericDate(now),
-		ExpiresAt: jwt.NewNumericDate(now.Add(15 * time.Minute)),
-	}
-}
-
-func tokenFor(t testing.TB, userID string) string {
-	t.Helper()
-	tok, err := mintToken([]byte(testSecret), validClaims(userID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
-}
-
 func discardLogger() *slog.Logger { return slogTo(io.Discard) }
 
 // slogTo returns a logger writing text lines to w.
@@ -208,7 +180,7 @@ func newTestService(s *Store, log *slog.Logger) service {
 	return service{
 		store:  s,
 		feed:   feed,
-		auth:   newAuthenticator([]byte(testSecret), nil, "taskflow-web", "taskflow-api"),
+		auth:   newAuthenticator([]byte(testkit.Secret), nil, "taskflow-web", "taskflow-api"),
 		events: events,
 		writes: &writes{limit: newWriteLimiter(1 << 20), store: s, wakeups: wakeups},
 	}
@@ -260,8 +232,8 @@ type user struct {
 }
 
 func (a *testAPI) newUser(t testing.TB) *user {
-	id := newUserID(t)
-	return &user{api: a, id: id, token: tokenFor(t, id)}
+	id := testkit.NewUserID()
+	return &user{api: a, id: id, token: testkit.Token(t, id)}
 }
 
 // do sends a request as u; "{me}" in path stands for u's id.
@@ -283,23 +255,7 @@ func (u *user) create(t *testing.T, title string) taskJSON {
 }
 
 // taskJSON is the wire form of a task, decoded strictly so a renamed field fails a test.
-type taskJSON struct {
-	ID          int64   `json:"id"`
-	UserID      string  `json:"user_id"`
-	Title       string  `json:"title"`
-	Description *string `json:"description"`
-	Completed   bool    `json:"completed"`
-	CreatedAt   string  `json:"created_at"`
-	UpdatedAt   string  `json:"updated_at"`
-	Version     int64   `json:"version"`
-}
-
-func (tj taskJSON) equal(o taskJSON) bool {
-	sameDesc := (tj.Description == nil) == (o.Description == nil) &&
-		(tj.Description == nil || *tj.Description == *o.Description)
-	tj.Description, o.Description = nil, nil
-	return sameDesc && tj == o
-}
+type taskJSON = testkit.Task
 
 func (r response) wantStatus(want int) response {
 	r.t.Helper()
@@ -348,42 +304,6 @@ func (r response) detail() string {
 	return e.Detail
 }
 
-// waitFor polls cond for up to 10 seconds.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// waitOK waits until a GET of url answers 200.
-func waitOK(t testing.TB, url string) {
-	t.Helper()
-	waitFor(t, url, func() bool {
-		res, err := http.Get(url)
-		if err == nil {
-			res.Body.Close()
-		}
-		return err == nil && res.StatusCode == http.StatusOK
-	})
-}
-
-// envDuration reads a duration knob of make soak, make bench and the like.
-func envDuration(t testing.TB, name string, def time.Duration) time.Duration {
-	if v := os.Getenv(name); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		return d
-	}
-	return def
-}
-
 func envList(name, def string) []string { return strings.Split(envOr(name, def), ",") }
 
 func envOr(name, def string) string {
@@ -393,113 +313,10 @@ func envOr(name, def string) string {
 	return def
 }
 
-func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond)) }
-
-// peakRSS is a process's peak resident memory (VmHWM).
-func peakRSS(t testing.TB, pid int) int64 { return procStatus(t, pid, "VmHWM") }
-
-// procStatus is a size field of /proc/<pid>/status (VmRSS, VmHWM, ...) in bytes.
-func procStatus(t testing.TB, pid int, field string) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, field+":") {
-			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
 // pgBouncer is a running pgbouncer; see startPgBouncer.
 type pgBouncer struct {
 	url         string // a DATABASE_URL through it
 	start, stop func()
-}
-
-// startPgBouncer runs Debian's pgbouncer with deploy/pgbouncer.ini (transaction pooling,
-// as Neon's -pooler endpoint) in front of the database of databaseURL. make test installs
-// pgbouncer; elsewhere the calling test is skipped without it.
-func startPgBouncer(t *testing.T, databaseURL string) *pgBouncer {
-	t.Helper()
-	bin, err := exec.LookPath("pgbouncer")
-	if err != nil {
-		bin = "/usr/sbin/pgbouncer"
-	}
-	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("pgbouncer is not installed: run the tests through make test")
-		}
-		t.Skip("pgbouncer is not installed; make test installs it")
-	}
-	direct, err := url.Parse(databaseURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// As root, pgbouncer runs as postgres (it refuses root), which must reach its files.
-	dir, err := os.MkdirTemp("", "pgbouncer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o777)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	port := freePort(t)
-	template, err := os.ReadFile("deploy/pgbouncer.ini")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var options string
-	if schema := direct.Query().Get("search_path"); schema != "" {
-		// A test run's schema is a start-up parameter pgbouncer does not pass on; its
-		// server connections set it themselves.
-		options = "connect_query='SET search_path = " + schema + "'"
-	}
-	ini := strings.NewReplacer("@DATABASE@", strings.TrimPrefix(direct.Path, "/"), "@PGHOST@", direct.Hostname(),
-		"@PGPORT@", direct.Port(), "@DBOPTIONS@", options, "@PORT@", port, "@DIR@", dir).Replace(string(template))
-	for name, body := range map[string]string{"pgbouncer.ini": ini, "users.txt": `"postgres" ""` + "\n"} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	argv := []string{bin, filepath.Join(dir, "pgbouncer.ini")}
-	if os.Geteuid() == 0 {
-		argv = append([]string{"runuser", "-u", "postgres", "--"}, argv...)
-	}
-	var cmd *exec.Cmd
-	b := &pgBouncer{}
-	b.start = func() {
-		cmd = exec.Command(argv[0], argv[1:]...)
-		cmd.Dir = "/"
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		waitFor(t, "pgbouncer to listen", func() bool {
-			c, err := net.Dial("tcp", "127.0.0.1:"+port)
-			if err == nil {
-				c.Close()
-			}
-			return err == nil
-		})
-	}
-	b.stop = func() {
-		if cmd != nil {
-			cmd.Process.Signal(syscall.SIGTERM) // immediate shutdown
-			cmd.Wait()
-			cmd = nil
-		}
-	}
-	b.start()
-	t.Cleanup(b.stop)
-	through := *direct
-	through.Host = "127.0.0.1:" + port
-	q := through.Query()
-	q.Del("search_path")
-	q.Set("default_query_exec_mode", "exec") // see deploy/pgbouncer.ini
-	through.RawQuery = q.Encode()
-	b.url = through.String()
-	return b
 }
 
 // freshDatabase drops and creates the database name on the test cluster, for the
@@ -524,25 +341,4 @@ func freshDatabase(t testing.TB, name string) string {
 	}
 	u.Path = "/" + name
 	return u.String()
-}
-
-// needOwnCluster skips a test that stops and starts PostgreSQL unless the cluster is the
-// one scripts/devdb.sh runs (make test); under CI it fails instead.
-func needOwnCluster(t testing.TB) {
-	t.Helper()
-	testStore(t)
-	if os.Getenv("TASKFLOW_PGDATA") == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("TASKFLOW_PGDATA is unset: run the tests through make test")
-		}
-		t.Skip("needs the cluster of scripts/devdb.sh (make test) to stop and start it")
-	}
-}
-
-// percentile is the p-th percentile of sorted durations, 0 when there are none.
-func percentile(sorted []time.Duration, p int) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	return sorted[len(sorted)*p/100]
 }

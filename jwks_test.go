@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 
@@ -112,7 +113,7 @@ func newJWKSServer(t testing.TB, keys ...testKey) *jwksServer {
 		fmt.Fprint(w, body)
 	}))
 	s.Listener.Close()
-	s.Listener = listenLoopback(t)
+	s.Listener = testkit.ListenLoopback(t)
 	s.Start()
 	t.Cleanup(func() {
 		s.mu.Lock()
@@ -196,36 +197,36 @@ func TestJWKSAcceptsEveryKeyType(t *testing.T) {
 		keys = append(keys, newTestKey(t, "kid-"+alg, alg))
 	}
 	srv := newJWKSServer(t, keys...)
-	both := verifyWith(newTestJWKS(t, srv), []byte(testSecret))
-	me := newUserID(t)
+	both := verifyWith(newTestJWKS(t, srv), []byte(testkit.Secret))
+	me := testkit.NewUserID()
 	for _, k := range keys {
 		t.Run(k.method.Alg()+" is accepted", func(t *testing.T) {
-			wantAccepted(t, both, k.sign(t, k.method, validClaims(me)), me)
+			wantAccepted(t, both, k.sign(t, k.method, testkit.Claims(me)), me)
 		})
 	}
 	t.Run("HS256 is accepted beside the JWKS", func(t *testing.T) {
-		wantAccepted(t, both, tokenFor(t, me), me)
+		wantAccepted(t, both, testkit.Token(t, me), me)
 	})
 	t.Run("the claims are checked as for HS256", func(t *testing.T) {
 		k := keys[0]
-		c := validClaims(me)
+		c := testkit.Claims(me)
 		c.ExpiresAt = jwt.NewNumericDate(time.Now().Add(-time.Hour))
 		wantRejected(t, both, k.sign(t, k.method, c), "has expired")
-		c = validClaims(me)
+		c = testkit.Claims(me)
 		c.ExpiresAt = nil
 		wantRejected(t, both, k.sign(t, k.method, c), "has no exp")
-		c = validClaims(me)
+		c = testkit.Claims(me)
 		c.Issuer = "evil"
 		wantRejected(t, both, k.sign(t, k.method, c), "has another issuer")
-		c = validClaims(me)
+		c = testkit.Claims(me)
 		c.Audience = jwt.ClaimStrings{"other"}
 		wantRejected(t, both, k.sign(t, k.method, c), "has another audience")
 	})
 	t.Run("a token tampered after signing is refused", func(t *testing.T) {
-		wantRejected(t, both, tamper(keys[0].sign(t, keys[0].method, validClaims(me))), "was tampered with")
+		wantRejected(t, both, tamper(keys[0].sign(t, keys[0].method, testkit.Claims(me))), "was tampered with")
 	})
 	t.Run("without a secret, HS256 is refused", func(t *testing.T) {
-		wantRejected(t, verifyWith(newTestJWKS(t, srv), nil), tokenFor(t, me), "is HS256 with no secret configured")
+		wantRejected(t, verifyWith(newTestJWKS(t, srv), nil), testkit.Token(t, me), "is HS256 with no secret configured")
 	})
 }
 
@@ -238,9 +239,9 @@ func TestJWKSAlgorithmMustFitTheKey(t *testing.T) {
 	rsaPS := newTestKey(t, "rsa-ps-only", "PS256")
 	rsaPS.jwk["alg"] = "PS256" // this key may only verify PS256
 	srv := newJWKSServer(t, ed, p256, p521, rsaKey, rsaPS)
-	auth := verifyWith(newTestJWKS(t, srv), []byte(testSecret))
-	me := newUserID(t)
-	claims := validClaims(me)
+	auth := verifyWith(newTestJWKS(t, srv), []byte(testkit.Secret))
+	me := testkit.NewUserID()
+	claims := testkit.Claims(me)
 
 	// A signer is needed that matches the header's alg, so each token is signed with a
 	// key of the right type and then labelled with the kid of a key of another type.
@@ -293,24 +294,24 @@ func TestJWKSRotation(t *testing.T) {
 	srv := newJWKSServer(t, oldKey)
 	j := newTestJWKS(t, srv)
 	auth := verifyWith(j, nil)
-	me := newUserID(t)
+	me := testkit.NewUserID()
 
-	wantAccepted(t, auth, oldKey.sign(t, oldKey.method, validClaims(me)), me)
-	wantRejected(t, auth, newKey.sign(t, newKey.method, validClaims(me)), "is signed by a key not yet published")
+	wantAccepted(t, auth, oldKey.sign(t, oldKey.method, testkit.Claims(me)), me)
+	wantRejected(t, auth, newKey.sign(t, newKey.method, testkit.Claims(me)), "is signed by a key not yet published")
 
 	// The frontend rotates: it publishes the new key beside the old one for a grace period.
 	srv.setKeys(oldKey, newKey)
 	time.Sleep(j.minRefetch)
-	wantAccepted(t, auth, newKey.sign(t, newKey.method, validClaims(me)), me)
-	wantAccepted(t, auth, oldKey.sign(t, oldKey.method, validClaims(me)), me)
+	wantAccepted(t, auth, newKey.sign(t, newKey.method, testkit.Claims(me)), me)
+	wantAccepted(t, auth, oldKey.sign(t, oldKey.method, testkit.Claims(me)), me)
 
 	// After the grace the old key is gone from the set; the next refresh forgets it.
 	srv.setKeys(newKey)
 	if err := j.refreshNow(); err != nil {
 		t.Fatal(err)
 	}
-	wantRejected(t, auth, oldKey.sign(t, oldKey.method, validClaims(me)), "is signed by a retired key")
-	wantAccepted(t, auth, newKey.sign(t, newKey.method, validClaims(me)), me)
+	wantRejected(t, auth, oldKey.sign(t, oldKey.method, testkit.Claims(me)), "is signed by a retired key")
+	wantAccepted(t, auth, newKey.sign(t, newKey.method, testkit.Claims(me)), me)
 }
 
 func TestJWKSBackgroundRefreshRetiresKeys(t *testing.T) {
@@ -323,11 +324,11 @@ func TestJWKSBackgroundRefreshRetiresKeys(t *testing.T) {
 	defer cancel()
 	go j.keepFresh(ctx)
 	auth := verifyWith(j, nil)
-	me := newUserID(t)
-	waitFor(t, "the first fetch", func() bool { return j.size() == 2 })
+	me := testkit.NewUserID()
+	testkit.WaitFor(t, "the first fetch", func() bool { return j.size() == 2 })
 	srv.setKeys(newKey)
-	waitFor(t, "the refresh to drop the retired key", func() bool { return j.size() == 1 })
-	wantRejected(t, auth, oldKey.sign(t, oldKey.method, validClaims(me)), "is signed by a retired key")
+	testkit.WaitFor(t, "the refresh to drop the retired key", func() bool { return j.size() == 1 })
+	wantRejected(t, auth, oldKey.sign(t, oldKey.method, testkit.Claims(me)), "is signed by a retired key")
 }
 
 func TestJWKSDown(t *testing.T) {
@@ -336,7 +337,7 @@ func TestJWKSDown(t *testing.T) {
 	srv := newJWKSServer(t, known)
 	j := newTestJWKS(t, srv)
 	auth := verifyWith(j, nil)
-	me := newUserID(t)
+	me := testkit.NewUserID()
 	unknown := newTestKey(t, "unknown", "EdDSA")
 
 	for _, outage := range []struct {
@@ -351,12 +352,12 @@ func TestJWKSDown(t *testing.T) {
 			outage.start()
 			time.Sleep(j.minRefetch) // let the unknown kid below trigger a fetch
 			start := time.Now()
-			wantRejected(t, auth, unknown.sign(t, unknown.method, validClaims(me)), "has an unknown kid")
+			wantRejected(t, auth, unknown.sign(t, unknown.method, testkit.Claims(me)), "has an unknown kid")
 			if took := time.Since(start); took > j.unknownKidWait+200*time.Millisecond {
 				t.Errorf("an unknown kid took %v to refuse, want about unknownKidWait (%v)", took, j.unknownKidWait)
 			}
 			start = time.Now()
-			wantAccepted(t, auth, known.sign(t, known.method, validClaims(me)), me)
+			wantAccepted(t, auth, known.sign(t, known.method, testkit.Claims(me)), me)
 			if took := time.Since(start); took > 50*time.Millisecond {
 				t.Errorf("a cached key took %v while the JWKS server is %s", took, outage.name)
 			}
@@ -372,7 +373,7 @@ func TestJWKSGarbageNeverReplacesGoodKeys(t *testing.T) {
 	good := newTestKey(t, "good", "EdDSA")
 	srv := newJWKSServer(t, good)
 	j := newTestJWKS(t, srv)
-	me := newUserID(t)
+	me := testkit.NewUserID()
 	weakRSA, _ := rsa.GenerateKey(rand.Reader, 1024)
 	offCurve := newTestKey(t, "off", "ES256")
 	offCurve.jwk["y"] = offCurve.jwk["x"]
@@ -393,7 +394,7 @@ func TestJWKSGarbageNeverReplacesGoodKeys(t *testing.T) {
 		if err := j.refreshNow(); err == nil {
 			t.Errorf("%s: the fetch succeeded", name)
 		}
-		wantAccepted(t, verifyWith(j, nil), good.sign(t, good.method, validClaims(me)), me)
+		wantAccepted(t, verifyWith(j, nil), good.sign(t, good.method, testkit.Claims(me)), me)
 	}
 }
 
@@ -412,7 +413,7 @@ func TestJWKSRefetchIsRateLimited(t *testing.T) {
 	j := newTestJWKS(t, srv)
 	j.minRefetch = time.Hour
 	auth := verifyWith(j, nil)
-	me := newUserID(t)
+	me := testkit.NewUserID()
 	before := srv.fetches.Load()
 
 	// burst verifies n tokens with made-up kids at once and counts those accepted.
@@ -426,7 +427,7 @@ func TestJWKSRefetchIsRateLimited(t *testing.T) {
 				defer wg.Done()
 				k := forger
 				k.kid = fmt.Sprintf("%s-%d", prefix, i)
-				if _, err := auth.verify(k.sign(t, k.method, validClaims(me))); err == nil {
+				if _, err := auth.verify(k.sign(t, k.method, testkit.Claims(me))); err == nil {
 					accepted.Add(1)
 				}
 			}()
@@ -462,13 +463,13 @@ func TestRunStartsWhileTheJWKSIsDown(t *testing.T) {
 	srv.setBody(http.StatusServiceUnavailable, "starting")
 	base, stop := startRun(t, map[string]string{"BETTER_AUTH_SECRET": "", "JWT_JWKS_URL": srv.URL})
 	key := newTestKey(t, "late", "EdDSA")
-	me := newUserID(t)
-	token := key.sign(t, key.method, validClaims(me))
+	me := testkit.NewUserID()
+	token := key.sign(t, key.method, testkit.Claims(me))
 	if res, _ := httpDo(t, "GET", base+"/api/"+me+"/tasks", token, ""); res.StatusCode != http.StatusUnauthorized {
 		t.Errorf("with no keys yet: %d, want 401", res.StatusCode)
 	}
 	srv.setKeys(key) // the frontend comes up
-	waitFor(t, "the key to be fetched", func() bool {
+	testkit.WaitFor(t, "the key to be fetched", func() bool {
 		res, _ := httpDo(t, "GET", base+"/api/"+me+"/tasks", token, "")
 		return res.StatusCode == http.StatusOK
 	})

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +40,8 @@ func main() {
 		fmt.Print(usage)
 	case len(args) == 2 && args[0] == "dev-token" && !strings.HasPrefix(args[1], "-"):
 		err = printDevToken(os.Getenv, args[1], os.Stdout)
+	case len(args) == 1 && args[0] == "statements":
+		err = json.NewEncoder(os.Stdout).Encode(statements())
 	default:
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
@@ -54,6 +57,8 @@ const usage = `usage:
   taskflow-api                    serve the API; configured by the environment (README.md)
   taskflow-api dev-token USER_ID  print an HS256 token for USER_ID, valid for a day,
                                   signed with BETTER_AUTH_SECRET (for trying the API by hand)
+  taskflow-api statements         print the SQL each request runs, as JSON (make bench
+                                  runs it through pgbench; EXPLAIN it by hand)
   taskflow-api version            print the version
 `
 
@@ -193,6 +198,13 @@ func printDevToken(getenv func(string) string, userID string, stdout io.Writer) 
 	}
 	_, err = fmt.Fprintln(stdout, token)
 	return err
+}
+
+// statements are the texts of the requests' statements, by name, for `taskflow-api
+// statements`: $1 is the user id; the others are those of the Store method that runs it.
+func statements() map[string]string {
+	return map[string]string{"create": sqlCreateTask, "get": sqlGetTask, "update": sqlUpdateTask, "toggle": sqlToggleTask,
+		"delete": sqlDeleteTask, "list": listSQL[ListQuery{Status: "all", Sort: "created", Desc: true}], "changes": sqlChanges}
 }
 
 // prune forgets expired idempotency keys and tombstones, at start and then every ten

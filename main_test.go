@@ -6,16 +6,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 
@@ -23,7 +22,7 @@ import (
 )
 
 func TestConfigErrorsAreOneLineNamingTheVariable(t *testing.T) {
-	base := map[string]string{"BETTER_AUTH_SECRET": testSecret}
+	base := map[string]string{"BETTER_AUTH_SECRET": testkit.Secret}
 	tests := []struct {
 		name    string
 		env     map[string]string
@@ -65,34 +64,12 @@ func TestConfigErrorsAreOneLineNamingTheVariable(t *testing.T) {
 	}
 }
 
-// listenLoopback listens on a free loopback port below Linux's ephemeral range
-// (32768-60999): a server there, once stopped, could be dialled by a client the kernel
-// gave that same port, which would then be connected to itself.
-func listenLoopback(t testing.TB) net.Listener {
-	t.Helper()
-	for range 100 {
-		if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 10000+mathrand.IntN(22000))); err == nil {
-			return ln
-		}
-	}
-	t.Fatal("no free loopback port below 32768")
-	return nil
-}
-
-// freePort returns a loopback port below 32768 that was free a moment ago.
-func freePort(t testing.TB) string {
-	t.Helper()
-	ln := listenLoopback(t)
-	defer ln.Close()
-	return fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
-}
-
 // newTestServer is httptest.NewServer on a port below 32768.
 func newTestServer(t testing.TB, h http.Handler) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
 	srv.Listener.Close()
-	srv.Listener = listenLoopback(t)
+	srv.Listener = testkit.ListenLoopback(t)
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv
@@ -109,10 +86,10 @@ func startRun(t *testing.T, env map[string]string) (string, func() error) {
 func startRunTo(t *testing.T, env map[string]string, stdout io.Writer) (string, func() error) {
 	t.Helper()
 	testStore(t)
-	port := freePort(t)
+	port := testkit.FreePort(t)
 	full := map[string]string{
 		"DATABASE_URL":       testDatabaseURL,
-		"BETTER_AUTH_SECRET": testSecret,
+		"BETTER_AUTH_SECRET": testkit.Secret,
 		"PORT":               port,
 	}
 	for k, v := range env {
@@ -176,12 +153,12 @@ func httpDo(t *testing.T, method, url, token, body string) (*http.Response, stri
 
 func TestShutdownLetsRequestsInFlightFinish(t *testing.T) {
 	store := testStore(t)
-	appName := "shutdown-" + strings.ToLower(newUserID(t)[:12])
+	appName := "shutdown-" + strings.ToLower(testkit.NewUserID()[:12])
 	base, stop := startRun(t, map[string]string{
 		"DATABASE_URL": testDatabaseURL + "&application_name=" + appName,
 	})
-	me := newUserID(t)
-	token := tokenFor(t, me)
+	me := testkit.NewUserID()
+	token := testkit.Token(t, me)
 	// Hold the task's row lock so that the toggles below are still running when the
 	// shutdown starts.
 	id, tx := lockedTask(t, store, base, me)
@@ -205,7 +182,7 @@ func TestShutdownLetsRequestsInFlightFinish(t *testing.T) {
 			statuses <- res.StatusCode
 		}()
 	}
-	waitFor(t, "the toggles to wait on the row lock", func() bool {
+	testkit.WaitFor(t, "the toggles to wait on the row lock", func() bool {
 		var n int
 		store.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, appName).Scan(&n)
 		return n == inFlight
@@ -236,7 +213,7 @@ func TestShutdownLetsRequestsInFlightFinish(t *testing.T) {
 // lock in a transaction until the test commits it or ends, so that requests on it wait.
 func lockedTask(t *testing.T, store *Store, base, userID string) (int64, pgx.Tx) {
 	t.Helper()
-	res, body := httpDo(t, "POST", base+"/api/"+userID+"/tasks", tokenFor(t, userID), `{"title":"held"}`)
+	res, body := httpDo(t, "POST", base+"/api/"+userID+"/tasks", testkit.Token(t, userID), `{"title":"held"}`)
 	if res.StatusCode != http.StatusCreated {
 		t.Fatalf("create: %d %s", res.StatusCode, body)
 	}
@@ -257,7 +234,7 @@ func lockedTask(t *testing.T, store *Store, base, userID string) (int64, pgx.Tx)
 // waitHealthy waits until base answers /healthz.
 func waitHealthy(t *testing.T, base string) {
 	t.Helper()
-	waitOK(t, base+"/healthz")
+	testkit.WaitOK(t, base+"/healthz")
 }
 
 func TestSlowHeadersAreCutOff(t *testing.T) {
@@ -299,13 +276,13 @@ func TestSlowHeadersAreCutOff(t *testing.T) {
 
 func TestStartLineAndAccessLog(t *testing.T) {
 	testStore(t)
-	var out syncBuffer
+	var out testkit.SyncBuffer
 	dbURL := strings.Replace(testDatabaseURL, "postgres@", "postgres:hunter2@", 1)
 	base, stop := startRunTo(t, map[string]string{"DATABASE_URL": dbURL}, &out)
 	defer stop()
 
-	me := newUserID(t)
-	token := tokenFor(t, me)
+	me := testkit.NewUserID()
+	token := testkit.Token(t, me)
 	req, _ := http.NewRequest("POST", base+"/api/"+me+"/tasks?secret-query=1", strings.NewReader(`{"title":"body-secret"}`))
 	req.Header.Set("Authorization", "Bearer "+token)
 	req.Header.Set("Content-Type", "application/json")
@@ -317,7 +294,7 @@ func TestStartLineAndAccessLog(t *testing.T) {
 	res.Body.Close()
 
 	var start, access map[string]any
-	waitFor(t, "the access log line", func() bool {
+	testkit.WaitFor(t, "the access log line", func() bool {
 		for _, line := range strings.Split(out.String(), "\n") {
 			var m map[string]any
 			if json.Unmarshal([]byte(line), &m) != nil {
@@ -362,7 +339,7 @@ func TestStartLineAndAccessLog(t *testing.T) {
 // handler, is plain text (docs/api.md says so) and would leave no trace; it is counted.
 func TestTheServersOwnRefusalsAreCounted(t *testing.T) {
 	testStore(t)
-	var out syncBuffer
+	var out testkit.SyncBuffer
 	base, stop := startRunTo(t, nil, &out)
 	defer stop()
 	addr := strings.TrimPrefix(base, "http://")
@@ -384,27 +361,9 @@ func TestTheServersOwnRefusalsAreCounted(t *testing.T) {
 			t.Errorf("%.30q: %q", raw, status)
 		}
 	}
-	waitFor(t, "the refusals to be logged", func() bool {
+	testkit.WaitFor(t, "the refusals to be logged", func() bool {
 		return strings.Contains(out.String(), "refused by the HTTP server itself")
 	})
-}
-
-// syncBuffer is a bytes.Buffer safe for the server's goroutines to write and a test to read.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 var built struct {
@@ -413,29 +372,9 @@ var built struct {
 	err  error
 }
 
-// testBinary builds the command once per test run.
-func testBinary(t *testing.T) string {
-	t.Helper()
-	built.once.Do(func() {
-		dir, err := os.MkdirTemp("", "taskflow-test-bin")
-		if err != nil {
-			built.err = err
-			return
-		}
-		built.bin = filepath.Join(dir, "taskflow-api")
-		if out, err := exec.Command("go", "build", "-o", built.bin, ".").CombinedOutput(); err != nil {
-			built.err = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if built.err != nil {
-		t.Fatal(built.err)
-	}
-	return built.bin
-}
-
 func TestTheCommandLine(t *testing.T) {
 	t.Parallel()
-	bin := testBinary(t)
+	bin := testkit.Binary(t)
 	for _, c := range []struct {
 		args     []string
 		env      []string
@@ -445,11 +384,11 @@ func TestTheCommandLine(t *testing.T) {
 		{[]string{"--help"}, nil, 0, "dev-token USER_ID"},
 		{[]string{"-h"}, nil, 0, "usage:"},
 		{[]string{"serve"}, nil, 2, "usage:"},
-		{[]string{"dev-token", "--help"}, []string{"BETTER_AUTH_SECRET=" + testSecret}, 2, "usage:"},
+		{[]string{"dev-token", "--help"}, []string{"BETTER_AUTH_SECRET=" + testkit.Secret}, 2, "usage:"},
 		{[]string{"version"}, nil, 0, "taskflow-api "},
-		{[]string{"dev-token", "someone"}, []string{"BETTER_AUTH_SECRET=" + testSecret}, 0, "eyJ"},
+		{[]string{"dev-token", "someone"}, []string{"BETTER_AUTH_SECRET=" + testkit.Secret}, 0, "eyJ"},
 		// Errors are one line, whatever pgx's own message looks like.
-		{nil, []string{"BETTER_AUTH_SECRET=" + testSecret, "PORT=0", "DATABASE_URL=postgres://u@127.0.0.1:1/db?connect_timeout=1"}, 1, "taskflow-api: database 127.0.0.1:1/db:"},
+		{nil, []string{"BETTER_AUTH_SECRET=" + testkit.Secret, "PORT=0", "DATABASE_URL=postgres://u@127.0.0.1:1/db?connect_timeout=1"}, 1, "taskflow-api: database 127.0.0.1:1/db:"},
 		{nil, []string{"BETTER_AUTH_SECRET=short"}, 1, "taskflow-api: BETTER_AUTH_SECRET must be"},
 	} {
 		cmd := exec.Command(bin, c.args...)
@@ -475,14 +414,14 @@ func TestTheCommandLine(t *testing.T) {
 
 func TestSignalsStopTheProcess(t *testing.T) {
 	store := testStore(t)
-	bin := testBinary(t)
-	appName := "signals-" + strings.ToLower(newUserID(t)[:12])
+	bin := testkit.Binary(t)
+	appName := "signals-" + strings.ToLower(testkit.NewUserID()[:12])
 	start := func() (*exec.Cmd, string) {
-		port := freePort(t)
+		port := testkit.FreePort(t)
 		cmd := exec.Command(bin)
 		cmd.Env = append(os.Environ(),
 			"DATABASE_URL="+testDatabaseURL+"&application_name="+appName,
-			"BETTER_AUTH_SECRET="+testSecret, "PORT="+port, "LOG_FORMAT=text")
+			"BETTER_AUTH_SECRET="+testkit.Secret, "PORT="+port, "LOG_FORMAT=text")
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -512,17 +451,17 @@ func TestSignalsStopTheProcess(t *testing.T) {
 
 	t.Run("a second signal during the grace period exits at once", func(t *testing.T) {
 		cmd, base := start()
-		me := newUserID(t)
+		me := testkit.NewUserID()
 		id, _ := lockedTask(t, store, base, me)
 		ctx := context.Background()
 		held, _ := http.NewRequest("PATCH", fmt.Sprintf("%s/api/%s/tasks/%d/complete", base, me, id), nil)
-		held.Header.Set("Authorization", "Bearer "+tokenFor(t, me))
+		held.Header.Set("Authorization", "Bearer "+testkit.Token(t, me))
 		go func() {
 			if res, err := http.DefaultClient.Do(held); err == nil {
 				res.Body.Close()
 			}
 		}()
-		waitFor(t, "the request to wait on the lock", func() bool {
+		testkit.WaitFor(t, "the request to wait on the lock", func() bool {
 			var n int
 			store.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, appName).Scan(&n)
 			return n == 1

@@ -3,6 +3,7 @@ package main
 import (
 	"net/http"
 	"strings"
+	"taskflow/internal/testkit"
 	"testing"
 )
 
@@ -55,7 +56,7 @@ func TestCORSAllowedOrigin(t *testing.T) {
 func TestCORSPreflight(t *testing.T) {
 	t.Parallel()
 	api := newTestAPI(noDatabase(t))
-	me := newUserID(t)
+	me := testkit.NewUserID()
 	for _, method := range []string{"GET", "POST", "PUT", "PATCH", "DELETE"} {
 		res := api.do(t, request{method: "OPTIONS", path: "/api/" + me + "/tasks/1", header: map[string]string{
 			"Origin":                         testOrigin,

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 
@@ -247,8 +248,8 @@ func TestATaskHasOneURL(t *testing.T) {
 	}
 	// The user id may be percent-encoded (any string is a user id); the key's fingerprint
 	// is the canonical path's.
-	u := &user{api: api, id: "idem-" + newUserID(t)[:8], token: ""}
-	u.token = tokenFor(t, u.id)
+	u := &user{api: api, id: "idem-" + testkit.NewUserID()[:8], token: ""}
+	u.token = testkit.Token(t, u.id)
 	key := map[string]string{"Idempotency-Key": "respelled"}
 	first := u.api.do(t, request{method: "POST", path: "/api/" + u.id + "/tasks", body: `{"title":"once"}`, token: u.token, header: key}).wantStatus(http.StatusCreated)
 	again := u.api.do(t, request{method: "POST", path: "/api/%69" + u.id[1:] + "/tasks", body: `{"title":"once"}`, token: u.token, header: key}).wantStatus(http.StatusCreated)
@@ -261,7 +262,7 @@ func TestATaskHasOneURL(t *testing.T) {
 // transaction, where now() does not move) still give two ETags.
 func TestEveryWriteGetsANewVersion(t *testing.T) {
 	t.Parallel()
-	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
 	task := mustCreate(t, s, me, "twice at once", nil)
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -293,7 +294,7 @@ func TestTheSchemaUpgradesAnExistingDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
-	schema := "upgrade_" + strings.ToLower(newUserID(t)[:10])
+	schema := "upgrade_" + strings.ToLower(testkit.NewUserID()[:10])
 	for _, q := range []string{
 		`CREATE SCHEMA ` + schema,
 		`SET search_path = ` + schema,

@@ -66,8 +66,8 @@ func (k *IdempotencyKey) args() (key, request any) {
 
 const taskColumns = `id, user_id, title, description, completed, created_at, updated_at, version`
 
-// The statements behind create, get, update, toggle and delete; make bench runs these
-// same texts through pgbench. $1 is always the caller's user id.
+// The statements behind create, get, update, toggle and delete (make bench runs these
+// same texts through pgbench). $1 is always the caller's user id.
 const (
 	// stamp is what every change of a task sets besides its fields: a new version, and
 	// the transaction, which places the change in the feed (changes.go). An insert gets

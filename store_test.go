@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 
@@ -38,7 +39,7 @@ func mustCreate(t *testing.T, s *Store, userID, title string, description *strin
 
 func TestStoreCreateAndGet(t *testing.T) {
 	t.Parallel()
-	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
 
 	before := time.Now().Add(-time.Second)
 	created := mustCreate(t, s, me, "Buy milk", ptr("2 litres"))
@@ -65,7 +66,7 @@ func TestStoreCreateAndGet(t *testing.T) {
 func TestStoreScopesEveryStatementByUser(t *testing.T) {
 	t.Parallel()
 	s, ctx := testStore(t), context.Background()
-	owner, other := newUserID(t), newUserID(t)
+	owner, other := testkit.NewUserID(), testkit.NewUserID()
 	task := mustCreate(t, s, owner, "Private", nil)
 
 	if _, err := s.GetTask(ctx, other, task.ID); !errors.Is(err, ErrNotFound) {
@@ -92,7 +93,7 @@ func TestStoreScopesEveryStatementByUser(t *testing.T) {
 
 func TestStoreUpdateChangesOnlyTheGivenFields(t *testing.T) {
 	t.Parallel()
-	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
 	task := mustCreate(t, s, me, "Original", ptr("keep me"))
 
 	tests := []struct {
@@ -146,7 +147,7 @@ func TestStoreUpdateChangesOnlyTheGivenFields(t *testing.T) {
 
 func TestStoreToggleIsAtomicUnderConcurrency(t *testing.T) {
 	t.Parallel()
-	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
 	task := mustCreate(t, s, me, "Flip me", nil)
 
 	// An odd number of concurrent toggles must end flipped and an even number must end
@@ -188,7 +189,7 @@ func TestStoreToggleIsAtomicUnderConcurrency(t *testing.T) {
 
 func TestStoreDelete(t *testing.T) {
 	t.Parallel()
-	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
 	task := mustCreate(t, s, me, "Doomed", nil)
 	if err := s.DeleteTask(ctx, me, task.ID, Condition{}); err != nil {
 		t.Fatal(err)
@@ -203,7 +204,7 @@ func TestStoreDelete(t *testing.T) {
 
 func TestStoreConstraintsBackTheValidation(t *testing.T) {
 	t.Parallel()
-	s, me := testStore(t), newUserID(t)
+	s, me := testStore(t), testkit.NewUserID()
 	// These bypass the handler's validation on purpose: the schema is the last line.
 	cases := map[string]struct {
 		userID, title string
@@ -239,7 +240,7 @@ SELECT $1, $2, (i % $4 = 0) FROM generate_series(1, $3) AS i`, userID, title, n,
 
 func TestStoreListPagesAreStableAndComplete(t *testing.T) {
 	t.Parallel()
-	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
 	insertTies(t, s, me, 23, "same", 3) // every third completed: 7 of 23
 	mustCreate(t, s, me, "alpha", nil)
 	mustCreate(t, s, me, "zulu", nil)
@@ -321,7 +322,7 @@ func ids(tasks []Task) []int64 {
 
 func TestStoreListPastTheEndStillCounts(t *testing.T) {
 	t.Parallel()
-	s, me := testStore(t), newUserID(t)
+	s, me := testStore(t), testkit.NewUserID()
 	insertTies(t, s, me, 3, "x", 2)
 	page, total, err := listTasks(s, context.Background(), me, ListQuery{Status: "all", Sort: "created", Desc: true, Limit: 10, Offset: 50})
 	if err != nil || len(page) != 0 || total != 3 {
@@ -355,7 +356,7 @@ func TestPoolDefaultsYieldToTheURL(t *testing.T) {
 func TestStoreDeadline(t *testing.T) {
 	t.Parallel()
 	s := storeVia(t, "", 300*time.Millisecond, func(c *pgxpool.Config) { c.MaxConns = 1 })
-	ctx, me := context.Background(), newUserID(t)
+	ctx, me := context.Background(), testkit.NewUserID()
 	task := mustCreate(t, s, me, "held", nil)
 
 	// A toggle waiting for a row lock another session holds fails at its deadline. The
@@ -386,7 +387,7 @@ func TestCreatesStopAtTheTaskLimit(t *testing.T) {
 	t.Parallel()
 	s := storeVia(t, "", 5*time.Second, nil)
 	s.maxTasks = 20
-	ctx, me := context.Background(), newUserID(t)
+	ctx, me := context.Background(), testkit.NewUserID()
 	for i := 0; i < s.maxTasks-5; i++ {
 		mustCreate(t, s, me, fmt.Sprint("before ", i), nil)
 	}
@@ -436,14 +437,14 @@ func TestCreatesStopAtTheTaskLimit(t *testing.T) {
 		t.Errorf("create at the limit after the refill: %v, want ErrTaskLimit", err)
 	}
 	// Another user is not affected.
-	mustCreate(t, s, newUserID(t), "someone else", nil)
+	mustCreate(t, s, testkit.NewUserID(), "someone else", nil)
 }
 
 // TestTheListDigestSeesChangesInAnyCommitOrder: versions are taken when a write starts,
 // so writes may commit out of version order; the list's head must still change.
 func TestTheListDigestSeesChangesInAnyCommitOrder(t *testing.T) {
 	t.Parallel()
-	s, ctx, me := testStore(t), context.Background(), newUserID(t)
+	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
 	a, b := mustCreate(t, s, me, "a", nil), mustCreate(t, s, me, "b", nil)
 	head := func() ListHead {
 		var h ListHead
@@ -485,7 +486,7 @@ func TestEveryWriterCountsTowardsTheLimit(t *testing.T) {
 	t.Parallel()
 	s := storeVia(t, "", 5*time.Second, nil)
 	s.maxTasks = 3
-	ctx, me := context.Background(), newUserID(t)
+	ctx, me := context.Background(), testkit.NewUserID()
 	if _, err := s.pool.Exec(ctx, `INSERT INTO tasks (user_id, title) SELECT $1, 'by hand ' || i FROM generate_series(1, 3) AS i`, me); err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 )
@@ -45,8 +46,8 @@ func TestCachedTokenOfARetiredKeyIsRefused(t *testing.T) {
 	srv := newJWKSServer(t, oldKey, newKey)
 	j := newTestJWKS(t, srv)
 	auth := verifyWith(j, nil)
-	me := newUserID(t)
-	token := oldKey.sign(t, oldKey.method, validClaims(me))
+	me := testkit.NewUserID()
+	token := oldKey.sign(t, oldKey.method, testkit.Claims(me))
 	wantAccepted(t, auth, token, me) // now cached
 
 	if err := j.refreshNow(); err != nil { // the same set again: the cache stays

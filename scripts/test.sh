@@ -27,7 +27,8 @@ go vet ./...
 echo "== go test -race (PostgreSQL at ${TEST_DATABASE_URL%%\?*})"
 mkdir -p .run
 set +e
-go test -race -count=1 -v "$@" ./... 2>&1 | tee .run/test.log | awk '
+# -p 1: one package at a time, since some tests restart the PostgreSQL all of them use.
+go test -race -p 1 -count=1 -v "$@" ./... 2>&1 | tee .run/test.log | awk '
   /^=== (RUN|PAUSE|CONT|NAME)/ { next }
   /^ *--- PASS/ { passed++; next }
   /^ *--- SKIP/ { skipped++ }

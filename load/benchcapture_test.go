@@ -7,11 +7,12 @@
 // as a commit on Neon waits for its safekeepers, at 1, 16 and 64 connections. And what a
 // tombstone takes on disk. It prints tables and asserts nothing about speed.
 
-package main
+package load
 
 import (
 	"context"
 	"fmt"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"net/url"
 	"os"
 	"os/exec"
@@ -19,6 +20,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 )
@@ -47,25 +49,21 @@ type captureVariant struct {
 }
 
 func TestBenchCapture(t *testing.T) {
-	testStore(t)
-	duration := envDuration(t, "BENCH_DURATION", 10*time.Second)
+	testkit.DatabaseURL(t)
+	duration := testkit.EnvDuration(t, "BENCH_DURATION", 10*time.Second)
 	rounds := 3
 	ctx := context.Background()
-	dbURL := freshDatabase(t, "taskflow_capture")
-	db, err := openTestStore(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	dbURL := testkit.FreshDatabase(t, "taskflow_capture")
+	db := openPool(t, dbURL)
 	// Users u0..u999 with 50 consecutive task ids each, so that a pgbench script can pick
 	// any task and name its owner: user_id = 'u' || (id - 1) / 50.
-	if _, err := db.pool.Exec(ctx, fmt.Sprintf(`INSERT INTO tasks (user_id, title, description)
+	if _, err := db.Exec(ctx, fmt.Sprintf(`INSERT INTO tasks (user_id, title, description)
 SELECT 'u' || ((g - 1) / %d), 'task ' || g, CASE WHEN g %% 3 = 0 THEN NULL ELSE left(repeat(md5(g::text), 4), 100) END
 FROM generate_series(1, %d) AS g`, captureTasksPerUser, captureUsers*captureTasksPerUser)); err != nil {
 		t.Fatal(err)
 	}
-	db.pool.Exec(ctx, `VACUUM ANALYZE tasks`)
-	stamped := sqlToggleTask
+	db.Exec(ctx, `VACUUM ANALYZE tasks`)
+	stamped := statements(t)["toggle"]
 	unstamped := strings.Replace(stamped, ", changed_xid = pg_current_xact_id()", "", 1)
 	if unstamped == stamped {
 		t.Fatal("the toggle no longer stamps changed_xid as this bench expects")
@@ -117,7 +115,7 @@ FROM generate_series(1, %d) AS g`, captureTasksPerUser, captureUsers*captureTask
 	// What a tombstone costs: 100,000 deletes, and the table with its indexes after them.
 	mustExec(t, db, `DELETE FROM tasks WHERE id <= 100000`)
 	var n, bytes int64
-	db.pool.QueryRow(ctx, `SELECT count(*), pg_total_relation_size('task_tombstones') FROM task_tombstones`).Scan(&n, &bytes)
+	db.QueryRow(ctx, `SELECT count(*), pg_total_relation_size('task_tombstones') FROM task_tombstones`).Scan(&n, &bytes)
 	fmt.Printf("\n%d tombstones: %d bytes with their indexes, %.0f bytes each\n", n, bytes, float64(bytes)/float64(n))
 }
 
@@ -147,8 +145,8 @@ func pgbenchTPS(t *testing.T, dir, dbURL, script string, conc int, duration time
 	return tps
 }
 
-func mustExec(t *testing.T, db *Store, sql string) {
-	if _, err := db.pool.Exec(context.Background(), sql); err != nil {
+func mustExec(t *testing.T, db *pgxpool.Pool, sql string) {
+	if _, err := db.Exec(context.Background(), sql); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
 }
@@ -192,7 +190,7 @@ func slowCommits(t *testing.T, dbURL string, delay time.Duration) (stop func()) 
 	if owner := os.Getenv("TASKFLOW_PGOWNER"); owner != "" {
 		exec.Command("chown", owner+":", standby).Run()
 	}
-	port := freePort(t)
+	port := testkit.FreePort(t)
 	primaryPort := os.Getenv("TASKFLOW_PG_PORT")
 	if out, err := as(filepath.Join(bin, "pg_basebackup"), "-h", "127.0.0.1", "-p", primaryPort, "-U", "postgres",
 		"-D", standby, "-R", "-X", "stream").CombinedOutput(); err != nil {
@@ -205,11 +203,7 @@ func slowCommits(t *testing.T, dbURL string, delay time.Duration) (stop func()) 
 	if out, err := as(filepath.Join(bin, "pg_ctl"), "-D", standby, "-l", filepath.Join(standby, "log"), "-w", "start").CombinedOutput(); err != nil {
 		t.Fatalf("start the standby: %v\n%s", err, out)
 	}
-	db, err := openTestStore(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := openPool(t, dbURL)
 	u, _ := url.Parse(dbURL)
 	name := strings.TrimPrefix(u.Path, "/")
 	mustExec(t, db, `ALTER SYSTEM SET synchronous_commit = local`)
@@ -217,7 +211,7 @@ func slowCommits(t *testing.T, dbURL string, delay time.Duration) (stop func()) 
 	mustExec(t, db, `SELECT pg_reload_conf()`)
 	mustExec(t, db, `ALTER DATABASE `+name+` SET synchronous_commit = remote_apply`)
 	return func() {
-		db, err := openTestStore(dbURL)
+		db, err := pgxpool.New(context.Background(), dbURL)
 		if err == nil {
 			mustExec(t, db, `ALTER DATABASE `+name+` RESET synchronous_commit`)
 			mustExec(t, db, `ALTER SYSTEM RESET synchronous_standby_names`)

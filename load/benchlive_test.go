@@ -3,7 +3,7 @@
 // make bench-live (go test -tags bench -run TestBenchLive): what live updates cost one
 // instance, and what they deliver. It prints figures and asserts nothing about speed.
 
-package main
+package load
 
 import (
 	"bufio"
@@ -14,17 +14,15 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 )
 
 // TestBenchLive opens 10,000 idle event streams against one server and measures its
@@ -33,36 +31,26 @@ import (
 // second; then followers resuming through forced reconnects under writes; then what
 // streams that stop reading leave in the kernel.
 func TestBenchLive(t *testing.T) {
-	testStore(t)
+	dbURL := testkit.DatabaseURL(t)
 	streams := 10000
 	const streamsPerUser = 10
 	dir := t.TempDir()
-	bin := testBinary(t)
-	port := freePort(t)
-	srv := exec.Command(bin)
-	srv.Env = append(os.Environ(), "DATABASE_URL="+testDatabaseURL, "BETTER_AUTH_SECRET="+testSecret, "PORT="+port,
-		"LOG_FORMAT=json", "MAX_WRITES_PER_USER=100000")
-	srv.Stdout = io.Discard
-	srv.Stderr = os.Stderr
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { srv.Process.Signal(os.Interrupt); srv.Wait() }()
-	base := "http://127.0.0.1:" + port
-	waitOK(t, base+"/readyz")
-	rss := func() float64 { return float64(procStatus(t, srv.Process.Pid, "VmRSS")) / (1 << 20) }
+	base, srv := startServer(t, dbURL, "MAX_WRITES_PER_USER=100000")
+	port := strings.TrimPrefix(base, "http://127.0.0.1:")
+	db := openPool(t, dbURL)
+	rss := func() float64 { return float64(testkit.ProcStatus(t, srv.Process.Pid, "VmRSS")) / (1 << 20) }
 
 	// Users with 50 tasks each, for wrk's list and get.
 	ctx := context.Background()
 	var users []benchUser
 	tokens := map[string]string{}
 	for range streams / streamsPerUser {
-		u := benchUser{id: newUserID(t)}
-		tokens[u.id] = tokenFor(t, u.id)
-		if _, err := testStore(t).pool.Exec(ctx, `INSERT INTO tasks (user_id, title) SELECT $1, 'task ' || i FROM generate_series(1, 50) AS i`, u.id); err != nil {
+		u := benchUser{id: testkit.NewUserID()}
+		tokens[u.id] = testkit.Token(t, u.id)
+		if _, err := db.Exec(ctx, `INSERT INTO tasks (user_id, title) SELECT $1, 'task ' || i FROM generate_series(1, 50) AS i`, u.id); err != nil {
 			t.Fatal(err)
 		}
-		testStore(t).pool.QueryRow(ctx, `SELECT min(id) FROM tasks WHERE user_id = $1`, u.id).Scan(&u.taskID)
+		db.QueryRow(ctx, `SELECT min(id) FROM tasks WHERE user_id = $1`, u.id).Scan(&u.taskID)
 		users = append(users, u)
 	}
 	usersFile := filepath.Join(dir, "users.txt")
@@ -105,7 +93,7 @@ func TestBenchLive(t *testing.T) {
 				case strings.HasPrefix(line, "event: ready"):
 					ready.Add(1)
 				case strings.HasPrefix(line, "data: {\"id\""):
-					var task taskJSON
+					var task testkit.Task
 					if json.Unmarshal([]byte(strings.TrimPrefix(line, "data: ")), &task) == nil {
 						v, _ := arrived[i].LoadOrStore(task.ID, &arrivals{})
 						v.(*arrivals).add(task.Version, time.Now())
@@ -119,7 +107,7 @@ func TestBenchLive(t *testing.T) {
 			c.Close()
 		}
 	}()
-	waitFor(t, "every stream's ready", func() bool { return ready.Load() == int64(streams) })
+	testkit.WaitFor(t, "every stream's ready", func() bool { return ready.Load() == int64(streams) })
 	time.Sleep(2 * time.Second)
 	streamsRSS := rss()
 	listBeside, getBeside := rest()
@@ -129,8 +117,8 @@ func TestBenchLive(t *testing.T) {
 	fmt.Println("| figure | without streams | with the streams |")
 	fmt.Println("|---|---:|---:|")
 	fmt.Printf("| server RSS | %.1f MiB | %.1f MiB (%.1f MiB after the REST load) |\n", idleRSS, streamsRSS, streamsRSSAfterLoad)
-	fmt.Printf("| list req/s (p99) | %.0f (%s) | %.0f (%s) |\n", listBefore.rps, ms(listBefore.p99), listBeside.rps, ms(listBeside.p99))
-	fmt.Printf("| get req/s (p99) | %.0f (%s) | %.0f (%s) |\n", getBefore.rps, ms(getBefore.p99), getBeside.rps, ms(getBeside.p99))
+	fmt.Printf("| list req/s (p99) | %.0f (%s) | %.0f (%s) |\n", listBefore.rps, testkit.Ms(listBefore.p99), listBeside.rps, testkit.Ms(listBeside.p99))
+	fmt.Printf("| get req/s (p99) | %.0f (%s) | %.0f (%s) |\n", getBefore.rps, testkit.Ms(getBefore.p99), getBeside.rps, testkit.Ms(getBeside.p99))
 
 	// Toggles spread over the users of the first 1,000 streams, 10 s at each rate; each
 	// is awaited on each of its user's streams: the first arrival of its version or a
@@ -164,7 +152,7 @@ func TestBenchLive(t *testing.T) {
 				if err != nil {
 					return
 				}
-				var task taskJSON
+				var task testkit.Task
 				json.NewDecoder(res.Body).Decode(&task)
 				res.Body.Close()
 				mu.Lock()
@@ -190,7 +178,7 @@ func TestBenchLive(t *testing.T) {
 		}
 		slices.Sort(delays)
 		fmt.Printf("| %d | %d | %d | %d | %s | %s | %s |\n", rate, len(writes), len(writes)*streamsPerUser, missing,
-			ms(percentile(delays, 50)), ms(percentile(delays, 99)), ms(delays[len(delays)-1]))
+			testkit.Ms(testkit.Percentile(delays, 50)), testkit.Ms(testkit.Percentile(delays, 99)), testkit.Ms(delays[len(delays)-1]))
 	}
 	for _, c := range conns {
 		c.Close()
@@ -236,25 +224,19 @@ func (a *arrivals) first(version int64) (time.Time, bool) {
 func benchResume(t *testing.T, base string, users []benchUser) {
 	users = users[:10]
 	ctx, cancel := context.WithCancel(context.Background())
-	var followers []*follower
+	var followers []*testkit.Follower
 	var wg sync.WaitGroup
 	for _, u := range users {
 		for range 3 {
-			short := func() string {
-				c := validClaims(u.id)
-				c.ExpiresAt = jwt.NewNumericDate(time.Now().Add(3 * time.Second))
-				token, _ := mintToken([]byte(testSecret), c)
-				return token
-			}
-			f := newFollower(base, u.id, short)
+			f := testkit.NewFollower(base, u.id, func() string { return testkit.ShortToken(t, u.id, 3*time.Second) })
 			followers = append(followers, f)
-			wg.Go(func() { f.run(ctx, 50*time.Millisecond) })
+			wg.Go(func() { f.Run(ctx, 50*time.Millisecond) })
 		}
 	}
 	client := &http.Client{}
 	token := map[string]string{}
 	for _, u := range users {
-		token[u.id] = tokenFor(t, u.id)
+		token[u.id] = testkit.Token(t, u.id)
 	}
 	start := time.Now()
 	for n := range 5000 {
@@ -275,25 +257,11 @@ func benchResume(t *testing.T, base string, users []benchUser) {
 	took := time.Since(start)
 	var reconnects, stale, lists, resyncs, wrong int
 	for _, f := range followers {
-		var list []taskJSON
-		req, _ := http.NewRequest("GET", base+"/api/"+f.userID+"/tasks", nil)
-		req.Header.Set("Authorization", "Bearer "+token[f.userID])
-		res, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		json.NewDecoder(res.Body).Decode(&list)
-		res.Body.Close()
-		want := map[int64]taskJSON{}
-		for _, task := range list {
-			want[task.ID] = task
-		}
-		if ok, _ := f.converges(want, 5*time.Second); !ok {
+		if ok, _ := f.Converges(listOf(t, base, f.UserID()), 5*time.Second); !ok {
 			wrong++
 		}
-		f.mu.Lock()
-		reconnects, stale, lists, resyncs = reconnects+f.reconnects, stale+f.stale, lists+f.lists, resyncs+f.resyncs
-		f.mu.Unlock()
+		c := f.Counts()
+		reconnects, stale, lists, resyncs = reconnects+c.Reconnects, stale+c.Stale, lists+c.Lists, resyncs+c.Resyncs
 	}
 	cancel()
 	wg.Wait()
@@ -318,7 +286,7 @@ func benchNonReadingStreams(t *testing.T, base string, u benchUser, token string
 		return 0
 	}
 	before, worst := tcpMem(), int64(0)
-	body := largestTaskBody()
+	body := testkit.LargestTaskBody()
 	client := &http.Client{}
 	for cycle := range 3 {
 		var conns []net.Conn

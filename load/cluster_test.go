@@ -9,7 +9,7 @@
 // a failed request during the rolling deploy. CLUSTER_SHORT=1 is the ~30 s run of CI;
 // the full run also measures throughput through HAProxy with 1, 2 and 3 instances.
 
-package main
+package load
 
 import (
 	"context"
@@ -26,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 )
@@ -57,7 +58,7 @@ func (in *instance) start(t *testing.T) {
 		log.Close()
 		close(exited)
 	}(in.cmd, log, in.exited)
-	waitOK(t, "http://127.0.0.1:"+in.port+"/readyz")
+	testkit.WaitOK(t, "http://127.0.0.1:"+in.port+"/readyz")
 }
 
 // stop signals the process and waits for it to exit.
@@ -167,7 +168,7 @@ func (l *clusterLoad) worker(ctx context.Context, name, userID, token string) []
 			status, body := l.do("POST", base, token, fmt.Sprintf(`{"title":%q}`, title), fmt.Sprintf("%s-create-%d", name, seq))
 			t := &owned{title: title, completedSure: true, deleteSure: true}
 			if status == http.StatusCreated {
-				var got taskJSON
+				var got testkit.Task
 				json.Unmarshal(body, &got)
 				t.acked, t.id = true, got.ID
 			}
@@ -175,7 +176,7 @@ func (l *clusterLoad) worker(ctx context.Context, name, userID, token string) []
 		case p < 50:
 			status, body := l.do("PATCH", fmt.Sprintf("%s/%d/complete", base, o.id), token, "", fmt.Sprintf("%s-toggle-%d", name, seq))
 			if status == http.StatusOK {
-				var got taskJSON
+				var got testkit.Task
 				json.Unmarshal(body, &got)
 				o.completed, o.completedSure = got.Completed, true
 			} else {
@@ -196,7 +197,7 @@ func (l *clusterLoad) worker(ctx context.Context, name, userID, token string) []
 }
 
 func TestCluster(t *testing.T) {
-	needOwnCluster(t) // phase 4 restarts it
+	testkit.NeedOwnCluster(t) // phase 4 restarts it
 	short := os.Getenv("CLUSTER_SHORT") == "1"
 	settle := 5 * time.Second
 	users, workersPerUser := 8, 3
@@ -206,22 +207,22 @@ func TestCluster(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 
-	direct := freshDatabase(t, "taskflow_cluster")
-	bouncer := startPgBouncer(t, direct)
+	direct := testkit.FreshDatabase(t, "taskflow_cluster")
+	bouncer := testkit.StartPgBouncer(t, direct)
 
-	bin := testBinary(t)
+	bin := testkit.Binary(t)
 	// The load measures availability, not the write limit: it is set far above its rate.
-	env := []string{"DATABASE_URL=" + bouncer.url, "DATABASE_LISTEN_URL=" + direct, "BETTER_AUTH_SECRET=" + testSecret,
+	env := []string{"DATABASE_URL=" + bouncer.URL, "DATABASE_LISTEN_URL=" + direct, "BETTER_AUTH_SECRET=" + testkit.Secret,
 		"LOG_FORMAT=json", "MAX_WRITES_PER_USER=100000"}
 	var instances []*instance
 	for i := 1; i <= 3; i++ {
-		in := &instance{name: fmt.Sprint("i", i), port: freePort(t), env: env, bin: bin, logs: filepath.Join(dir, fmt.Sprintf("i%d.log", i))}
+		in := &instance{name: fmt.Sprint("i", i), port: testkit.FreePort(t), env: env, bin: bin, logs: filepath.Join(dir, fmt.Sprintf("i%d.log", i))}
 		in.start(t)
 		t.Cleanup(func() { in.stop(t, syscall.SIGKILL) })
 		instances = append(instances, in)
 	}
-	haproxyPort, adminSocket := freePort(t), filepath.Join(dir, "haproxy.sock")
-	haproxy := exec.Command("haproxy", "-f", "deploy/haproxy.cfg", "-db")
+	haproxyPort, adminSocket := testkit.FreePort(t), filepath.Join(dir, "haproxy.sock")
+	haproxy := exec.Command("haproxy", "-f", filepath.Join(testkit.Root(t), "deploy/haproxy.cfg"), "-db")
 	haproxy.Env = append(os.Environ(), "HAPROXY_BIND=127.0.0.1:"+haproxyPort, "HAPROXY_ADMIN_SOCKET="+adminSocket,
 		"INSTANCE1=127.0.0.1:"+instances[0].port, "INSTANCE2=127.0.0.1:"+instances[1].port, "INSTANCE3=127.0.0.1:"+instances[2].port)
 	haproxy.Stderr = os.Stderr
@@ -230,7 +231,7 @@ func TestCluster(t *testing.T) {
 	}
 	t.Cleanup(func() { haproxy.Process.Kill(); haproxy.Wait() })
 	front := "http://127.0.0.1:" + haproxyPort
-	waitOK(t, front+"/readyz")
+	testkit.WaitOK(t, front+"/readyz")
 
 	// The load, and a stream per user.
 	transport := &http.Transport{MaxIdleConnsPerHost: 64}
@@ -240,20 +241,19 @@ func TestCluster(t *testing.T) {
 	var (
 		wg      sync.WaitGroup
 		workers []*worker
-		streams []*follower
+		streams []*testkit.Follower
 	)
 	streamCtx, stopStreams := context.WithCancel(ctx)
 	defer stopStreams()
 	for u := range users {
-		userID := newUserID(t)
-		token := tokenFor(t, userID)
+		userID := testkit.NewUserID()
+		token := testkit.Token(t, userID)
 		// Two followers per user, as two devices: each lists once and then follows the
 		// feed, resuming from its last event's id on whichever instance HAProxy picks.
 		for range 2 {
-			f := newFollower(front, userID, func() string { return token })
-			f.client.Transport = transport
+			f := testkit.NewFollower(front, userID, func() string { return token })
 			streams = append(streams, f)
-			go f.run(streamCtx, 200*time.Millisecond)
+			go f.Run(streamCtx, 200*time.Millisecond)
 		}
 		for k := range workersPerUser {
 			wk := &worker{}
@@ -299,14 +299,14 @@ func TestCluster(t *testing.T) {
 	})
 	run("3. PgBouncer restarted", func(p *phase) {
 		p.noLate5xx, p.down = true, time.Now()
-		bouncer.stop()
-		bouncer.start()
+		bouncer.Stop()
+		bouncer.Start()
 		p.up = time.Now()
 	})
 	run("4. PostgreSQL restarted (immediate stop, start)", func(p *phase) {
 		p.noLate5xx, p.down = true, time.Now()
-		pgCtl(t, "stop", "-m", "immediate", "-w")
-		pgCtl(t, "start")
+		testkit.PgCtl(t, "stop", "-m", "immediate", "-w")
+		testkit.PgCtl(t, "start")
 		p.up = time.Now()
 	})
 	stopLoad()
@@ -341,7 +341,7 @@ func TestCluster(t *testing.T) {
 			}
 		}
 		slices.Sort(lats)
-		fmt.Printf("| %s | %d | %d | %d | %d | %d | %s | %d |\n", p.name, n, ok, c4, c5, connErr, ms(percentile(lats, 99)), late)
+		fmt.Printf("| %s | %d | %d | %d | %d | %d | %s | %d |\n", p.name, n, ok, c4, c5, connErr, testkit.Ms(testkit.Percentile(lats, 99)), late)
 		if p.noFailure && c4+c5+connErr > 0 {
 			t.Errorf("%s: %d requests failed; want none", p.name, c4+c5+connErr)
 		}
@@ -355,29 +355,18 @@ func TestCluster(t *testing.T) {
 	}
 
 	// Every acknowledged write is there, once; none is there twice.
-	pool, err := openTestStore(direct)
+	pool := openPool(t, direct)
+	stored := map[string][]testkit.Task{} // by title
+	rows, err := pool.Query(ctx, `SELECT title, completed FROM tasks`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pool.Close()
-	stored := map[string][]taskJSON{} // by title
-	rows, err := pool.pool.Query(ctx, `SELECT `+taskColumns+` FROM tasks`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	byUser := map[string]map[int64]taskJSON{}
 	for rows.Next() {
-		var tk Task
-		if err := scanTask(rows, &tk); err != nil {
+		var tk testkit.Task
+		if err := rows.Scan(&tk.Title, &tk.Completed); err != nil {
 			t.Fatal(err)
 		}
-		var tj taskJSON
-		json.Unmarshal(appendTask(nil, &tk), &tj)
-		stored[tk.Title] = append(stored[tk.Title], tj)
-		if byUser[tk.UserID] == nil {
-			byUser[tk.UserID] = map[int64]taskJSON{}
-		}
-		byUser[tk.UserID][tk.ID] = tj
+		stored[tk.Title] = append(stored[tk.Title], tk)
 	}
 	var acked, unknown, lost, doubled, wrongToggle, undeleted int
 	for _, w := range workers {
@@ -411,17 +400,12 @@ func TestCluster(t *testing.T) {
 	// sent a change older than one it had.
 	var events, stale, lists, resyncs, reconnects, wrong int
 	for _, f := range streams {
-		want := map[int64]taskJSON{}
-		for id, task := range byUser[f.userID] {
-			want[id] = task
-		}
-		if ok, diff := f.converges(want, 5*time.Second); !ok {
+		if ok, diff := f.Converges(listOf(t, front, f.UserID()), 5*time.Second); !ok {
 			wrong++
-			t.Logf("a stream of %s: %s", f.userID, diff)
+			t.Logf("a stream of %s: %s", f.UserID(), diff)
 		}
-		f.mu.Lock()
-		events, stale, lists, resyncs, reconnects = events+f.events, stale+f.stale, lists+f.lists, resyncs+f.resyncs, reconnects+f.reconnects
-		f.mu.Unlock()
+		c := f.Counts()
+		events, stale, lists, resyncs, reconnects = events+c.Events, stale+c.Stale, lists+c.Lists, resyncs+c.Resyncs, reconnects+c.Reconnects
 	}
 	stopStreams()
 	fmt.Printf("%d streams: %d events, %d reconnects, %d resyncs, %d lists; %d events older than held; %d end up unlike the database\n",
@@ -442,23 +426,19 @@ func TestCluster(t *testing.T) {
 // through HAProxy's admin socket).
 func clusterThroughput(t *testing.T, dir, direct string, instances []*instance, front, adminSocket, bin string) {
 	ctx := context.Background()
-	db, err := openTestStore(direct)
-	if err != nil {
+	db := openPool(t, direct)
+	if _, err := db.Exec(ctx, `TRUNCATE tasks, task_counts`); err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
-	if _, err := db.pool.Exec(ctx, `TRUNCATE tasks, task_counts`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.pool.Exec(ctx, benchSeedSQL); err != nil {
+	if _, err := db.Exec(ctx, benchSeedSQL); err != nil {
 		t.Fatal(err)
 	}
 	users := loadBenchUsers(t, db)
 	usersFile := filepath.Join(dir, "users.txt")
-	writeBenchUsers(t, usersFile, users, func(u benchUser) string { return tokenFor(t, u.id) }, nil)
+	writeBenchUsers(t, usersFile, users, func(u benchUser) string { return testkit.Token(t, u.id) }, nil)
 
-	plain := &instance{name: "direct", port: freePort(t), bin: bin, logs: filepath.Join(dir, "direct.log"),
-		env: []string{"DATABASE_URL=" + direct, "BETTER_AUTH_SECRET=" + testSecret, "LOG_FORMAT=json"}}
+	plain := &instance{name: "direct", port: testkit.FreePort(t), bin: bin, logs: filepath.Join(dir, "direct.log"),
+		env: []string{"DATABASE_URL=" + direct, "BETTER_AUTH_SECRET=" + testkit.Secret, "LOG_FORMAT=json"}}
 	plain.start(t)
 	defer plain.stop(t, syscall.SIGTERM)
 
@@ -497,6 +477,6 @@ func clusterThroughput(t *testing.T, dir, direct string, instances []*instance, 
 		}
 		list := runWrk(t, "", tg.base, usersFile, "list", 16, 10*time.Second)
 		get := runWrk(t, "", tg.base, usersFile, "get", 16, 10*time.Second)
-		fmt.Printf("| %s | %.0f | %s | %.0f | %s |\n", tg.name, list.rps, ms(list.p99), get.rps, ms(get.p99))
+		fmt.Printf("| %s | %.0f | %s | %.0f | %s |\n", tg.name, list.rps, testkit.Ms(list.p99), get.rps, testkit.Ms(get.p99))
 	}
 }

@@ -5,7 +5,7 @@
 // (name=path,...; an earlier commit's build, say), one after the other, on loopback. It
 // prints a table and asserts nothing: the figures are for docs/operations.md.
 
-package main
+package load
 
 import (
 	"bufio"
@@ -21,37 +21,33 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 )
 
 func TestAbuse(t *testing.T) {
-	testStore(t)
-	outage := envDuration(t, "ABUSE_OUTAGE", 30*time.Second)
+	outage := testkit.EnvDuration(t, "ABUSE_OUTAGE", 30*time.Second)
 	ctx := context.Background()
 
 	// A database of its own, with one user who owns 10,000 tasks of 1000-character
 	// descriptions: the most a user may own, at the largest description.
-	dbURL := freshDatabase(t, "taskflow_abuse")
-	db, err := openTestStore(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	me := newUserID(t)
-	if _, err := db.pool.Exec(ctx, `INSERT INTO tasks (user_id, title, description)
+	dbURL := testkit.FreshDatabase(t, "taskflow_abuse")
+	pool := openPool(t, dbURL)
+	me := testkit.NewUserID()
+	if _, err := pool.Exec(ctx, `INSERT INTO tasks (user_id, title, description)
 SELECT $1, 'task ' || i, repeat('d', 1000) FROM generate_series(1, 10000) AS i`, me); err != nil {
 		t.Fatal(err)
 	}
 	var taskID int64
-	db.pool.QueryRow(ctx, `SELECT min(id) FROM tasks`).Scan(&taskID)
-	db.Close()
-	token := tokenFor(t, me)
+	pool.QueryRow(ctx, `SELECT min(id) FROM tasks`).Scan(&taskID)
+	token := testkit.Token(t, me)
 
-	bin := testBinary(t)
+	bin := testkit.Binary(t)
 	type figures map[string]string
 	var names []string
 	results := map[string]figures{}
-	for _, spec := range append([]string{"this tree=" + bin}, envList("ABUSE_COMPARE", "")...) {
+	for _, spec := range append([]string{"this tree=" + bin}, testkit.EnvList("ABUSE_COMPARE", "")...) {
 		name, path, ok := strings.Cut(spec, "=")
 		if !ok {
 			continue
@@ -60,11 +56,12 @@ SELECT $1, 'task ' || i, repeat('d', 1000) FROM generate_series(1, 10000) AS i`,
 		f := figures{}
 		results[name] = f
 
-		proxy := newFaultProxy(t, dbAddr(t))
-		u := strings.Replace(dbURL, dbAddr(t), proxy.ln.Addr().String(), 1)
-		port := freePort(t)
+		dbAddr := strings.Split(strings.Split(dbURL, "@")[1], "/")[0]
+		proxy := testkit.NewFaultProxy(t, dbAddr)
+		u := strings.Replace(dbURL, dbAddr, proxy.Addr(), 1)
+		port := testkit.FreePort(t)
 		srv := exec.Command(path)
-		srv.Env = append(os.Environ(), "DATABASE_URL="+u, "BETTER_AUTH_SECRET="+testSecret, "PORT="+port, "LOG_FORMAT=json")
+		srv.Env = append(os.Environ(), "DATABASE_URL="+u, "BETTER_AUTH_SECRET="+testkit.Secret, "PORT="+port, "LOG_FORMAT=json")
 		stdout, _ := srv.StdoutPipe()
 		srv.Stderr = os.Stderr
 		var lines atomic.Int64
@@ -79,7 +76,7 @@ SELECT $1, 'task ' || i, repeat('d', 1000) FROM generate_series(1, 10000) AS i`,
 			t.Fatal(err)
 		}
 		base := "http://127.0.0.1:" + port
-		waitOK(t, base+"/readyz")
+		testkit.WaitOK(t, base+"/readyz")
 		get := func(path string) (*http.Response, error) {
 			req, _ := http.NewRequest("GET", base+path, nil)
 			req.Header.Set("Authorization", "Bearer "+token)
@@ -98,10 +95,10 @@ SELECT $1, 'task ' || i, repeat('d', 1000) FROM generate_series(1, 10000) AS i`,
 		ttfb := time.Since(start)
 		n, _ := io.Copy(io.Discard, res.Body)
 		res.Body.Close()
-		f["10,000-task list: first byte / last byte"] = fmt.Sprintf("%s / %s (%.1f MB)", ms(ttfb), ms(time.Since(start)), float64(n+1)/1e6)
+		f["10,000-task list: first byte / last byte"] = fmt.Sprintf("%s / %s (%.1f MB)", testkit.Ms(ttfb), testkit.Ms(time.Since(start)), float64(n+1)/1e6)
 
 		// Five clients fetching it at once.
-		resetPeakRSS(t, srv.Process.Pid)
+		testkit.ResetPeakRSS(t, srv.Process.Pid)
 		var wg sync.WaitGroup
 		for range 5 {
 			wg.Add(1)
@@ -114,10 +111,10 @@ SELECT $1, 'task ' || i, repeat('d', 1000) FROM generate_series(1, 10000) AS i`,
 			}()
 		}
 		wg.Wait()
-		f["peak RSS, 5 clients fetch it at once"] = fmt.Sprintf("%.1f MiB", float64(peakRSS(t, srv.Process.Pid))/(1<<20))
+		f["peak RSS, 5 clients fetch it at once"] = fmt.Sprintf("%.1f MiB", float64(testkit.PeakRSS(t, srv.Process.Pid))/(1<<20))
 
 		// 300 clients ask for 1000 tasks each and never read the answer.
-		resetPeakRSS(t, srv.Process.Pid)
+		testkit.ResetPeakRSS(t, srv.Process.Pid)
 		var conns []net.Conn
 		for range 300 {
 			c, err := net.Dial("tcp", "127.0.0.1:"+port)
@@ -128,16 +125,16 @@ SELECT $1, 'task ' || i, repeat('d', 1000) FROM generate_series(1, 10000) AS i`,
 			conns = append(conns, c)
 		}
 		time.Sleep(10 * time.Second)
-		f["peak RSS, 300 clients ask for 1000 tasks and never read"] = fmt.Sprintf("%.1f MiB", float64(peakRSS(t, srv.Process.Pid))/(1<<20))
+		f["peak RSS, 300 clients ask for 1000 tasks and never read"] = fmt.Sprintf("%.1f MiB", float64(testkit.PeakRSS(t, srv.Process.Pid))/(1<<20))
 		for _, c := range conns {
 			c.Close()
 		}
 
 		// A database outage under 8 busy clients.
-		waitOK(t, base+"/readyz")
+		testkit.WaitOK(t, base+"/readyz")
 		time.Sleep(time.Second) // the access lines of the above are written
-		proxy.set("down")
-		dials, logged := proxy.dials.Load(), lines.Load()
+		proxy.Set("down")
+		dials, logged := proxy.Dials.Load(), lines.Load()
 		outCtx, cancel := context.WithTimeout(ctx, outage)
 		var (
 			mu        sync.Mutex
@@ -163,15 +160,15 @@ SELECT $1, 'task ' || i, repeat('d', 1000) FROM generate_series(1, 10000) AS i`,
 		}
 		wg.Wait()
 		cancel()
-		dials, logged = proxy.dials.Load()-dials, lines.Load()-logged
+		dials, logged = proxy.Dials.Load()-dials, lines.Load()-logged
 		slices.Sort(latencies)
 		f["outage: requests answered (all 503)"] = strconv.Itoa(len(latencies))
 		f["outage: connection attempts (per second)"] = fmt.Sprintf("%d (%.1f/s)", dials, float64(dials)/outage.Seconds())
 		f["outage: log lines written"] = strconv.FormatInt(logged, 10)
 		if len(latencies) > 0 {
-			f["outage: 503 latency p50 / p99"] = fmt.Sprintf("%s / %s", ms(percentile(latencies, 50)), ms(percentile(latencies, 99)))
+			f["outage: 503 latency p50 / p99"] = fmt.Sprintf("%s / %s", testkit.Ms(testkit.Percentile(latencies, 50)), testkit.Ms(testkit.Percentile(latencies, 99)))
 		}
-		proxy.set("up")
+		proxy.Set("up")
 		back := time.Now()
 		for {
 			res, err := get(fmt.Sprintf("%s/%d", list, taskID))
@@ -186,7 +183,7 @@ SELECT $1, 'task ' || i, repeat('d', 1000) FROM generate_series(1, 10000) AS i`,
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
-		f["outage: first 200 after the database returns"] = ms(time.Since(back))
+		f["outage: first 200 after the database returns"] = testkit.Ms(time.Since(back))
 
 		srv.Process.Signal(os.Interrupt)
 		srv.Wait()
@@ -212,61 +209,23 @@ SELECT $1, 'task ' || i, repeat('d', 1000) FROM generate_series(1, 10000) AS i`,
 	fmt.Printf("\n(outage: %s with the database's TCP proxy refusing and cutting connections)\n", outage)
 }
 
-// resetPeakRSS starts a new peak for VmHWM (see proc(5), clear_refs).
-func resetPeakRSS(t *testing.T, pid int) {
-	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestAbuseWrites: what one account can add to the database, and what many accounts cost
 // the write limiter. One user with 8 connections toggles for 10 s with a fresh 255-character
 // Idempotency-Key each time (the probe that grew idempotency_keys by 492 rows a second
 // before MAX_WRITES_PER_USER); then 100,000 users write once each.
 func TestAbuseWrites(t *testing.T) {
-	testStore(t)
 	ctx := context.Background()
-	dbURL := freshDatabase(t, "taskflow_abuse_writes")
-	db, err := openTestStore(dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	port := freePort(t)
-	srv := exec.Command(testBinary(t))
-	srv.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "BETTER_AUTH_SECRET="+testSecret, "PORT="+port, "LOG_FORMAT=json")
-	srv.Stdout, srv.Stderr = io.Discard, os.Stderr
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { srv.Process.Signal(os.Interrupt); srv.Wait() }()
-	base := "http://127.0.0.1:" + port
-	waitOK(t, base+"/readyz")
+	dbURL := testkit.FreshDatabase(t, "taskflow_abuse_writes")
+	pool := openPool(t, dbURL)
+	base, srv := startServer(t, dbURL)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
-	send := func(method, url, token, key, body string) int {
-		req, _ := http.NewRequest(method, url, strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+token)
-		if key != "" {
-			req.Header.Set("Idempotency-Key", key)
-		}
-		if body != "" {
-			req.Header.Set("Content-Type", "application/json")
-		}
-		res, err := client.Do(req)
-		if err != nil {
-			return 0
-		}
-		io.Copy(io.Discard, res.Body)
-		res.Body.Close()
-		return res.StatusCode
-	}
 
-	me := newUserID(t)
-	token := tokenFor(t, me)
+	me := testkit.NewUserID()
+	token := testkit.Token(t, me)
 	var taskID int64
-	db.pool.QueryRow(ctx, `INSERT INTO tasks (user_id, title) VALUES ($1, 'toggled') RETURNING id`, me).Scan(&taskID)
+	pool.QueryRow(ctx, `INSERT INTO tasks (user_id, title) VALUES ($1, 'toggled') RETURNING id`, me).Scan(&taskID)
 	var before int64
-	db.pool.QueryRow(ctx, `SELECT count(*) FROM idempotency_keys`).Scan(&before)
+	pool.QueryRow(ctx, `SELECT count(*) FROM idempotency_keys`).Scan(&before)
 	var (
 		statuses sync.Map
 		sent     atomic.Int64
@@ -278,7 +237,7 @@ func TestAbuseWrites(t *testing.T) {
 			for n := 0; time.Now().Before(stop); n++ {
 				key := fmt.Sprintf("%d-%d-", w, n)
 				key += strings.Repeat("k", 255-len(key))
-				status := send("PATCH", fmt.Sprintf("%s/api/%s/tasks/%d/complete", base, me, taskID), token, key, "")
+				status, _ := send(client, "PATCH", fmt.Sprintf("%s/api/%s/tasks/%d/complete", base, me, taskID), token, key, "")
 				v, _ := statuses.LoadOrStore(status, new(atomic.Int64))
 				v.(*atomic.Int64).Add(1)
 				sent.Add(1)
@@ -287,25 +246,25 @@ func TestAbuseWrites(t *testing.T) {
 	}
 	wg.Wait()
 	var after int64
-	db.pool.QueryRow(ctx, `SELECT count(*) FROM idempotency_keys`).Scan(&after)
+	pool.QueryRow(ctx, `SELECT count(*) FROM idempotency_keys`).Scan(&after)
 	fmt.Printf("\none user, 8 connections, 10 s of toggles with fresh 255-character keys: %d sent;", sent.Load())
 	statuses.Range(func(k, v any) bool { fmt.Printf(" %v: %d;", k, v.(*atomic.Int64).Load()); return true })
 	fmt.Printf(" idempotency_keys grew by %d rows\n", after-before)
 
 	// 100,000 users, each creating one task, from 16 connections.
-	rss := func() float64 { return float64(procStatus(t, srv.Process.Pid, "VmRSS")) / (1 << 20) }
+	rss := func() float64 { return float64(testkit.ProcStatus(t, srv.Process.Pid, "VmRSS")) / (1 << 20) }
 	idle := rss()
 	const users = 100_000
 	next := atomic.Int64{}
-	resetPeakRSS(t, srv.Process.Pid)
+	testkit.ResetPeakRSS(t, srv.Process.Pid)
 	start := time.Now()
 	var failed atomic.Int64
 	for range 16 {
 		wg.Go(func() {
 			for i := next.Add(1); i <= users; i = next.Add(1) {
 				id := fmt.Sprintf("writer-%d", i)
-				tok, _ := mintToken([]byte(testSecret), validClaims(id))
-				if send("POST", base+"/api/"+id+"/tasks", tok, "", `{"title":"once"}`) != http.StatusCreated {
+				tok := testkit.Token(t, id)
+				if status, _ := send(client, "POST", base+"/api/"+id+"/tasks", tok, "", `{"title":"once"}`); status != http.StatusCreated {
 					failed.Add(1)
 				}
 			}
@@ -313,9 +272,9 @@ func TestAbuseWrites(t *testing.T) {
 	}
 	wg.Wait()
 	took := time.Since(start)
-	peak, end := float64(peakRSS(t, srv.Process.Pid))/(1<<20), rss()
+	peak, end := float64(testkit.PeakRSS(t, srv.Process.Pid))/(1<<20), rss()
 	time.Sleep(3 * time.Second)
-	send("POST", base+"/api/"+me+"/tasks", token, "", `{"title":"sweeps the limiter"}`) // its sweep runs on a write
+	send(client, "POST", base+"/api/"+me+"/tasks", token, "", `{"title":"sweeps the limiter"}`) // its sweep runs on a write
 	fmt.Printf("%d users writing once each in %s (%d failed): RSS %.1f MiB idle, %.1f MiB at the peak, %.1f MiB at the end, %.1f MiB 3 s later\n",
 		users, took.Round(time.Second), failed.Load(), idle, peak, end, rss())
 }

@@ -2,17 +2,20 @@
 
 // Load tools that make bench and make cluster share: the seeded users and wrk.
 
-package main
+package load
 
 import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 )
@@ -55,9 +58,9 @@ FROM (SELECT u.id,
 ORDER BY random();
 `
 
-func loadBenchUsers(t *testing.T, db *Store) []benchUser {
+func loadBenchUsers(t *testing.T, db *pgxpool.Pool) []benchUser {
 	// One task of each user, chosen at random, is the one get and toggle ask for.
-	rows, err := db.pool.Query(context.Background(),
+	rows, err := db.Query(context.Background(),
 		`SELECT DISTINCT ON (user_id) user_id, id FROM tasks ORDER BY user_id, random()`)
 	if err != nil {
 		t.Fatal(err)
@@ -116,7 +119,7 @@ func pinned(cpu string, argv ...string) *exec.Cmd {
 func runWrk(t *testing.T, cpu, base, usersFile, op string, conc int, d time.Duration) measurement {
 	t.Helper()
 	cmd := pinned(cpu, "wrk", "-t", "1", "-c", fmt.Sprint(conc), "-d", fmt.Sprintf("%ds", int(d.Seconds())),
-		"--latency", "-s", "scripts/bench.lua", base, "--", usersFile, op)
+		"--latency", "-s", filepath.Join(testkit.Root(t), "scripts/bench.lua"), base, "--", usersFile, op)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("wrk %s c=%d: %v\n%s", op, conc, err, out)
@@ -160,7 +163,7 @@ func summarize(lats []time.Duration, over time.Duration) measurement {
 	}
 	return measurement{
 		rps: float64(len(lats)) / over.Seconds(),
-		p50: percentile(lats, 50),
-		p99: percentile(lats, 99),
+		p50: testkit.Percentile(lats, 50),
+		p99: testkit.Percentile(lats, 99),
 	}
 }

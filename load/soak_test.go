@@ -3,7 +3,7 @@
 // The soak runs only through make soak (go test -tags soak): it restarts the shared
 // PostgreSQL and takes half a minute, which has no place in make test.
 
-package main
+package load
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
 )
@@ -29,16 +30,15 @@ type soakResult struct {
 // PostgreSQL with -m immediate a third of the way in, starts it again after a few
 // seconds, and then checks that the server healed by itself and lost no acknowledged task.
 func TestSoak(t *testing.T) {
-	testStore(t)
+	dbURL := testkit.DatabaseURL(t)
 	if os.Getenv("TASKFLOW_PGDATA") == "" {
 		t.Fatal("run through make soak, which starts the database this test restarts")
 	}
-	duration := envDuration(t, "SOAK_DURATION", 30*time.Second)
-	downFor := envDuration(t, "SOAK_OUTAGE", 3*time.Second)
+	duration := testkit.EnvDuration(t, "SOAK_DURATION", 30*time.Second)
+	downFor := testkit.EnvDuration(t, "SOAK_OUTAGE", 3*time.Second)
 	const users, workersPerUser = 8, 4
 
-	base, stop := startRun(t, map[string]string{"DB_TIMEOUT": "2s", "LOG_FORMAT": "text"})
-	defer stop()
+	base, _ := startServer(t, dbURL, "DB_TIMEOUT=2s", "MAX_WRITES_PER_USER=100000")
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 
 	type soakUser struct {
@@ -48,8 +48,8 @@ func TestSoak(t *testing.T) {
 	}
 	us := make([]*soakUser, users)
 	for i := range us {
-		id := newUserID(t)
-		us[i] = &soakUser{id: id, token: tokenFor(t, id), acked: map[int64]string{}}
+		id := testkit.NewUserID()
+		us[i] = &soakUser{id: id, token: testkit.Token(t, id), acked: map[int64]string{}}
 	}
 
 	var transportErrs sync.Map
@@ -124,15 +124,16 @@ func TestSoak(t *testing.T) {
 	loadStart := time.Now()
 	time.Sleep(duration / 3)
 	outageStart := time.Now()
-	pgCtl(t, "stop", "-m", "immediate", "-w")
+	testkit.PgCtl(t, "stop", "-m", "immediate", "-w")
 	time.Sleep(downFor)
-	pgCtl(t, "start")
+	testkit.PgCtl(t, "start")
 	outageEnd := time.Now()
 	wg.Wait()
 
-	// The breaker spaces its connection attempts by up to maxBackoff, so requests may be
-	// refused for that long after PostgreSQL is back; a 503 later than that is a defect.
-	healBy := outageEnd.Add(maxBackoff + 100*time.Millisecond)
+	// The breaker spaces its connection attempts by up to half a second (breaker.go's
+	// maxBackoff), so requests may be refused that long after PostgreSQL is back; a 503
+	// later than that is a defect.
+	healBy := outageEnd.Add(600 * time.Millisecond)
 	var served, ok, errDuring, errHealing, errOutside, transport int
 	var lastRefused, firstOK time.Time
 	for _, r := range results {
@@ -163,7 +164,7 @@ func TestSoak(t *testing.T) {
 		if status != http.StatusOK {
 			t.Fatalf("final list: %d %s", status, body)
 		}
-		var stored []taskJSON
+		var stored []testkit.Task
 		if err := json.Unmarshal([]byte(body), &stored); err != nil {
 			t.Fatal(err)
 		}

@@ -4,7 +4,7 @@
 // PostgreSQL itself sets. It is a benchmark, not a test: it prints a table and asserts
 // nothing about speed.
 
-package main
+package load
 
 import (
 	"bufio"
@@ -13,7 +13,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -23,10 +22,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"taskflow/internal/testkit"
 	"testing"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 )
 
 const (
@@ -46,20 +44,19 @@ const (
 // target: this tree's service, plus any binaries named in BENCH_COMPARE, so that an A/B
 // (another commit's build, a variant, the Node peer's run.sh) comes from one run.
 func TestBench(t *testing.T) {
-	testStore(t)
-	duration := envDuration(t, "BENCH_DURATION", 15*time.Second)
-	warmup := envDuration(t, "BENCH_WARMUP", 3*time.Second)
-	ops := envList("BENCH_OPS", "list,list-304,get,toggle,update,create,create-key")
+	testkit.DatabaseURL(t)
+	duration := testkit.EnvDuration(t, "BENCH_DURATION", 15*time.Second)
+	warmup := testkit.EnvDuration(t, "BENCH_WARMUP", 3*time.Second)
+	ops := testkit.EnvList("BENCH_OPS", "list,list-304,get,toggle,update,create,create-key")
 	var concs []int
-	for _, c := range envList("BENCH_CONC", "16,64") {
+	for _, c := range testkit.EnvList("BENCH_CONC", "16,64") {
 		n, err := strconv.Atoi(c)
 		if err != nil {
 			t.Fatal(err)
 		}
 		concs = append(concs, n)
 	}
-	auth := envOr("BENCH_AUTH", "HS256")
-	repeats, err := strconv.Atoi(envOr("BENCH_REPEAT", "1"))
+	repeats, err := strconv.Atoi(testkit.EnvOr("BENCH_REPEAT", "1"))
 	if err != nil || repeats < 1 {
 		t.Fatalf("BENCH_REPEAT=%q: want a count of at least 1", os.Getenv("BENCH_REPEAT"))
 	}
@@ -67,29 +64,25 @@ func TestBench(t *testing.T) {
 	dir := t.TempDir()
 
 	// A fresh database, seeded by SQL.
-	benchURL, _ := url.Parse(freshDatabase(t, "taskflow_bench"))
-	db, err := openTestStore(benchURL.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	benchURL, _ := url.Parse(testkit.FreshDatabase(t, "taskflow_bench"))
+	db := openPool(t, benchURL.String())
 	seedStart := time.Now()
-	if _, err := db.pool.Exec(ctx, benchSeedSQL); err != nil {
+	if _, err := db.Exec(ctx, benchSeedSQL); err != nil {
 		t.Fatalf("seed: %v", err)
 	}
-	if _, err := db.pool.Exec(ctx, `VACUUM ANALYZE tasks`); err != nil {
+	if _, err := db.Exec(ctx, `VACUUM ANALYZE tasks`); err != nil {
 		t.Fatal(err)
 	}
 	var maxSeedID int64
-	db.pool.QueryRow(ctx, `SELECT max(id) FROM tasks`).Scan(&maxSeedID)
+	db.QueryRow(ctx, `SELECT max(id) FROM tasks`).Scan(&maxSeedID)
 	users := loadBenchUsers(t, db)
 	fmt.Printf("seeded %d users x %d tasks in %v\n", len(users), benchTasksPerUser, time.Since(seedStart).Round(time.Millisecond))
 
 	reset := func() {
-		if _, err := db.pool.Exec(ctx, `DELETE FROM tasks WHERE id > $1`, maxSeedID); err != nil {
+		if _, err := db.Exec(ctx, `DELETE FROM tasks WHERE id > $1`, maxSeedID); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := db.pool.Exec(ctx, `VACUUM ANALYZE tasks`); err != nil {
+		if _, err := db.Exec(ctx, `VACUUM ANALYZE tasks`); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -103,7 +96,8 @@ func TestBench(t *testing.T) {
 	pinPostgres(t, serverCPU)
 	defer pinPostgres(t, fmt.Sprintf("0-%d", runtime.NumCPU()-1))
 
-	bin := testBinary(t)
+	bin := testkit.Binary(t)
+	stmts := statements(t)
 
 	ceilingUsersSample := slices.Clone(users)
 	rand.Shuffle(len(ceilingUsersSample), func(i, j int) {
@@ -111,42 +105,24 @@ func TestBench(t *testing.T) {
 	})
 	ceilingUsersSample = ceilingUsersSample[:ceilingUsers]
 
-	// Tokens: HS256 with the shared secret, or EdDSA through a JWKS served here.
-	edKey := newTestKey(t, "bench-key", "EdDSA")
-	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprint(w, mustJSON(map[string]any{"keys": []any{edKey.jwk}}))
-	}))
-	defer jwks.Close()
-	authEnv := []string{"BETTER_AUTH_SECRET=" + testSecret, "JWT_JWKS_URL="}
-	token := func(u benchUser) string {
-		c := validClaims(u.id)
-		c.ExpiresAt = jwt.NewNumericDate(time.Now().Add(2 * time.Hour))
-		if auth == "EdDSA" {
-			return edKey.sign(t, edKey.method, c)
-		}
-		return signWith(t, jwt.SigningMethodHS256, []byte(testSecret), c)
-	}
-	if auth == "EdDSA" {
-		authEnv = []string{"BETTER_AUTH_SECRET=", "JWT_JWKS_URL=" + jwks.URL}
-	}
+	// HS256 tokens: with the token cache, a Better Auth EdDSA token costs a request the
+	// same, once verified (docs/performance.md, "The token cache").
+	token := func(u benchUser) string { return testkit.ShortToken(t, u.id, 2*time.Hour) }
 	usersFile := filepath.Join(dir, "users.txt")
 	writeBenchUsers(t, usersFile, users, token, nil)
 	// listETags are the ETags of every user's whole list as it is now, as the service
-	// computes them, for list-304's If-None-Match: toggles change them between rows.
-	listETags := func() map[string]string {
-		rows, err := db.pool.Query(ctx, `SELECT user_id, count(*), `+versionDigest+` FROM tasks GROUP BY user_id`)
-		if err != nil {
-			t.Fatal(err)
-		}
+	// answers them, for list-304's If-None-Match: toggles change them between rows.
+	listETags := func(base string) map[string]string {
 		etags := map[string]string{}
-		for rows.Next() {
-			var id string
-			var h ListHead
-			if err := rows.Scan(&id, &h.Total, &h.Digest); err != nil {
+		for _, u := range users {
+			req, _ := http.NewRequest("GET", base+"/api/"+u.id+"/tasks", nil)
+			req.Header.Set("Authorization", "Bearer "+token(u))
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
 				t.Fatal(err)
 			}
-			etags[id] = listETag(h, ListQuery{Status: "all", Sort: "created", Desc: true})
+			res.Body.Close()
+			etags[u.id] = res.Header.Get("ETag")
 		}
 		return etags
 	}
@@ -165,7 +141,7 @@ func TestBench(t *testing.T) {
 	if os.Getenv("BENCH_FEED_AB") == "1" {
 		specs = append(specs, "service, capture off="+captureOffBinary(t), "service again="+bin)
 	}
-	for _, spec := range append(specs, envList("BENCH_COMPARE", "")...) {
+	for _, spec := range append(specs, testkit.EnvList("BENCH_COMPARE", "")...) {
 		name, path, ok := strings.Cut(spec, "=")
 		if !ok {
 			if spec != "" {
@@ -173,13 +149,13 @@ func TestBench(t *testing.T) {
 			}
 			continue
 		}
-		port := freePort(t)
+		port := testkit.FreePort(t)
 		tg := &target{name: name, base: "http://127.0.0.1:" + port, rows: map[string]measurement{}, server: pinned(serverCPU, path)}
 		// LOG=1 turns on the Node peer's request log, as this service always logs. The
 		// write limit is far above the load's rate per user: it measures speed, not limits.
 		tg.server.Env = append(os.Environ(), "DATABASE_URL="+benchURL.String(), "LOG_FORMAT=text", "LOG=1", "PORT="+port,
 			"MAX_WRITES_PER_USER=1000000")
-		tg.server.Env = append(tg.server.Env, authEnv...)
+		tg.server.Env = append(tg.server.Env, "BETTER_AUTH_SECRET="+testkit.Secret)
 		tg.server.Stdout = io.Discard // the access log
 		tg.server.Stderr = os.Stderr
 		if err := tg.server.Start(); err != nil {
@@ -189,7 +165,7 @@ func TestBench(t *testing.T) {
 			tg.server.Process.Signal(os.Interrupt)
 			tg.server.Wait()
 		})
-		waitOK(t, tg.base+"/healthz")
+		testkit.WaitOK(t, tg.base+"/healthz")
 		targets = append(targets, tg)
 	}
 
@@ -206,12 +182,12 @@ func TestBench(t *testing.T) {
 		var ceilingRuns []measurement
 		for range repeats {
 			reset()
-			ceilingRuns = append(ceilingRuns, runPgbench(t, loadCPU, dir, benchURL, op, c, ceilingUsersSample, warmup, duration))
+			ceilingRuns = append(ceilingRuns, runPgbench(t, loadCPU, dir, benchURL, stmts, op, c, ceilingUsersSample, warmup, duration))
 			for i := range targets {
 				tg := targets[(turn+i)%len(targets)]
 				reset()
 				if op == "list-304" {
-					writeBenchUsers(t, usersFile, users, token, listETags())
+					writeBenchUsers(t, usersFile, users, token, listETags(tg.base))
 				}
 				runWrk(t, loadCPU, tg.base, usersFile, op, c, warmup) // discarded
 				runs[tg] = append(runs[tg], runWrk(t, loadCPU, tg.base, usersFile, op, c, duration))
@@ -222,22 +198,22 @@ func TestBench(t *testing.T) {
 		line := fmt.Sprintf("%s/%d: ceiling %.0f req/s", op, c, ceiling[k].rps)
 		for _, tg := range targets {
 			tg.rows[k] = median(runs[tg])
-			line += fmt.Sprintf("; %s %.0f req/s p99 %s", tg.name, tg.rows[k].rps, ms(tg.rows[k].p99))
+			line += fmt.Sprintf("; %s %.0f req/s p99 %s", tg.name, tg.rows[k].rps, testkit.Ms(tg.rows[k].p99))
 		}
 		fmt.Println(line) // as it comes, so that a run cut short still says something
 	})
 	reset()
 
-	fmt.Printf("\n%s tokens; %d users x %d tasks; median of %d runs, %s measured after %s warm-up; servers+PostgreSQL on CPU %s, load on CPU %s\n",
-		auth, benchUsers, benchTasksPerUser, repeats, duration, warmup, serverCPU, loadCPU)
+	fmt.Printf("\nHS256 tokens; %d users x %d tasks; median of %d runs, %s measured after %s warm-up; servers+PostgreSQL on CPU %s, load on CPU %s\n",
+		benchUsers, benchTasksPerUser, repeats, duration, warmup, serverCPU, loadCPU)
 	for _, tg := range targets {
-		fmt.Printf("\n%s (peak RSS %.1f MiB)\n\n", tg.name, float64(peakRSS(t, tg.server.Process.Pid))/(1<<20))
+		fmt.Printf("\n%s (peak RSS %.1f MiB)\n\n", tg.name, float64(testkit.PeakRSS(t, tg.server.Process.Pid))/(1<<20))
 		fmt.Println("| operation | conc | ceiling req/s | req/s | / ceiling | ceiling p50 / p99 | p50 / p99 | p99 / ceiling's | bytes/req | non-2xx | socket errors |")
 		fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 		eachRow(ops, concs, func(op string, c int, k string) {
 			cm, sm := ceiling[k], tg.rows[k]
 			fmt.Printf("| %s | %d | %.0f | %.0f | %.2f | %s / %s | %s / %s | %.2f | %.0f | %d | %d |\n",
-				op, c, cm.rps, sm.rps, sm.rps/cm.rps, ms(cm.p50), ms(cm.p99), ms(sm.p50), ms(sm.p99),
+				op, c, cm.rps, sm.rps, sm.rps/cm.rps, testkit.Ms(cm.p50), testkit.Ms(cm.p99), testkit.Ms(sm.p50), testkit.Ms(sm.p99),
 				float64(sm.p99)/float64(cm.p99), sm.bytesPerReq, sm.non2xx, sm.sockErrs)
 		})
 	}
@@ -269,7 +245,11 @@ func TestBench(t *testing.T) {
 // It is built from a copy of the tree, so no code of the service's knows of it.
 func captureOffBinary(t *testing.T) string {
 	dir := t.TempDir()
-	files, _ := filepath.Glob("*.go")
+	root := testkit.Root(t)
+	files, _ := filepath.Glob(filepath.Join(root, "*.go"))
+	for i, f := range files {
+		files[i] = filepath.Base(f)
+	}
 	files = append(files, "go.mod", "go.sum", "schema.sql", "openapi.json")
 	edits := map[string][2]string{
 		"store.go":   {", changed_xid = pg_current_xact_id()`", "`"},
@@ -279,7 +259,7 @@ func captureOffBinary(t *testing.T) string {
 		if strings.HasSuffix(f, "_test.go") {
 			continue
 		}
-		b, err := os.ReadFile(f)
+		b, err := os.ReadFile(filepath.Join(root, f))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -335,11 +315,12 @@ func median(runs []measurement) measurement {
 	return m
 }
 
-// ceilingSQL is the pgbench script for op: the statement the service runs, with its $n
+// ceilingSQL is the pgbench script for op: the statement the service runs (taskflow-api
+// statements prints them), with its $n
 // parameters named as pgbench variables (which pgbench -M prepared binds as parameters
 // again). A pgbench variable cannot be NULL, so the parameters the service binds to NULL
 // (no If-Match, no Idempotency-Key) are the literal NULL here.
-func ceilingSQL(op string, k int) string {
+func ceilingSQL(stmts map[string]string, op string, k int) string {
 	u, tid := fmt.Sprintf(":u%d", k), fmt.Sprintf(":t%d", k)
 	var sql, script string
 	var args []string
@@ -347,18 +328,18 @@ func ceilingSQL(op string, k int) string {
 	case "list", "list-304":
 		// The service binds LIMIT to NULL too; a limit of 1000 returns the same 50 rows
 		// through the same plan.
-		sql, args = listSQL[ListQuery{Status: "all", Sort: "created", Desc: true}], []string{u, ":lim", ":off"}
+		sql, args = stmts["list"], []string{u, ":lim", ":off"}
 	case "get":
-		sql, args = sqlGetTask, []string{u, tid}
+		sql, args = stmts["get"], []string{u, tid}
 	case "toggle":
-		sql, args = sqlToggleTask, []string{u, "NULL", "NULL", tid, "NULL", "NULL"}
+		sql, args = stmts["toggle"], []string{u, "NULL", "NULL", tid, "NULL", "NULL"}
 	case "update":
-		sql, args = sqlUpdateTask, []string{u, tid, ":title", "false", "NULL", "NULL", "NULL", "NULL"}
+		sql, args = stmts["update"], []string{u, tid, ":title", "false", "NULL", "NULL", "NULL", "NULL"}
 	case "create":
-		sql, args = sqlCreateTask, []string{u, "NULL", "NULL", ":title", ":desc", ":max"}
+		sql, args = stmts["create"], []string{u, "NULL", "NULL", ":title", ":desc", ":max"}
 	case "create-key":
 		script = "\\set key random(1, 1000000000000000)\n"
-		sql, args = sqlCreateTask, []string{u, ":key", ":req", ":title", ":desc", ":max"}
+		sql, args = stmts["create"], []string{u, ":key", ":req", ":title", ":desc", ":max"}
 	}
 	for i := len(args); i >= 1; i-- {
 		sql = strings.ReplaceAll(sql, fmt.Sprintf("$%d", i), args[i-1])
@@ -366,7 +347,7 @@ func ceilingSQL(op string, k int) string {
 	return script + strings.Join(strings.Fields(sql), " ") + ";\n" // pgbench wants one line
 }
 
-func runPgbench(t *testing.T, cpu, dir string, dbURL *url.URL, op string, conc int, users []benchUser, warmup, duration time.Duration) measurement {
+func runPgbench(t *testing.T, cpu, dir string, dbURL *url.URL, stmts map[string]string, op string, conc int, users []benchUser, warmup, duration time.Duration) measurement {
 	t.Helper()
 	runDir := filepath.Join(dir, fmt.Sprintf("pgbench-%s-%d", op, conc))
 	os.MkdirAll(runDir, 0o755)
@@ -378,7 +359,7 @@ func runPgbench(t *testing.T, cpu, dir string, dbURL *url.URL, op string, conc i
 		"-D", "max=1000000", "-D", `req=\x8a1f6b0f7c5e3d2a1b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a`}
 	for k, u := range users {
 		script := filepath.Join(runDir, fmt.Sprintf("u%d.sql", k))
-		if err := os.WriteFile(script, []byte(ceilingSQL(op, k)), 0o644); err != nil {
+		if err := os.WriteFile(script, []byte(ceilingSQL(stmts, op, k)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		argv = append(argv, "-D", fmt.Sprintf("u%d=%s", k, u.id), "-D", fmt.Sprintf("t%d=%d", k, u.taskID), "-f", script)
