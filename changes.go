@@ -46,50 +46,66 @@ func (c *Change) Created() bool { return !c.Deleted && c.Task.CreatedAt.Equal(c.
 
 // sqlChanges reads one page of a batch: the tasks and tombstones whose transaction $2
 // (since; NULL for a full sync, which skips tombstones) does not show and upto does, in
-// id order after $4. upto is $3, or the statement's own snapshot when a batch begins.
-// Every row also carries upto, the statement's snapshot and the horizon; an empty page is
-// one row of those alone, with task id 0. The tasks are found by the (user_id, created_at, id) index and
+// id order after $4. upto is $3, or the statement's own snapshot when a batch begins. A
+// cursor of another incarnation than the database's ($6; changes_incarnation in
+// schema.sql: there was a crash) counts from the lower of its xmin and the id it knew to
+// be on disk ($7), and its batch begins again: above them, ids it saw as ended may have
+// been handed out again (some changes may come twice). Every row also carries upto, the
+// statement's snapshot, the horizon, the since used and the incarnation; an empty page
+// is one row of those alone, with task id 0. The tasks are found by the (user_id, created_at, id) index and
 // filtered: an index on changed_xid would make every update non-HOT (docs/performance.md).
 const sqlChanges = `WITH head AS MATERIALIZED (
-    SELECT coalesce($3::pg_snapshot, pg_current_snapshot()) AS upto, pg_current_snapshot() AS now,
-           (SELECT xid FROM changes_horizon) AS horizon
+    SELECT coalesce((SELECT token FROM changes_incarnation), '') AS incarnation, pg_current_snapshot() AS now,
+           (SELECT xid FROM changes_horizon) AS horizon, (SELECT xid FROM changes_durable) AS durable
+), at AS MATERIALIZED (
+    SELECT incarnation, durable, now, horizon, CASE WHEN same THEN $2::pg_snapshot
+               ELSE (least(pg_snapshot_xmin($2), $7::xid8) || ':' || least(pg_snapshot_xmin($2), $7::xid8) || ':')::pg_snapshot END AS since,
+           CASE WHEN same THEN coalesce($3::pg_snapshot, now) ELSE now END AS upto,
+           CASE WHEN same THEN $4::bigint ELSE 0 END AS from_id
+    FROM head, LATERAL (SELECT $6::text = incarnation AS same) AS s
 ), page AS (
-    SELECT ` + taskColumns + `, false AS deleted FROM tasks, head
-    WHERE user_id = $1 AND id > $4 AND (changed_xid IS NULL OR pg_visible_in_snapshot(changed_xid, upto))
-      AND ($2::pg_snapshot IS NULL OR changed_xid >= pg_snapshot_xmin($2) AND NOT pg_visible_in_snapshot(changed_xid, $2))
+    SELECT ` + taskColumns + `, false AS deleted FROM tasks, at
+    WHERE user_id = $1 AND id > from_id AND (changed_xid IS NULL OR pg_visible_in_snapshot(changed_xid, upto))
+      AND (since IS NULL OR changed_xid >= pg_snapshot_xmin(since) AND NOT pg_visible_in_snapshot(changed_xid, since))
     UNION ALL
-    SELECT id, user_id, '', NULL, false, deleted_at, deleted_at, version, true FROM task_tombstones, head
-    WHERE user_id = $1 AND id > $4 AND pg_visible_in_snapshot(changed_xid, upto)
-      AND changed_xid >= pg_snapshot_xmin($2) AND NOT pg_visible_in_snapshot(changed_xid, $2)
+    SELECT id, user_id, '', NULL, false, deleted_at, deleted_at, version, true FROM task_tombstones, at
+    WHERE user_id = $1 AND id > from_id AND pg_visible_in_snapshot(changed_xid, upto)
+      AND changed_xid >= pg_snapshot_xmin(since) AND NOT pg_visible_in_snapshot(changed_xid, since)
     ORDER BY id LIMIT $5
 )
 SELECT coalesce(id, 0), coalesce(user_id, ''), coalesce(title, ''), description, coalesce(completed, false),
     coalesce(created_at, 'epoch'), coalesce(updated_at, 'epoch'), coalesce(version, 0), coalesce(deleted, false),
-    upto::text, now::text, horizon::text
-FROM head LEFT JOIN page ON true ORDER BY page.id`
+    upto::text, now::text, horizon::text, coalesce(since::text, ''), incarnation || '/' || durable
+FROM at LEFT JOIN page ON true ORDER BY page.id`
 
 // Changes reads one page of userID's feed after from, at most limit changes, and hands
 // each to each as it arrives; it returns where the feed goes on and whether more is
 // waiting already. A cursor older than the feed keeps is ErrCursorExpired, returned with
 // a cursor at the present, from which a client that has listed again may go on.
 func (s *Feed) Changes(ctx context.Context, userID string, from Cursor, limit int, each func(*Change) error) (Cursor, bool, error) {
-	var since, upto any // NULL unless set
+	var since, upto, durable any // NULL unless set
 	if from.since.xmin != 0 {
 		since = from.since.String()
+	}
+	if from.durable != 0 {
+		durable = strconv.FormatUint(from.durable, 10)
 	}
 	if from.upto.xmin != 0 {
 		upto = from.upto.String()
 	}
 	var (
-		head    struct{ upto, now, horizon string }
+		head    struct{ upto, now, horizon, since, incarnation string }
+		at      Cursor   // the incarnation and the since the statement read by
 		end     snapshot // the batch's: upto
 		pending *Change  // held back until the next arrives: only then is it known whether it ends the batch
 		n       int
 	)
-	mid := func(id int64) Cursor { return Cursor{since: from.since, upto: end, after: id} }
+	mid := func(id int64) Cursor {
+		return Cursor{incarnation: from.incarnation, durable: from.durable, since: from.since, upto: end, after: id}
+	}
 	err := s.query(ctx, func(rows pgx.Rows) error {
 		c := &Change{}
-		if err := scanTask(rows, &c.Task, &c.Deleted, &head.upto, &head.now, &head.horizon); err != nil {
+		if err := scanTask(rows, &c.Task, &c.Deleted, &head.upto, &head.now, &head.horizon, &head.since, &head.incarnation); err != nil {
 			return err
 		}
 		if n == 0 {
@@ -97,7 +113,13 @@ func (s *Feed) Changes(ctx context.Context, userID string, from Cursor, limit in
 			if end, err = parseSnapshot(head.upto); err != nil {
 				return err
 			}
-			if expired(from, head.now, head.horizon) {
+			if err := at.set(head.since, head.incarnation); err != nil && head.since != "" {
+				return err
+			}
+			if from.incarnation != at.incarnation { // read as the statement did: from since only
+				from.upto, from.after = snapshot{}, 0
+			}
+			if from.since, from.incarnation, from.durable = at.since, at.incarnation, at.durable; expired(from, head.now, head.horizon) {
 				return ErrCursorExpired
 			}
 		}
@@ -112,15 +134,18 @@ func (s *Feed) Changes(ctx context.Context, userID string, from Cursor, limit in
 		}
 		pending = c
 		return nil
-	}, sqlChanges, userID, since, upto, from.after, limit+1)
+	}, sqlChanges, userID, since, upto, from.after, limit+1, from.incarnation, durable)
+	if at.incarnation == "" && err == nil {
+		err = s.incarnate(ctx)
+	}
 	if errors.Is(err, ErrCursorExpired) {
 		now, _ := parseSnapshot(head.now) // parsed once already in expired
-		return Cursor{since: now}, false, err
+		return Cursor{incarnation: at.incarnation, durable: at.durable, since: now}, false, err
 	}
 	if err != nil {
 		return Cursor{}, false, err
 	}
-	next, more := Cursor{since: end}, n > limit && pending != nil
+	next, more := Cursor{incarnation: at.incarnation, durable: at.durable, since: end}, n > limit && pending != nil
 	if pending != nil {
 		if more {
 			next = mid(pending.Task.ID)
@@ -149,11 +174,14 @@ func expired(c Cursor, nowText, horizonText string) bool {
 // Now is a cursor at the present: a stream that starts there sends nothing committed
 // before it.
 func (s *Feed) Now(ctx context.Context) (Cursor, error) {
-	var text string
-	err := s.row(ctx, func(r pgx.Row) error { return r.Scan(&text) }, `SELECT pg_current_snapshot()::text`)
+	var text, incarnation string
+	err := s.row(ctx, func(r pgx.Row) error { return r.Scan(&text, &incarnation) }, `SELECT pg_current_snapshot()::text, `+sqlIncarnation)
+	if err == nil && incarnation == "" {
+		err = s.incarnate(ctx)
+	}
 	if err != nil {
 		return Cursor{}, err
 	}
 	var c Cursor
-	return c, c.set(text)
+	return c, c.set(text, incarnation)
 }

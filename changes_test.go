@@ -275,3 +275,45 @@ SELECT $1, -i, now() - interval '30 days' FROM generate_series(1, $2::int) AS i`
 		t.Errorf("%d tombstones older than the retention left", left)
 	}
 }
+
+// TestACursorFromBeforeACrashCountsFromItsXmin: a crash empties changes_incarnation (it
+// is unlogged), and may hand out again the ids of transactions that ended unwritten. A
+// cursor from before it is read from its xmin (or from the id it knew on disk, if
+// lower): what it had seen above comes again, and nothing above can be skipped. It
+// empties the table for the whole run, so it is not parallel.
+func TestACursorFromBeforeACrashCountsFromItsXmin(t *testing.T) {
+	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
+	feed := testFeed(s)
+	task := mustCreate(t, s, me, "before", nil)
+	older, err := s.pool.Begin(ctx) // an older transaction, still open: the cursor's xmin
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer older.Rollback(ctx)
+	older.Exec(ctx, `SELECT pg_current_xact_id()`)
+	if _, err := s.UpdateTask(ctx, me, task.ID, TaskPatch{Title: ptr("seen")}, Condition{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, sqlMarkDurable); err != nil { // as a write's wake-up does
+		t.Fatal(err)
+	}
+	cursor, err := feed.Now(ctx)
+	if err != nil || cursor.incarnation == "" {
+		t.Fatalf("Now = %+v, %v: want a cursor of an incarnation", cursor, err)
+	}
+	if pages, _ := readFeed(t, s, me, cursor, 100); len(titles(pages)) != 0 {
+		t.Fatalf("the feed from now brought %v", titles(pages))
+	}
+	if _, err := s.pool.Exec(ctx, `DELETE FROM changes_incarnation`); err != nil { // as crash recovery does
+		t.Fatal(err)
+	}
+	pages, next := readFeed(t, s, me, cursor, 100)
+	if got := titles(pages); !reflect.DeepEqual(got, []string{"seen"}) {
+		t.Errorf("after the crash, from the cursor of before it: %v, want [seen] again", got)
+	}
+	older.Rollback(ctx)
+	readFeed(t, s, me, next, 100)
+	if c, err := feed.Now(ctx); err != nil || c.incarnation == "" || c.incarnation == cursor.incarnation {
+		t.Errorf("after the crash, Now = %+v, %v: want a new incarnation", c, err)
+	}
+}

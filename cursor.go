@@ -63,23 +63,27 @@ func (s snapshot) valid() bool {
 
 // A Cursor is a place in one user's feed.
 type Cursor struct {
-	since snapshot // every change it shows was delivered; zero: none was (a full sync)
-	upto  snapshot // while a batch (since, upto] is paged, the batch's end; else zero
-	after int64    // while paged, the last task id of the batch delivered
+	incarnation string   // the database's when the cursor was made (changes_incarnation in schema.sql)
+	durable     uint64   // a transaction id then known to be on disk (changes_durable)
+	since       snapshot // every change it shows was delivered; zero: none was (a full sync)
+	upto        snapshot // while a batch (since, upto] is paged, the batch's end; else zero
+	after       int64    // while paged, the last task id of the batch delivered
 }
 
 // set places the cursor where everything a snapshot shows, given in pg_snapshot's text
-// form, was delivered.
-func (c *Cursor) set(snapshotText string) error {
+// form, was delivered, in an incarnation given as sqlIncarnation reads it.
+func (c *Cursor) set(snapshotText, incarnation string) error {
 	s, err := parseSnapshot(snapshotText)
-	*c = Cursor{since: s}
-	return err
+	token, durable, _ := strings.Cut(incarnation, "/")
+	d, err2 := strconv.ParseUint(durable, 10, 64)
+	*c = Cursor{incarnation: token, durable: d, since: s}
+	return errors.Join(err, err2)
 }
 
 // Encode is the cursor as the opaque string clients hold: its format, a tag of the user it
-// belongs to, and the snapshots as PostgreSQL writes them, in base64url.
+// belongs to, the incarnation, and the snapshots as PostgreSQL writes them, in base64url.
 func (c Cursor) Encode(userID string) string {
-	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "1|%x|%s|%s|%d", userTag(userID), c.since, c.upto, c.after))
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "1|%x|%s/%d|%s|%s|%d", userTag(userID), c.incarnation, c.durable, c.since, c.upto, c.after))
 }
 
 // decodeCursor reads a cursor given by userID; one that is malformed, or that belongs to
@@ -88,13 +92,16 @@ func decodeCursor(userID, text string) (Cursor, error) {
 	var c Cursor
 	b, err := base64.RawURLEncoding.DecodeString(text)
 	parts := strings.Split(string(b), "|")
-	if err != nil || len(parts) != 5 || parts[0] != "1" || parts[1] != fmt.Sprintf("%x", userTag(userID)) {
+	if err != nil || len(parts) != 6 || parts[0] != "1" || parts[1] != fmt.Sprintf("%x", userTag(userID)) {
 		return c, errBadCursor
 	}
-	var errs [3]error
-	c.since, errs[0] = parseSnapshot(parts[2])
-	c.upto, errs[1] = parseSnapshot(parts[3])
-	c.after, errs[2] = strconv.ParseInt(parts[4], 10, 64)
+	var errs [4]error
+	incarnation, durable, _ := strings.Cut(parts[2], "/")
+	c.incarnation = incarnation
+	c.durable, errs[3] = strconv.ParseUint(durable, 10, 64)
+	c.since, errs[0] = parseSnapshot(parts[3])
+	c.upto, errs[1] = parseSnapshot(parts[4])
+	c.after, errs[2] = strconv.ParseInt(parts[5], 10, 64)
 	usable := func(s snapshot) bool { return s.xmin == 0 && s.xmax == 0 && s.xip == nil || s.valid() }
 	if errors.Join(errs[:]...) != nil || !usable(c.since) || !usable(c.upto) || c.after < 0 || (c.upto.xmin == 0) != (c.after == 0) {
 		return c, errBadCursor

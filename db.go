@@ -120,6 +120,22 @@ func openDB(ctx context.Context, cfg *pgxpool.Config, timeout time.Duration, log
 
 func (s *db) Close() { s.pool.Close() }
 
+// sqlIncarnation is the database's incarnation for the feed and its id known on disk
+// (changes_incarnation and changes_durable in schema.sql), in a cursor's form ("token/xid");
+// the token is "" just after a crash, until incarnate makes one.
+const sqlIncarnation = `coalesce((SELECT token FROM changes_incarnation), '') || '/' || (SELECT xid FROM changes_durable)`
+
+// sqlMarkDurable, in a statement that commits, moves the id known on disk on to its own.
+const sqlMarkDurable = `UPDATE changes_durable SET xid = greatest(xid, pg_current_xact_id())`
+
+// incarnate gives the database an incarnation if it has none. The first reader after a
+// crash does it: a cursor of the empty one matches it only until then, milliseconds.
+func (s *db) incarnate(ctx context.Context) error {
+	return s.row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
+		`WITH made AS (INSERT INTO changes_incarnation (token) VALUES (md5(random()::text || clock_timestamp()::text))
+    ON CONFLICT DO NOTHING RETURNING 1), marked AS (`+sqlMarkDurable+`) SELECT count(*) FROM made`)
+}
+
 // Ping reports whether the database answers within the deadline.
 func (s *db) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)

@@ -106,6 +106,21 @@ BEGIN
         CREATE TABLE changes_horizon (xid xid8 NOT NULL);
         INSERT INTO changes_horizon VALUES ('0');
     END IF;
+    -- After a crash, PostgreSQL may hand out again the ids of transactions whose end it had
+    -- not yet written to disk (an abort does not wait for it), and a cursor must not take
+    -- a new transaction for one it saw. Two rows guard against that (changes.go):
+    -- - the incarnation, unlogged: a crash recovery empties it, and a promoted standby or
+    --   a new Neon compute does not have it;
+    -- - a transaction id known to be on disk, which the service's committing writes move
+    --   on (wakeups.go, and each start below): recovery hands out no id below it again.
+    -- A cursor of another incarnation counts from the lower of its xmin and that id.
+    IF to_regclass('changes_incarnation') IS NULL THEN
+        CREATE UNLOGGED TABLE changes_incarnation (one boolean PRIMARY KEY DEFAULT true CHECK (one), token text NOT NULL);
+    END IF;
+    IF to_regclass('changes_durable') IS NULL THEN
+        CREATE TABLE changes_durable (xid xid8 NOT NULL);
+        INSERT INTO changes_durable VALUES (pg_current_xact_id());
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND tgname = 'tasks_track') THEN
         -- Before the feed, tasks_count kept the counts (right already), and tasks_notify
         -- sent every change from the writing transaction, which serialized commits
@@ -124,6 +139,9 @@ BEGIN
         END IF;
     END IF;
 END $$;
+
+INSERT INTO changes_incarnation (token) VALUES (md5(random()::text || clock_timestamp()::text)) ON CONFLICT DO NOTHING;
+UPDATE changes_durable SET xid = greatest(xid, pg_current_xact_id());
 
 -- The answers to creates and toggles sent with an Idempotency-Key, written by the statement
 -- that writes the task, so that a retry gets the first answer again and writes nothing,

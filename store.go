@@ -268,7 +268,7 @@ var listSQL = func() map[ListQuery]string {
 				// The window aggregates are computed before LIMIT and OFFSET, so the
 				// list's head comes with the first row of the page.
 				m[ListQuery{Status: status, Sort: sort, Desc: desc}] = `SELECT ` + taskColumns + `, count(*) OVER (), ` +
-					versionDigest + ` OVER (), (SELECT pg_current_snapshot()::text)
+					versionDigest + ` OVER (), (SELECT pg_current_snapshot()::text), ` + sqlIncarnation + `
 FROM tasks WHERE user_id = $1` + where + `
 ORDER BY ` + col + ` ` + dir + `, id ` + dir + `
 LIMIT $2 OFFSET $3`
@@ -294,15 +294,16 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 		t      Task
 		h      ListHead
 		snap   string
+		inc    string // the incarnation of the feed the list was read in
 		headed bool
 	)
 	err := s.query(ctx, func(rows pgx.Rows) error {
-		if err := scanTask(rows, &t, &h.Total, &h.Digest, &snap); err != nil {
+		if err := scanTask(rows, &t, &h.Total, &h.Digest, &snap, &inc); err != nil {
 			return err
 		}
 		if !headed {
 			headed = true
-			if err := h.At.set(snap); err != nil {
+			if err := h.At.set(snap, inc); err != nil {
 				return err
 			}
 			if err := head(h); err != nil {
@@ -311,22 +312,25 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 		}
 		return each(&t)
 	}, query, userID, limit, q.Offset)
-	if err != nil || headed {
-		return err
+	if err == nil && !headed {
+		// An empty page has no row to carry the head, which a statement of its own reads.
+		// If the page is empty in that statement's snapshot too, the list is as of it; if
+		// tasks came into the page meanwhile, the cursor is the feed's beginning, which
+		// misses nothing (a full sync).
+		err = s.row(ctx, func(r pgx.Row) error { return r.Scan(&h.Total, &h.Digest, &snap, &inc) },
+			`SELECT count(*), coalesce(`+versionDigest+`, 0), pg_current_snapshot()::text, `+sqlIncarnation+`
+FROM tasks WHERE user_id = $1`+statusFilter[q.Status], userID)
+		if err == nil && h.Total <= q.Offset {
+			err = h.At.set(snap, inc)
+		}
+		if err == nil {
+			err = head(h)
+		}
 	}
-	// An empty page has no row to carry the head, which a statement of its own reads. If
-	// the page is empty in that statement's snapshot too, the list is as of it; if tasks
-	// came into the page meanwhile, the cursor is the feed's beginning, which misses
-	// nothing (a full sync).
-	err = s.row(ctx, func(r pgx.Row) error { return r.Scan(&h.Total, &h.Digest, &snap) },
-		`SELECT count(*), coalesce(`+versionDigest+`, 0), pg_current_snapshot()::text FROM tasks WHERE user_id = $1`+statusFilter[q.Status], userID)
-	if err == nil && h.Total <= q.Offset {
-		err = h.At.set(snap)
+	if err == nil && inc == "" {
+		s.incarnate(ctx) //nolint:errcheck // the first reader after a crash makes one; the next tries again
 	}
-	if err != nil {
-		return err
-	}
-	return head(h)
+	return err
 }
 
 // PruneKeys forgets the idempotency keys older than 24 hours.

@@ -80,8 +80,11 @@ func (w *Wakeups) Notify(ctx context.Context) {
 		users := w.pending
 		w.pending = map[string]bool{}
 		w.mu.Unlock()
+		// The same commit moves the id known on disk on (changes_durable, schema.sql): it
+		// costs nothing more, since notifying commits take turns anyway.
 		err := w.db.row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
-			`SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) p`, wakeupChannel, wakeupPayloads(w.instance, users))
+			`WITH marked AS (`+sqlMarkDurable+`) SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) p`,
+			wakeupChannel, wakeupPayloads(w.instance, users))
 		if err != nil && ctx.Err() == nil {
 			// Sent again with the next ones, a second from now at the latest.
 			w.log.Warn("wake-up notification failed; retrying", "users", len(users), "err", err)
