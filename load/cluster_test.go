@@ -221,9 +221,11 @@ func TestCluster(t *testing.T) {
 		t.Cleanup(func() { in.stop(t, syscall.SIGKILL) })
 		instances = append(instances, in)
 	}
-	haproxyPort, adminSocket := testkit.FreePort(t), filepath.Join(dir, "haproxy.sock")
+	haproxyPort, tlsPort, adminSocket := testkit.FreePort(t), testkit.FreePort(t), filepath.Join(dir, "haproxy.sock")
+	cert := selfSignedCert(t, dir)
 	haproxy := exec.Command("haproxy", "-f", filepath.Join(testkit.Root(t), "deploy/haproxy.cfg"), "-db")
 	haproxy.Env = append(os.Environ(), "HAPROXY_BIND=127.0.0.1:"+haproxyPort, "HAPROXY_ADMIN_SOCKET="+adminSocket,
+		"HAPROXY_TLS_BIND=127.0.0.1:"+tlsPort, "HAPROXY_CERT="+cert,
 		"INSTANCE1=127.0.0.1:"+instances[0].port, "INSTANCE2=127.0.0.1:"+instances[1].port, "INSTANCE3=127.0.0.1:"+instances[2].port)
 	haproxy.Stderr = os.Stderr
 	if err := haproxy.Start(); err != nil {
@@ -232,6 +234,7 @@ func TestCluster(t *testing.T) {
 	t.Cleanup(func() { haproxy.Process.Kill(); haproxy.Wait() })
 	front := "http://127.0.0.1:" + haproxyPort
 	testkit.WaitOK(t, front+"/readyz")
+	checkHTTP2(t, "https://127.0.0.1:"+tlsPort)
 
 	// The load, and a stream per user.
 	transport := &http.Transport{MaxIdleConnsPerHost: 64}
@@ -479,4 +482,35 @@ func clusterThroughput(t *testing.T, dir, direct string, instances []*instance, 
 		get := runWrk(t, "", tg.base, usersFile, "get", 16, 10*time.Second)
 		fmt.Printf("| %s | %.0f | %s | %.0f | %s |\n", tg.name, list.rps, testkit.Ms(list.p99), get.rps, testkit.Ms(get.p99))
 	}
+}
+
+// selfSignedCert makes the certificate and key HAProxy's TLS frontend serves, in one PEM.
+func selfSignedCert(t *testing.T, dir string) string {
+	key, crt, pem := filepath.Join(dir, "key.pem"), filepath.Join(dir, "crt.pem"), filepath.Join(dir, "haproxy.pem")
+	if out, err := exec.Command("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
+		"-days", "1", "-subj", "/CN=localhost").CombinedOutput(); err != nil {
+		t.Fatalf("openssl: %v\n%s", err, out)
+	}
+	k, _ := os.ReadFile(key)
+	c, _ := os.ReadFile(crt)
+	os.WriteFile(pem, append(c, k...), 0o600)
+	return pem
+}
+
+// checkHTTP2: through HAProxy's TLS frontend, curl speaks HTTP/2, for calls and for an
+// event stream alike, several of them on one connection.
+func checkHTTP2(t *testing.T, front string) {
+	me := testkit.NewUserID()
+	auth := "Authorization: Bearer " + testkit.Token(t, me)
+	out, err := exec.Command("curl", "--http2", "-sk", "-H", auth, "-w", "%{http_version} %{http_code} %{num_connects}\\n",
+		"-o", "/dev/null", front+"/api/"+me+"/tasks", "-o", "/dev/null", front+"/readyz").CombinedOutput()
+	lines := strings.Fields(string(out))
+	if err != nil || len(lines) != 6 || lines[0] != "2" || lines[1] != "200" || lines[3] != "2" || lines[4] != "200" || lines[5] != "0" {
+		t.Fatalf("curl --http2 through HAProxy: %v %q, want HTTP/2 200 twice on one connection", err, out)
+	}
+	stream, err := exec.Command("curl", "--http2", "-skN", "--max-time", "2", "-H", auth, front+"/api/"+me+"/events").Output()
+	if !strings.Contains(string(stream), "event: ready") {
+		t.Fatalf("an event stream over HTTP/2 through HAProxy: %v %q", err, stream)
+	}
+	fmt.Println("HTTP/2 through HAProxy's TLS frontend: two calls on one connection, and an event stream: ok")
 }
