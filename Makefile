@@ -24,17 +24,17 @@ build:
 # Each fuzz target for FUZZTIME; the seed corpora already run in make test.
 FUZZTIME ?= 60s
 fuzz:
-	@. scripts/lib.sh && use_devdb && for f in FuzzDecodeTaskBody FuzzAppendJSONString FuzzVerifyToken; do \
+	@. scripts/lib.sh && use_testdb && for f in FuzzDecodeTaskBody FuzzAppendJSONString FuzzVerifyToken; do \
 		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) . || exit 1; done
 
 # Mixed load on loopback for SOAK_DURATION (30s) with PostgreSQL crash-restarted once.
 soak:
-	@. scripts/lib.sh && use_devdb && go test -tags soak -run '^TestSoak$$' -count=1 -timeout 10m -v ./load | grep -v '^=== '
+	@. scripts/lib.sh && use_testdb && go test -tags soak -run '^TestSoak$$' -count=1 -timeout 10m -v ./load | grep -v '^=== '
 
 # What hostile clients and an outage cost the server; ABUSE_COMPARE=name=binary,... measures
 # other builds beside this tree's in the same run (docs/operations.md).
 abuse:
-	@. scripts/lib.sh && use_devdb && go test -tags abuse -run '^TestAbuse' -count=1 -timeout 20m -v ./load | grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok '
+	@. scripts/lib.sh && use_testdb && go test -tags abuse -run '^TestAbuse' -count=1 -timeout 20m -v ./load | grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok '
 
 # The service against pgbench running the same statements; prints tables (docs/performance.md).
 bench:
@@ -49,4 +49,4 @@ bench-capture:
 	@BENCH_RUN='^TestBenchCapture$$' scripts/bench.sh
 
 db-stop:
-	@scripts/devdb.sh stop
+	@scripts/devdb.sh stop && TASKFLOW_PGDATA=$(CURDIR)/.pgdata-test scripts/devdb.sh stop

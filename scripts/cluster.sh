@@ -12,5 +12,5 @@ export PATH="$PATH:/usr/sbin"
 command -v haproxy >/dev/null || { echo "cluster: installing haproxy" >&2; apt_install haproxy; }
 command -v pgbouncer >/dev/null || { echo "cluster: installing pgbouncer" >&2; apt_install pgbouncer; }
 command -v wrk >/dev/null || { echo "cluster: installing wrk" >&2; apt_install wrk; }
-use_devdb
+use_testdb
 go test -tags cluster -run '^TestCluster$' -count=1 -timeout 20m -v ./load | grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok '

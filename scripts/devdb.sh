@@ -44,7 +44,7 @@ if [ "$(id -u)" = 0 ]; then
   mkdir -p "$(dirname "$data")"
   if ! (cd / && runuser -u postgres -- test -x "$(dirname "$data")") 2>/dev/null; then
     unreachable=$(dirname "$data")
-    data=/var/tmp/taskflow-pgdata-$(printf %s "$PWD" | cksum | cut -d' ' -f1)
+    data=/var/tmp/taskflow-pgdata-$(printf %s "$data" | cksum | cut -d' ' -f1)
     say "the postgres user cannot reach $unreachable; using $data"
   fi
 fi

@@ -19,6 +19,13 @@ use_devdb() {
   eval "$env"
 }
 
+# use_testdb is use_devdb on a cluster of the tests' own (.pgdata-test/, port 15433 or
+# TASKFLOW_TEST_PG_PORT): tests stop and start theirs, which must not be the one a
+# make run beside them is using.
+use_testdb() {
+  TASKFLOW_PGDATA=$PWD/.pgdata-test TASKFLOW_PG_PORT=${TASKFLOW_TEST_PG_PORT:-15433} use_devdb
+}
+
 # port_free fails with "$2" when something listens on 127.0.0.1:$1.
 port_free() {
   if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then

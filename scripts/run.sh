@@ -6,11 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-db_started=0
-if [ -z "${DATABASE_URL:-}" ]; then
-  use_devdb
-  db_started=$TASKFLOW_PG_STARTED
-fi
 export BETTER_AUTH_SECRET=${BETTER_AUTH_SECRET:-taskflow-development-secret-not-for-production}
 export PORT=${PORT:-8000}
 export LOG_FORMAT=${LOG_FORMAT:-text}
@@ -30,7 +25,13 @@ if [ -f .run/server.pid ]; then
   rm -f .run/server.pid
 fi
 
+# Before the database starts, so that a port in use leaves nothing running behind.
 port_free "$PORT" "run: port $PORT is in use; stop what listens there or pick another with PORT=..." || exit 1
+db_started=0
+if [ -z "${DATABASE_URL:-}" ]; then
+  use_devdb
+  db_started=$TASKFLOW_PG_STARTED
+fi
 bin/taskflow-api &
 pid=$!
 echo "$pid" >.run/server.pid

@@ -14,7 +14,7 @@ fi
 # The live-updates tests run PgBouncer, as Neon's pooler runs, to show what it does to LISTEN.
 export PATH="$PATH:/usr/sbin"
 command -v pgbouncer >/dev/null || { echo "test: installing pgbouncer" >&2; apt_install pgbouncer; }
-use_devdb
+use_testdb
 
 echo "== gofmt"
 unformatted=$(gofmt -l .)
