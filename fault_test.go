@@ -8,102 +8,12 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"taskflow/internal/testkit"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
-
-// faultProxy stands between the service and PostgreSQL and can cut or freeze the link.
-type faultProxy struct {
-	ln     net.Listener
-	target string
-
-	dials atomic.Int64 // connections the service opened to the proxy
-
-	mu      sync.Mutex
-	mode    string // "up", "down" (connections refused and cut), "hang" (bytes held) or "deaf" (answers lost)
-	changed chan struct{}
-	conns   map[net.Conn]bool
-}
-
-func (p *faultProxy) set(mode string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.mode = mode
-	close(p.changed)
-	p.changed = make(chan struct{})
-	if mode == "down" {
-		for c := range p.conns {
-			c.Close()
-		}
-		p.conns = map[net.Conn]bool{}
-	}
-}
-
-func (p *faultProxy) serve() {
-	for {
-		client, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.dials.Add(1)
-		p.mu.Lock()
-		mode := p.mode
-		if mode == "down" {
-			client.Close()
-			p.mu.Unlock()
-			continue
-		}
-		p.conns[client] = true
-		p.mu.Unlock()
-		go func() {
-			server, err := net.Dial("tcp", p.target)
-			if err != nil {
-				client.Close()
-				return
-			}
-			p.mu.Lock()
-			p.conns[server] = true
-			p.mu.Unlock()
-			go p.pipe(server, client, false)
-			p.pipe(client, server, true)
-		}()
-	}
-}
-
-// pipe copies src to dst, holding each chunk while the proxy hangs, and dropping what
-// goes to the client while it is deaf.
-func (p *faultProxy) pipe(dst, src net.Conn, toClient bool) {
-	defer dst.Close()
-	defer src.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		for {
-			p.mu.Lock()
-			mode, changed := p.mode, p.changed
-			p.mu.Unlock()
-			if mode != "hang" {
-				break
-			}
-			<-changed
-		}
-		p.mu.Lock()
-		deaf := p.mode == "deaf"
-		p.mu.Unlock()
-		if n > 0 && !(deaf && toClient) {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
 
 // storeVia opens a store whose connections go to addr instead of the test database.
 func storeVia(t *testing.T, addr string, timeout time.Duration, tweak func(*pgxpool.Config)) *Store {

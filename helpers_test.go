@@ -143,18 +143,6 @@ func noDatabase(t testing.TB) *Store {
 	return &Store{db: d, maxTasks: 10000}
 }
 
-// newUserID returns a fresh id shaped like Better Auth's: 32 random alphanumerics.
-func newUserID(t testing.TB) string {
-	t.Helper()
-	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-	b := make([]byte, 32)
-	rand.Read(b)
-	for i := range b {
-		b[i] = alphabet[int(b[i])%len(alphabet)]
-	}
-	return string(b)
-}
-
 func discardLogger() *slog.Logger { return slogTo(io.Discard) }
 
 // slogTo returns a logger writing text lines to w.
@@ -304,41 +292,8 @@ func (r response) detail() string {
 	return e.Detail
 }
 
-func envList(name, def string) []string { return strings.Split(envOr(name, def), ",") }
-
-func envOr(name, def string) string {
-	if v := os.Getenv(name); v != "" {
-		return v
-	}
-	return def
-}
-
 // pgBouncer is a running pgbouncer; see startPgBouncer.
 type pgBouncer struct {
 	url         string // a DATABASE_URL through it
 	start, stop func()
-}
-
-// freshDatabase drops and creates the database name on the test cluster, for the
-// harnesses that need a database of their own, and returns its URL.
-func freshDatabase(t testing.TB, name string) string {
-	t.Helper()
-	ctx := context.Background()
-	base := os.Getenv("TEST_DATABASE_URL")
-	admin, err := pgx.Connect(ctx, base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(ctx)
-	for _, q := range []string{`DROP DATABASE IF EXISTS ` + name, `CREATE DATABASE ` + name} {
-		if _, err := admin.Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Path = "/" + name
-	return u.String()
 }
