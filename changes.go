@@ -83,77 +83,101 @@ FROM at LEFT JOIN page ON true ORDER BY page.id`
 // waiting already. A cursor older than the feed keeps is ErrCursorExpired, returned with
 // a cursor at the present, from which a client that has listed again may go on.
 func (s *Feed) Changes(ctx context.Context, userID string, from Cursor, limit int, each func(*Change) error) (Cursor, bool, error) {
-	var since, upto, durable any // NULL unless set
-	if from.since.xmin != 0 {
-		since = from.since.String()
-	}
+	var durable any // NULL unless set
 	if from.durable != 0 {
 		durable = strconv.FormatUint(from.durable, 10)
 	}
-	if from.upto.xmin != 0 {
-		upto = from.upto.String()
-	}
-	var (
-		head    struct{ upto, now, horizon, since, incarnation string }
-		at      Cursor   // the incarnation and the since the statement read by
-		end     snapshot // the batch's: upto
-		pending *Change  // held back until the next arrives: only then is it known whether it ends the batch
-		n       int
-	)
-	mid := func(id int64) Cursor {
-		return Cursor{incarnation: from.incarnation, durable: from.durable, since: from.since, upto: end, after: id}
-	}
-	err := s.query(ctx, func(rows pgx.Rows) error {
-		c := &Change{}
-		if err := scanTask(rows, &c.Task, &c.Deleted, &head.upto, &head.now, &head.horizon, &head.since, &head.incarnation); err != nil {
-			return err
-		}
-		if n == 0 {
-			var err error
-			if end, err = parseSnapshot(head.upto); err != nil {
-				return err
-			}
-			if err := at.set(head.since, head.incarnation); err != nil && head.since != "" {
-				return err
-			}
-			if from.incarnation != at.incarnation { // read as the statement did: from since only
-				from.upto, from.after = snapshot{}, 0
-			}
-			if from.since, from.incarnation, from.durable = at.since, at.incarnation, at.durable; expired(from, head.now, head.horizon) {
-				return ErrCursorExpired
-			}
-		}
-		if n++; c.Task.ID == 0 || n > limit { // an empty page, or the one that says more is waiting
-			return nil
-		}
-		if pending != nil {
-			pending.At = mid(pending.Task.ID)
-			if err := each(pending); err != nil {
-				return err
-			}
-		}
-		pending = c
-		return nil
-	}, sqlChanges, userID, since, upto, from.after, limit+1, from.incarnation, durable)
-	if at.incarnation == "" && err == nil {
+	p := &feedPage{from: from, limit: limit, each: each}
+	err := s.query(ctx, p.add, sqlChanges, userID, from.since.arg(), from.upto.arg(), from.after, limit+1, from.incarnation, durable)
+	if p.at.incarnation == "" && err == nil {
 		err = s.incarnate(ctx)
 	}
 	if errors.Is(err, ErrCursorExpired) {
-		now, _ := parseSnapshot(head.now) // parsed once already in expired
-		return Cursor{incarnation: at.incarnation, durable: at.durable, since: now}, false, err
+		now, _ := parseSnapshot(p.head.now) // parsed once already in expired
+		return Cursor{incarnation: p.at.incarnation, durable: p.at.durable, since: now}, false, err
 	}
 	if err != nil {
 		return Cursor{}, false, err
 	}
-	next, more := Cursor{incarnation: at.incarnation, durable: at.durable, since: end}, n > limit && pending != nil
-	if pending != nil {
-		if more {
-			next = mid(pending.Task.ID)
+	return p.finish()
+}
+
+// A feedPage gathers the rows of sqlChanges as they arrive. Each change is held back until
+// the next arrives: only then is it known whether it ends the batch.
+type feedPage struct {
+	from    Cursor
+	limit   int
+	each    func(*Change) error
+	head    struct{ upto, now, horizon, since, incarnation string } // on every row
+	at      Cursor                                                  // the incarnation and the since the statement read by
+	end     snapshot                                                // the batch's: upto
+	pending *Change
+	n       int
+}
+
+func (p *feedPage) add(rows pgx.Rows) error {
+	c := &Change{}
+	h := &p.head
+	if err := scanTask(rows, &c.Task, &c.Deleted, &h.upto, &h.now, &h.horizon, &h.since, &h.incarnation); err != nil {
+		return err
+	}
+	if p.n == 0 {
+		if err := p.begin(); err != nil {
+			return err
 		}
-		pending.At = next
-		if err := each(pending); err != nil {
-			return Cursor{}, false, err
+	}
+	if p.n++; c.Task.ID == 0 || p.n > p.limit { // an empty page, or the one that says more is waiting
+		return nil
+	}
+	if p.pending != nil {
+		p.pending.At = p.within(p.pending.Task.ID)
+		if err := p.each(p.pending); err != nil {
+			return err
 		}
+	}
+	p.pending = c
+	return nil
+}
+
+// begin reads, from the first row, the batch's end and what the statement read from.
+func (p *feedPage) begin() error {
+	var err error
+	if p.end, err = parseSnapshot(p.head.upto); err != nil {
+		return err
+	}
+	if err := p.at.set(p.head.since, p.head.incarnation); err != nil && p.head.since != "" {
+		return err
+	}
+	if p.from.incarnation != p.at.incarnation { // read as the statement did: from since only
+		p.from.upto, p.from.after = snapshot{}, 0
+	}
+	p.from.since, p.from.incarnation, p.from.durable = p.at.since, p.at.incarnation, p.at.durable
+	if expired(p.from, p.head.now, p.head.horizon) {
+		return ErrCursorExpired
+	}
+	return nil
+}
+
+// within is the cursor after task id, inside the batch.
+func (p *feedPage) within(id int64) Cursor {
+	c := p.from
+	c.upto, c.after = p.end, id
+	return c
+}
+
+// finish hands on the last change and says where the feed goes on.
+func (p *feedPage) finish() (Cursor, bool, error) {
+	next := Cursor{incarnation: p.at.incarnation, durable: p.at.durable, since: p.end}
+	if p.pending == nil {
+		return next, false, nil
+	}
+	more := p.n > p.limit
+	if more {
+		next = p.within(p.pending.Task.ID)
+	}
+	p.pending.At = next
+	if err := p.each(p.pending); err != nil {
+		return Cursor{}, false, err
 	}
 	return next, more, nil
 }

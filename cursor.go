@@ -26,6 +26,14 @@ func (s snapshot) String() string {
 	return fmt.Sprintf("%d:%d:%s", s.xmin, s.xmax, strings.Join(xip, ","))
 }
 
+// arg is the snapshot as a statement's argument: NULL when zero.
+func (s snapshot) arg() any {
+	if s.xmin == 0 {
+		return nil
+	}
+	return s.String()
+}
+
 func parseSnapshot(text string) (snapshot, error) {
 	var s snapshot
 	parts := strings.SplitN(text, ":", 3)
