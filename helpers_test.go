@@ -54,6 +54,7 @@ func TestMain(m *testing.M) {
 		testStoreShared.Close()
 		drop()
 	}
+	testkit.RemoveBinary()
 	os.Exit(code)
 }
 

@@ -19,6 +19,12 @@ import (
 // The load harnesses drive the built service, as an operator runs it: start it, send it
 // requests, read its database.
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testkit.RemoveBinary()
+	os.Exit(code)
+}
+
 // startServer runs the service on a free port against databaseURL, with the test secret
 // and env, until the test ends; it returns its base URL and its process.
 func startServer(t testing.TB, databaseURL string, env ...string) (string, *exec.Cmd) {

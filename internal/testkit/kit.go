@@ -136,6 +136,13 @@ func Binary(t testing.TB) string {
 	return built.bin
 }
 
+// RemoveBinary removes what Binary built; a TestMain calls it after the tests.
+func RemoveBinary() {
+	if built.bin != "" {
+		os.RemoveAll(filepath.Dir(built.bin))
+	}
+}
+
 // Root is the module's root: where the service's source, deploy/ and scripts/ are.
 func Root(t testing.TB) string {
 	out, err := exec.Command("go", "env", "GOMOD").Output()
