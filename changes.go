@@ -47,13 +47,14 @@ func (c *Change) Created() bool { return !c.Deleted && c.Task.CreatedAt.Equal(c.
 // sqlChanges reads one page of a batch: the tasks and tombstones whose transaction $2
 // (since; NULL for a full sync, which skips tombstones) does not show and upto does, in
 // id order after $4. upto is $3, or the statement's own snapshot when a batch begins. A
-// cursor of another incarnation than the database's ($6; changes_incarnation in
-// schema.sql: there was a crash) counts from the lower of its xmin and the id it knew to
-// be on disk ($7), and its batch begins again: above them, ids it saw as ended may have
-// been handed out again (some changes may come twice). Every row also carries upto, the
-// statement's snapshot, the horizon, the since used and the incarnation; an empty page
-// is one row of those alone, with task id 0. The tasks are found by the (user_id, created_at, id) index and
-// filtered: an index on changed_xid would make every update non-HOT (docs/performance.md).
+// cursor of another incarnation than the database's, or of none ($6; changes_incarnation
+// in schema.sql: there was a crash) counts from the lower of its xmin and the id it knew
+// to be on disk ($7), and its batch begins again: above them, ids it saw as ended may
+// have been handed out again (some changes may come twice). Every row also carries upto,
+// the statement's snapshot, the horizon, the since used and the incarnation; an empty
+// page is one row of those alone, with task id 0. The tasks are found by the (user_id,
+// created_at, id) index and filtered: an index on changed_xid would make every update
+// non-HOT (docs/performance.md).
 const sqlChanges = `WITH head AS MATERIALIZED (
     SELECT coalesce((SELECT token FROM changes_incarnation), '') AS incarnation, pg_current_snapshot() AS now,
            (SELECT xid FROM changes_horizon) AS horizon, (SELECT xid FROM changes_durable) AS durable
@@ -62,7 +63,7 @@ const sqlChanges = `WITH head AS MATERIALIZED (
                ELSE (least(pg_snapshot_xmin($2), $7::xid8) || ':' || least(pg_snapshot_xmin($2), $7::xid8) || ':')::pg_snapshot END AS since,
            CASE WHEN same THEN coalesce($3::pg_snapshot, now) ELSE now END AS upto,
            CASE WHEN same THEN $4::bigint ELSE 0 END AS from_id
-    FROM head, LATERAL (SELECT $6::text = incarnation AS same) AS s
+    FROM head, LATERAL (SELECT $6::text <> '' AND $6::text = incarnation AS same) AS s
 ), page AS (
     SELECT ` + taskColumns + `, false AS deleted FROM tasks, at
     WHERE user_id = $1 AND id > from_id AND (changed_xid IS NULL OR pg_visible_in_snapshot(changed_xid, upto))
@@ -80,8 +81,9 @@ FROM at LEFT JOIN page ON true ORDER BY page.id`
 
 // Changes reads one page of userID's feed after from, at most limit changes, and hands
 // each to each as it arrives; it returns where the feed goes on and whether more is
-// waiting already. A cursor older than the feed keeps is ErrCursorExpired, returned with
-// a cursor at the present, from which a client that has listed again may go on.
+// waiting already. each may end the page early by returning errPageFull. A cursor older
+// than the feed keeps is ErrCursorExpired, returned with a cursor at the present, from
+// which a client that has listed again may go on.
 func (s *Feed) Changes(ctx context.Context, userID string, from Cursor, limit int, each func(*Change) error) (Cursor, bool, error) {
 	var durable any // NULL unless set
 	if from.durable != 0 {
@@ -96,11 +98,17 @@ func (s *Feed) Changes(ctx context.Context, userID string, from Cursor, limit in
 		now, _ := parseSnapshot(p.head.now) // parsed once already in expired
 		return Cursor{incarnation: p.at.incarnation, durable: p.at.durable, since: now}, false, err
 	}
+	if errors.Is(err, errPageFull) {
+		return p.pending.At, true, nil
+	}
 	if err != nil {
 		return Cursor{}, false, err
 	}
 	return p.finish()
 }
+
+// errPageFull, from the each of Changes, ends the page after the change it was given.
+var errPageFull = errors.New("page full")
 
 // A feedPage gathers the rows of sqlChanges as they arrive. Each change is held back until
 // the next arrives: only then is it known whether it ends the batch.
@@ -148,7 +156,7 @@ func (p *feedPage) begin() error {
 	if err := p.at.set(p.head.since, p.head.incarnation); err != nil && p.head.since != "" {
 		return err
 	}
-	if p.from.incarnation != p.at.incarnation { // read as the statement did: from since only
+	if p.from.incarnation == "" || p.from.incarnation != p.at.incarnation { // read as the statement did: from since only
 		p.from.upto, p.from.after = snapshot{}, 0
 	}
 	p.from.since, p.from.incarnation, p.from.durable = p.at.since, p.at.incarnation, p.at.durable
@@ -176,7 +184,7 @@ func (p *feedPage) finish() (Cursor, bool, error) {
 		next = p.within(p.pending.Task.ID)
 	}
 	p.pending.At = next
-	if err := p.each(p.pending); err != nil {
+	if err := p.each(p.pending); err != nil && !errors.Is(err, errPageFull) {
 		return Cursor{}, false, err
 	}
 	return next, more, nil
@@ -200,12 +208,12 @@ func expired(c Cursor, nowText, horizonText string) bool {
 func (s *Feed) Now(ctx context.Context) (Cursor, error) {
 	var text, incarnation string
 	err := s.row(ctx, func(r pgx.Row) error { return r.Scan(&text, &incarnation) }, `SELECT pg_current_snapshot()::text, `+sqlIncarnation)
-	if err == nil && incarnation == "" {
+	var c Cursor
+	if err == nil {
+		err = c.set(text, incarnation)
+	}
+	if err == nil && c.incarnation == "" {
 		err = s.incarnate(ctx)
 	}
-	if err != nil {
-		return Cursor{}, err
-	}
-	var c Cursor
-	return c, c.set(text, incarnation)
+	return c, err
 }

@@ -304,16 +304,35 @@ func TestACursorFromBeforeACrashCountsFromItsXmin(t *testing.T) {
 	if pages, _ := readFeed(t, s, me, cursor, 100); len(titles(pages)) != 0 {
 		t.Fatalf("the feed from now brought %v", titles(pages))
 	}
-	if _, err := s.pool.Exec(ctx, `DELETE FROM changes_incarnation`); err != nil { // as crash recovery does
-		t.Fatal(err)
+	crash := func() {
+		if _, err := s.pool.Exec(ctx, `DELETE FROM changes_incarnation`); err != nil { // as crash recovery does
+			t.Fatal(err)
+		}
+	}
+	incarnations := func() (n int) {
+		s.pool.QueryRow(ctx, `SELECT count(*) FROM changes_incarnation`).Scan(&n)
+		return n
+	}
+	crash()
+	if _, _, err := listTasks(s, ctx, me, ListQuery{Status: "all", Sort: "created"}); err != nil || incarnations() != 1 {
+		t.Errorf("after the crash, a list (%v) left %d incarnations, want 1", err, incarnations())
 	}
 	pages, next := readFeed(t, s, me, cursor, 100)
 	if got := titles(pages); !reflect.DeepEqual(got, []string{"seen"}) {
 		t.Errorf("after the crash, from the cursor of before it: %v, want [seen] again", got)
 	}
+	// A cursor made between a crash and the next incarnation has none, and is never
+	// taken for the database's, even when the database has none either.
+	crash()
+	none := cursor
+	none.incarnation = ""
+	if pages, _ := readFeed(t, s, me, none, 100); !reflect.DeepEqual(titles(pages), []string{"seen"}) {
+		t.Errorf("from a cursor of no incarnation: %v, want [seen] again", titles(pages))
+	}
 	older.Rollback(ctx)
 	readFeed(t, s, me, next, 100)
-	if c, err := feed.Now(ctx); err != nil || c.incarnation == "" || c.incarnation == cursor.incarnation {
-		t.Errorf("after the crash, Now = %+v, %v: want a new incarnation", c, err)
+	crash()
+	if c, err := feed.Now(ctx); err != nil || incarnations() != 1 || c.incarnation == cursor.incarnation {
+		t.Errorf("after the crash, Now = %+v, %v, %d incarnations: want a new one", c, err, incarnations())
 	}
 }

@@ -129,7 +129,7 @@ const sqlIncarnation = `coalesce((SELECT token FROM changes_incarnation), '') ||
 const sqlMarkDurable = `UPDATE changes_durable SET xid = greatest(xid, pg_current_xact_id())`
 
 // incarnate gives the database an incarnation if it has none. The first reader after a
-// crash does it: a cursor of the empty one matches it only until then, milliseconds.
+// crash does it; a cursor made before then has none, which sqlChanges never trusts.
 func (s *db) incarnate(ctx context.Context) error {
 	return s.row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
 		`WITH made AS (INSERT INTO changes_incarnation (token) VALUES (md5(random()::text || clock_timestamp()::text))

@@ -36,7 +36,7 @@ type Events struct {
 	heartbeat    time.Duration // a comment line at least this often keeps proxies from cutting a stream
 	pollEvery    time.Duration // a read about this often (±50%, so that streams opened together spread), in case a wake-up was lost
 	writeTimeout time.Duration // a page of events that takes longer to reach its client cuts it loose
-	pages        chan struct{} // pages of events in memory at once, instance-wide
+	reading      chan struct{} // streams reading the feed at once, instance-wide
 
 	mu      sync.Mutex
 	streams map[string]map[*stream]bool
@@ -56,11 +56,13 @@ type stream struct {
 }
 
 const (
-	// streamPage is how many changes a stream reads at once, and streamPages how many
-	// such pages the instance holds at once: at most 64 × 100 of the largest events
-	// (7 KiB each) are in memory whatever the number of streams catching up.
-	streamPage  = 100
-	streamPages = 64
+	// A stream reads at most streamPage changes at once, and stops a page at
+	// streamPageBytes of events (one event over at most: 7 KiB): a stream holds at most
+	// that in memory while its client takes it. At most streamReaders streams read at
+	// once; a write to a slow client holds no such place, so slow clients delay no one.
+	streamPage      = 100
+	streamPageBytes = 32 << 10
+	streamReaders   = 64
 )
 
 func newEvents(feed *Feed, log *slog.Logger, maxPerUser, maxTotal int) *Events {
@@ -74,7 +76,7 @@ func newEvents(feed *Feed, log *slog.Logger, maxPerUser, maxTotal int) *Events {
 		// A client this far behind is cut loose: it reconnects from its Last-Event-ID
 		// and loses nothing.
 		writeTimeout: 10 * time.Second,
-		pages:        make(chan struct{}, streamPages),
+		reading:      make(chan struct{}, streamReaders),
 		streams:      map[string]map[*stream]bool{},
 		opened:       make(chan struct{}, 1),
 	}
@@ -280,7 +282,7 @@ func (s *stream) send(cur Cursor, expires time.Time) {
 // once, and returns where it got.
 func (s *stream) sendChanges(cur Cursor) (Cursor, error) {
 	for {
-		s.pages <- struct{}{}
+		s.reading <- struct{}{}
 		buf := getBuffer()
 		var (
 			next Cursor
@@ -294,16 +296,18 @@ func (s *stream) sendChanges(cur Cursor) (Cursor, error) {
 		go func() {
 			defer close(read)
 			next, more, err = s.feed.Changes(context.Background(), s.userID, cur, streamPage, func(c *Change) error {
-				*buf = appendChangeEvent(*buf, c, s.userID)
+				if *buf = appendChangeEvent(*buf, c, s.userID); len(*buf) >= streamPageBytes {
+					return errPageFull
+				}
 				return nil
 			})
 		}()
 		<-read
+		<-s.reading
 		if err == nil && len(*buf) > 0 && !s.write(*buf) {
 			err = errClientGone
 		}
 		putBuffer(buf)
-		<-s.pages
 		if err != nil || !more {
 			return next, err
 		}

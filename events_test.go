@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strings"
 	"taskflow/internal/testkit"
 	"testing"
@@ -496,26 +497,23 @@ func TestASlowClientIsCutLoose(t *testing.T) {
 	es := newEventsServer(t, "", func(e *Events, _ *Wakeups) { e.writeTimeout = 200 * time.Millisecond })
 	me := es.api.newUser(t)
 	fast := es.stream(t, me)
-	// A raw connection that reads nothing; small buffers, so that it backs up soon.
-	conn, err := net.Dial("tcp", strings.TrimPrefix(es.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.(*net.TCPConn).SetReadBuffer(4096)
-	fmt.Fprintf(conn, "GET /api/%s/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", me.id, me.token)
+	conn := es.openUnread(t, me)
 	testkit.WaitFor(t, "two streams", func() bool { return es.streams() == 2 })
 	// The largest task's events are about 7 KB; a page of them fills any socket buffer.
-	var last taskJSON
+	var created, seen []int64
 	for range 120 {
-		last = me.do(t, "POST", "/api/{me}/tasks", testkit.LargestTaskBody()).wantStatus(http.StatusCreated).task()
+		created = append(created, me.do(t, "POST", "/api/{me}/tasks", testkit.LargestTaskBody()).wantStatus(http.StatusCreated).task().ID)
 	}
 	testkit.WaitFor(t, "the slow stream to be dropped", func() bool { return es.streams() == 1 })
-	var seen taskJSON
-	for seen.ID != last.ID {
-		if err := json.Unmarshal([]byte(fast.next(t).Data), &seen); err != nil {
+	for len(seen) < len(created) { // in pages of streamPageBytes: five of these events
+		var task taskJSON
+		if err := json.Unmarshal([]byte(fast.next(t).Data), &task); err != nil {
 			t.Fatal(err)
 		}
+		seen = append(seen, task.ID)
+	}
+	if !reflect.DeepEqual(seen, created) {
+		t.Errorf("the reading stream saw %v, want %v", seen, created)
 	}
 	if _, err := conn.Read(make([]byte, 1<<20)); err == nil {
 		for {
@@ -526,6 +524,42 @@ func TestASlowClientIsCutLoose(t *testing.T) {
 		if !strings.Contains(err.Error(), "reset") {
 			t.Errorf("the dropped stream ended with %v, want a reset (SO_LINGER 0)", err)
 		}
+	}
+}
+
+// openUnread opens u's stream on a raw connection that reads nothing, with small
+// buffers, so that it backs up soon.
+func (es *eventsServer) openUnread(t *testing.T, u *user) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(es.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.(*net.TCPConn).SetReadBuffer(4096)
+	fmt.Fprintf(conn, "GET /api/%s/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", u.id, u.token)
+	return conn
+}
+
+// TestASlowClientDelaysNoOne: a stream whose client has stopped reading holds no place
+// among the streams reading the feed while it waits for its client, so however many
+// such streams there are, the others' events go on. Here there is one place.
+func TestASlowClientDelaysNoOne(t *testing.T) {
+	t.Parallel()
+	es := newEventsServer(t, "", func(e *Events, _ *Wakeups) {
+		e.reading, e.writeTimeout = make(chan struct{}, 1), time.Minute
+	})
+	slow, other := es.api.newUser(t), es.api.newUser(t)
+	es.openUnread(t, slow)
+	testkit.WaitFor(t, "the slow stream", func() bool { return es.streams() == 1 })
+	for range 40 { // 280 KB of events: more than the socket buffers hold
+		slow.do(t, "POST", "/api/{me}/tasks", testkit.LargestTaskBody()).wantStatus(http.StatusCreated)
+	}
+	time.Sleep(300 * time.Millisecond) // for the slow stream to fill its socket and wait
+	fast := es.stream(t, other)        // its ready event needs a read of the feed
+	created := other.do(t, "POST", "/api/{me}/tasks", `{"title":"on time"}`).wantStatus(http.StatusCreated)
+	if ev := fast.next(t); ev.Name != "task.created" || ev.Data != oneLine(created) {
+		t.Fatalf("got %+v, want task.created with %s", ev, oneLine(created))
 	}
 }
 

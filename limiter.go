@@ -17,17 +17,20 @@ type writes struct {
 
 // admit lets a write through within the user's rate. Past it, the write is refused with
 // a 429, unless it is a keyed retry of a write already made: that one is a replay, which
-// writes nothing, and goes through to get its first answer.
+// writes nothing, and goes through to get its first answer. (Finding out costs a read by
+// primary key, as a GET does; reads have no limit.)
 func (g *writes) admit(ctx context.Context, userID string, key *IdempotencyKey) error {
 	if g.limit.allow(userID, time.Now()) {
 		return nil
 	}
-	if key != nil {
-		if _, err := g.store.Replay(ctx, userID, key); !errors.Is(err, ErrNotFound) {
-			return nil // a replay, or an error the write will meet again
-		}
+	if key == nil {
+		return errTooManyWrites
 	}
-	return errTooManyWrites
+	_, err := g.store.Replay(ctx, userID, key)
+	if errors.Is(err, ErrNotFound) {
+		return errTooManyWrites
+	}
+	return err // nil for a replay; else a key reused for another request, or no database
 }
 
 // made wakes the user's streams after a write that changed something.

@@ -266,12 +266,18 @@ var listSQL = func() map[ListQuery]string {
 		for sort, col := range sortBy {
 			for dir, desc := range map[string]bool{"ASC": false, "DESC": true} {
 				// The window aggregates are computed before LIMIT and OFFSET, so the
-				// list's head comes with the first row of the page.
-				m[ListQuery{Status: status, Sort: sort, Desc: desc}] = `SELECT ` + taskColumns + `, count(*) OVER (), ` +
-					versionDigest + ` OVER (), (SELECT pg_current_snapshot()::text), ` + sqlIncarnation + `
-FROM tasks WHERE user_id = $1` + where + `
-ORDER BY ` + col + ` ` + dir + `, id ` + dir + `
-LIMIT $2 OFFSET $3`
+				// list's head comes with the first row of the page. An empty page is one
+				// row of the head alone, task id 0, read in the same snapshot (its
+				// aggregate runs only then).
+				m[ListQuery{Status: status, Sort: sort, Desc: desc}] = `WITH page AS (
+    SELECT ` + taskColumns + `, count(*) OVER (), ` + versionDigest + ` OVER () FROM tasks WHERE user_id = $1` + where + `
+    ORDER BY ` + col + ` ` + dir + `, id ` + dir + ` LIMIT $2 OFFSET $3
+), head AS (SELECT pg_current_snapshot()::text AS snapshot, ` + sqlIncarnation + ` AS incarnation)
+SELECT page.*, head.* FROM page, head
+UNION ALL
+SELECT 0, '', '', NULL, false, 'epoch', 'epoch', 0, total, digest, head.*
+FROM (SELECT count(*) AS total, coalesce(` + versionDigest + `, 0) AS digest FROM tasks WHERE user_id = $1` + where + `) AS whole, head
+WHERE NOT EXISTS (SELECT FROM page)`
 			}
 		}
 	}
@@ -291,11 +297,10 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 		limit = &q.Limit
 	}
 	var (
-		t      Task
-		h      ListHead
-		snap   string
-		inc    string // the incarnation of the feed the list was read in
-		headed bool
+		t         Task
+		h         ListHead
+		snap, inc string
+		headed    bool
 	)
 	err := s.query(ctx, func(rows pgx.Rows) error {
 		if err := scanTask(rows, &t, &h.Total, &h.Digest, &snap, &inc); err != nil {
@@ -310,24 +315,12 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 				return err
 			}
 		}
+		if t.ID == 0 { // an empty page
+			return nil
+		}
 		return each(&t)
 	}, query, userID, limit, q.Offset)
-	if err == nil && !headed {
-		// An empty page has no row to carry the head, which a statement of its own reads.
-		// If the page is empty in that statement's snapshot too, the list is as of it; if
-		// tasks came into the page meanwhile, the cursor is the feed's beginning, which
-		// misses nothing (a full sync).
-		err = s.row(ctx, func(r pgx.Row) error { return r.Scan(&h.Total, &h.Digest, &snap, &inc) },
-			`SELECT count(*), coalesce(`+versionDigest+`, 0), pg_current_snapshot()::text, `+sqlIncarnation+`
-FROM tasks WHERE user_id = $1`+statusFilter[q.Status], userID)
-		if err == nil && h.Total <= q.Offset {
-			err = h.At.set(snap, inc)
-		}
-		if err == nil {
-			err = head(h)
-		}
-	}
-	if err == nil && inc == "" {
+	if err == nil && h.At.incarnation == "" {
 		s.incarnate(ctx) //nolint:errcheck // the first reader after a crash makes one; the next tries again
 	}
 	return err
