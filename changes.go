@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"time"
 
@@ -33,6 +34,17 @@ type Feed struct {
 func (f *Feed) PruneTombstones(ctx context.Context) (int64, error) {
 	return f.pruneBatches(ctx, sqlPruneTombstones, f.retention)
 }
+
+// sqlPruneTombstones deletes at most pruneBatch tombstones older than $1, moves the
+// horizon past them, and returns how many it deleted.
+var sqlPruneTombstones = fmt.Sprintf(`WITH gone AS (
+    DELETE FROM task_tombstones WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM task_tombstones WHERE deleted_at < now() - $1::interval
+        LIMIT %d FOR UPDATE SKIP LOCKED))
+    RETURNING changed_xid
+)
+UPDATE changes_horizon SET xid = greatest(xid, (SELECT max(changed_xid) FROM gone))
+WHERE EXISTS (SELECT FROM gone) RETURNING (SELECT count(*) FROM gone)`, pruneBatch)
 
 // A Change is one task's latest state in the feed, or its deletion.
 type Change struct {
@@ -84,24 +96,22 @@ FROM at LEFT JOIN page ON true ORDER BY page.id`
 // waiting already. each may end the page early by returning errPageFull. A cursor older
 // than the feed keeps is ErrCursorExpired, returned with a cursor at the present, from
 // which a client that has listed again may go on.
-func (s *Feed) Changes(ctx context.Context, userID string, from Cursor, limit int, each func(*Change) error) (Cursor, bool, error) {
+func (f *Feed) Changes(ctx context.Context, userID string, from Cursor, limit int, each func(*Change) error) (Cursor, bool, error) {
 	var durable any // NULL unless set
 	if from.durable != 0 {
 		durable = strconv.FormatUint(from.durable, 10)
 	}
 	p := &feedPage{from: from, limit: limit, each: each}
-	err := s.query(ctx, p.add, sqlChanges, userID, from.since.arg(), from.upto.arg(), from.after, limit+1, from.incarnation, durable)
-	if p.at.incarnation == "" && err == nil {
-		err = s.incarnate(ctx)
+	err := f.query(ctx, p.add, sqlChanges, userID, from.since.arg(), from.upto.arg(), from.after, limit+1, from.incarnation, durable)
+	if err == nil && p.from.incarnation == "" {
+		err = f.incarnate(ctx)
 	}
-	if errors.Is(err, ErrCursorExpired) {
-		now, _ := parseSnapshot(p.head.now) // parsed once already in expired
-		return Cursor{incarnation: p.at.incarnation, durable: p.at.durable, since: now}, false, err
-	}
-	if errors.Is(err, errPageFull) {
+	switch {
+	case errors.Is(err, ErrCursorExpired):
+		return Cursor{incarnation: p.from.incarnation, durable: p.from.durable, since: p.now}, false, err
+	case errors.Is(err, errPageFull):
 		return p.pending.At, true, nil
-	}
-	if err != nil {
+	case err != nil:
 		return Cursor{}, false, err
 	}
 	return p.finish()
@@ -113,12 +123,12 @@ var errPageFull = errors.New("page full")
 // A feedPage gathers the rows of sqlChanges as they arrive. Each change is held back until
 // the next arrives: only then is it known whether it ends the batch.
 type feedPage struct {
-	from    Cursor
+	from    Cursor // after the first row, as the statement read it
 	limit   int
 	each    func(*Change) error
 	head    struct{ upto, now, horizon, since, incarnation string } // on every row
-	at      Cursor                                                  // the incarnation and the since the statement read by
 	end     snapshot                                                // the batch's: upto
+	now     snapshot
 	pending *Change
 	n       int
 }
@@ -149,18 +159,25 @@ func (p *feedPage) add(rows pgx.Rows) error {
 
 // begin reads, from the first row, the batch's end and what the statement read from.
 func (p *feedPage) begin() error {
-	var err error
-	if p.end, err = parseSnapshot(p.head.upto); err != nil {
+	var (
+		at               Cursor
+		horizon          uint64
+		err1, err2, err3 error
+	)
+	p.end, err1 = parseSnapshot(p.head.upto)
+	p.now, err2 = parseSnapshot(p.head.now)
+	horizon, err3 = strconv.ParseUint(p.head.horizon, 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil {
 		return err
 	}
-	if err := p.at.set(p.head.since, p.head.incarnation); err != nil && p.head.since != "" {
+	if err := at.set(p.head.since, p.head.incarnation); err != nil && p.head.since != "" { // "": a full sync
 		return err
 	}
-	if p.from.incarnation == "" || p.from.incarnation != p.at.incarnation { // read as the statement did: from since only
+	if p.from.incarnation == "" || p.from.incarnation != at.incarnation { // read as the statement did: from since only
 		p.from.upto, p.from.after = snapshot{}, 0
 	}
-	p.from.since, p.from.incarnation, p.from.durable = p.at.since, p.at.incarnation, p.at.durable
-	if expired(p.from, p.head.now, p.head.horizon) {
+	p.from.since, p.from.incarnation, p.from.durable = at.since, at.incarnation, at.durable
+	if expired(p.from, p.now, horizon) {
 		return ErrCursorExpired
 	}
 	return nil
@@ -175,7 +192,7 @@ func (p *feedPage) within(id int64) Cursor {
 
 // finish hands on the last change and says where the feed goes on.
 func (p *feedPage) finish() (Cursor, bool, error) {
-	next := Cursor{incarnation: p.at.incarnation, durable: p.at.durable, since: p.end}
+	next := Cursor{incarnation: p.from.incarnation, durable: p.from.durable, since: p.end}
 	if p.pending == nil {
 		return next, false, nil
 	}
@@ -194,26 +211,21 @@ func (p *feedPage) finish() (Cursor, bool, error) {
 // tombstones pruning removed (up to the horizon) must all be older than its since, whose
 // transactions, like upto's, must not be newer than the database has made (a cursor from
 // another database, or from before a restore).
-func expired(c Cursor, nowText, horizonText string) bool {
-	now, err1 := parseSnapshot(nowText)
-	horizon, err2 := strconv.ParseUint(horizonText, 10, 64)
-	if err1 != nil || err2 != nil {
-		return true
-	}
+func expired(c Cursor, now snapshot, horizon uint64) bool {
 	return c.since.xmin != 0 && horizon >= c.since.xmin || c.since.xmax > now.xmax || c.upto.xmax > now.xmax
 }
 
 // Now is a cursor at the present: a stream that starts there sends nothing committed
 // before it.
-func (s *Feed) Now(ctx context.Context) (Cursor, error) {
+func (f *Feed) Now(ctx context.Context) (Cursor, error) {
 	var text, incarnation string
-	err := s.row(ctx, func(r pgx.Row) error { return r.Scan(&text, &incarnation) }, `SELECT pg_current_snapshot()::text, `+sqlIncarnation)
+	err := f.row(ctx, func(r pgx.Row) error { return r.Scan(&text, &incarnation) }, `SELECT pg_current_snapshot()::text, `+sqlIncarnation)
 	var c Cursor
 	if err == nil {
 		err = c.set(text, incarnation)
 	}
 	if err == nil && c.incarnation == "" {
-		err = s.incarnate(ctx)
+		err = f.incarnate(ctx)
 	}
 	return c, err
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -8,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // A snapshot is a pg_snapshot: it shows the transactions below xmin, and those below xmax
@@ -121,4 +124,20 @@ func decodeCursor(userID, text string) (Cursor, error) {
 func userTag(userID string) []byte {
 	sum := sha256.Sum256([]byte(userID))
 	return sum[:4]
+}
+
+// sqlIncarnation is the database's incarnation for the feed and its id known on disk
+// (changes_incarnation and changes_durable in schema.sql), in a cursor's form ("token/xid");
+// the token is "" just after a crash, until incarnate makes one.
+const sqlIncarnation = `coalesce((SELECT token FROM changes_incarnation), '') || '/' || (SELECT xid FROM changes_durable)`
+
+// sqlMarkDurable, in a statement that commits, moves the id known on disk on to its own.
+const sqlMarkDurable = `UPDATE changes_durable SET xid = greatest(xid, pg_current_xact_id())`
+
+// incarnate gives the database an incarnation if it has none. The first reader after a
+// crash does it; a cursor made before then has none, which sqlChanges never trusts.
+func (s *db) incarnate(ctx context.Context) error {
+	return s.row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
+		`WITH made AS (INSERT INTO changes_incarnation (token) VALUES (md5(random()::text || clock_timestamp()::text))
+    ON CONFLICT DO NOTHING RETURNING 1), marked AS (`+sqlMarkDurable+`) SELECT count(*) FROM made`)
 }

@@ -120,22 +120,6 @@ func openDB(ctx context.Context, cfg *pgxpool.Config, timeout time.Duration, log
 
 func (s *db) Close() { s.pool.Close() }
 
-// sqlIncarnation is the database's incarnation for the feed and its id known on disk
-// (changes_incarnation and changes_durable in schema.sql), in a cursor's form ("token/xid");
-// the token is "" just after a crash, until incarnate makes one.
-const sqlIncarnation = `coalesce((SELECT token FROM changes_incarnation), '') || '/' || (SELECT xid FROM changes_durable)`
-
-// sqlMarkDurable, in a statement that commits, moves the id known on disk on to its own.
-const sqlMarkDurable = `UPDATE changes_durable SET xid = greatest(xid, pg_current_xact_id())`
-
-// incarnate gives the database an incarnation if it has none. The first reader after a
-// crash does it; a cursor made before then has none, which sqlChanges never trusts.
-func (s *db) incarnate(ctx context.Context) error {
-	return s.row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
-		`WITH made AS (INSERT INTO changes_incarnation (token) VALUES (md5(random()::text || clock_timestamp()::text))
-    ON CONFLICT DO NOTHING RETURNING 1), marked AS (`+sqlMarkDurable+`) SELECT count(*) FROM made`)
-}
-
 // Ping reports whether the database answers within the deadline.
 func (s *db) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
@@ -293,4 +277,27 @@ func connectionLost(err error) bool {
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) ||
 		pgconn.SafeToRetry(err)
+}
+
+// pruneBatch is how many rows a pruning statement deletes at most.
+const pruneBatch = 5000
+
+// pruneBatches runs a pruning statement until it prunes less than a whole batch, each a
+// short transaction, under a deadline of its own: it holds no lock for long, and two
+// instances pruning at once skip each other's rows.
+func (s *db) pruneBatches(ctx context.Context, sql string, args ...any) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var total int64
+	for ctx.Err() == nil {
+		var n int64
+		err := s.row(ctx, func(r pgx.Row) error { return r.Scan(&n) }, sql, args...)
+		if errors.Is(err, ErrNotFound) { // the tombstones' statement has no row when it pruned none
+			err = nil
+		}
+		if total += n; err != nil || n < pruneBatch {
+			return total, err
+		}
+	}
+	return total, translate(ctx, ctx.Err())
 }

@@ -48,7 +48,7 @@ type Events struct {
 
 // stream is one open event stream, which a goroutine of its own writes (send).
 type stream struct {
-	*Events
+	events *Events
 	userID string
 	conn   net.Conn
 	wake   chan struct{} // the user's feed has more (a flag: capacity one)
@@ -155,7 +155,7 @@ func (e *Events) subscribe(userID string) (*stream, error) {
 	if err := e.admitsLocked(userID); err != nil {
 		return nil, err
 	}
-	s := &stream{Events: e, userID: userID, wake: make(chan struct{}, 1), gone: make(chan struct{})}
+	s := &stream{events: e, userID: userID, wake: make(chan struct{}, 1), gone: make(chan struct{})}
 	if e.streams[userID] == nil {
 		e.streams[userID] = map[*stream]bool{}
 	}
@@ -213,7 +213,7 @@ func (e *Events) Serve(w http.ResponseWriter, userID string, from Cursor, expire
 		// The client went, or the connection is not HTTP/1 (this server speaks no
 		// other). The stream has begun, so there is no error to answer: it ends, and an
 		// EventSource reconnects.
-		s.unsubscribe(s)
+		s.events.unsubscribe(s)
 		return nil
 	}
 	go s.send(from, expires)
@@ -229,9 +229,9 @@ func (s *stream) send(cur Cursor, expires time.Time) {
 			closeAtOnce(s.conn)
 		}
 		s.conn.Close()
-		s.unsubscribe(s)
+		s.events.unsubscribe(s)
 	}()
-	tuneStream(s.conn, 2*s.heartbeat)
+	tuneStream(s.conn, 2*s.events.heartbeat)
 	// The answer said Connection: close, so the client has nothing more to send: its
 	// closing the connection, or any byte it sends anyway, ends the stream.
 	left := make(chan struct{})
@@ -239,7 +239,7 @@ func (s *stream) send(cur Cursor, expires time.Time) {
 		s.conn.Read(make([]byte, 1)) //nolint:errcheck // any outcome means the same
 		close(left)
 	}()
-	beat, poll, expiry := time.NewTicker(s.heartbeat), time.NewTimer(0), time.NewTimer(time.Until(expires))
+	beat, poll, expiry := time.NewTicker(s.events.heartbeat), time.NewTimer(0), time.NewTimer(time.Until(expires))
 	defer beat.Stop()
 	defer poll.Stop()
 	defer expiry.Stop()
@@ -274,7 +274,7 @@ func (s *stream) send(cur Cursor, expires time.Time) {
 				return
 			}
 		}
-		poll.Reset(s.pollEvery/2 + rand.N(s.pollEvery))
+		poll.Reset(s.events.pollEvery/2 + rand.N(s.events.pollEvery))
 	}
 }
 
@@ -282,7 +282,7 @@ func (s *stream) send(cur Cursor, expires time.Time) {
 // once, and returns where it got.
 func (s *stream) sendChanges(cur Cursor) (Cursor, error) {
 	for {
-		s.reading <- struct{}{}
+		s.events.reading <- struct{}{}
 		buf := getBuffer()
 		var (
 			next Cursor
@@ -295,7 +295,7 @@ func (s *stream) sendChanges(cur Cursor) (Cursor, error) {
 		// held 264 MiB instead of 195; make bench-live).
 		go func() {
 			defer close(read)
-			next, more, err = s.feed.Changes(context.Background(), s.userID, cur, streamPage, func(c *Change) error {
+			next, more, err = s.events.feed.Changes(context.Background(), s.userID, cur, streamPage, func(c *Change) error {
 				if *buf = appendChangeEvent(*buf, c, s.userID); len(*buf) >= streamPageBytes {
 					return errPageFull
 				}
@@ -303,7 +303,7 @@ func (s *stream) sendChanges(cur Cursor) (Cursor, error) {
 			})
 		}()
 		<-read
-		<-s.reading
+		<-s.events.reading
 		if err == nil && len(*buf) > 0 && !s.write(*buf) {
 			err = errClientGone
 		}
@@ -319,7 +319,7 @@ var errClientGone = errors.New("the client stopped taking events")
 
 // write sends a frame within writeTimeout.
 func (s *stream) write(frame []byte) bool {
-	s.conn.SetWriteDeadline(time.Now().Add(s.writeTimeout)) //nolint:errcheck // fails only on a closed connection, as the write then does
+	s.conn.SetWriteDeadline(time.Now().Add(s.events.writeTimeout)) //nolint:errcheck // fails only on a closed connection, as the write then does
 	_, err := s.conn.Write(frame)
 	return err == nil
 }

@@ -194,32 +194,27 @@ func handleGetTask(store *Store) userHandler {
 	}
 }
 
-// taskWrite reads what every write to one task starts with: its id, its conditions and,
-// for a keyed write (the toggle), its Idempotency-Key; and admits it within the rate.
-func taskWrite(r *http.Request, who caller, writes *writes, keyed bool) (id int64, cond Condition, key *IdempotencyKey, err error) {
-	if id, err = taskID(r); err != nil {
-		return
+// readTarget reads the task a write is for and the conditions it is made on.
+func readTarget(r *http.Request) (int64, Condition, error) {
+	id, err := taskID(r)
+	if err != nil {
+		return 0, Condition{}, err
 	}
-	if cond, err = readCondition(r); err != nil {
-		return
-	}
-	if keyed {
-		if key, err = readIdempotencyKey(r, nil); err != nil {
-			return
-		}
-	}
-	err = writes.admit(r.Context(), who.userID, key)
-	return
+	cond, err := readCondition(r)
+	return id, cond, err
 }
 
 func handleUpdateTask(store *Store, writes *writes) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
+		id, cond, err := readTarget(r)
+		if err != nil {
+			return err
+		}
 		patch, err := readPatch(w, r)
 		if err != nil {
 			return err
 		}
-		id, cond, _, err := taskWrite(r, who, writes, false)
-		if err != nil {
+		if err := writes.admit(r.Context(), who.userID, nil); err != nil {
 			return err
 		}
 		t, err := store.UpdateTask(r.Context(), who.userID, id, patch, cond)
@@ -234,8 +229,11 @@ func handleUpdateTask(store *Store, writes *writes) userHandler {
 
 func handleDeleteTask(store *Store, writes *writes) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
-		id, cond, _, err := taskWrite(r, who, writes, false)
+		id, cond, err := readTarget(r)
 		if err != nil {
+			return err
+		}
+		if err := writes.admit(r.Context(), who.userID, nil); err != nil {
 			return err
 		}
 		if err := store.DeleteTask(r.Context(), who.userID, id, cond); err != nil {
@@ -249,8 +247,15 @@ func handleDeleteTask(store *Store, writes *writes) userHandler {
 
 func handleToggleTask(store *Store, writes *writes) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
-		id, cond, key, err := taskWrite(r, who, writes, true)
+		id, cond, err := readTarget(r)
 		if err != nil {
+			return err
+		}
+		key, err := readIdempotencyKey(r, nil)
+		if err != nil {
+			return err
+		}
+		if err := writes.admit(r.Context(), who.userID, key); err != nil {
 			return err
 		}
 		t, replayed, err := store.ToggleTask(r.Context(), who.userID, id, cond, key)

@@ -47,7 +47,7 @@ type TaskPatch struct {
 // empty (no existing task passes it). The task must be in none of NoneMatch.
 type Condition struct{ Match, NoneMatch []int64 }
 
-func (c Condition) set() bool { return c.Match != nil || c.NoneMatch != nil }
+func (c Condition) given() bool { return c.Match != nil || c.NoneMatch != nil }
 
 // IdempotencyKey is a create's or a toggle's Idempotency-Key, with the fingerprint of the
 // request that carried it.
@@ -184,7 +184,7 @@ func (s *Store) keyed(ctx context.Context, userID string, key *IdempotencyKey, t
 // notFoundOrChanged tells, when a conditional write found no row, whether the task is
 // missing (ErrNotFound) or fails the condition (ErrPrecondition); other errors pass.
 func (s *Store) notFoundOrChanged(ctx context.Context, userID string, id int64, cond Condition, err error) error {
-	if !cond.set() || !errors.Is(err, ErrNotFound) {
+	if !cond.given() || !errors.Is(err, ErrNotFound) {
 		return err
 	}
 	var exists bool
@@ -331,42 +331,10 @@ func (s *Store) PruneKeys(ctx context.Context) (int64, error) {
 	return s.pruneBatches(ctx, sqlPruneKeys)
 }
 
-// pruneBatches runs a pruning statement until it prunes less than a whole batch, each a
-// short transaction, under a deadline of its own: it holds no lock for long, and two
-// instances pruning at once skip each other's rows.
-func (s *db) pruneBatches(ctx context.Context, sql string, args ...any) (int64, error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	var total int64
-	for ctx.Err() == nil {
-		var n int64
-		err := s.row(ctx, func(r pgx.Row) error { return r.Scan(&n) }, sql, args...)
-		if errors.Is(err, ErrNotFound) { // the tombstones' statement has no row when it pruned none
-			err = nil
-		}
-		if total += n; err != nil || n < pruneBatch {
-			return total, err
-		}
-	}
-	return total, translate(ctx, ctx.Err())
-}
-
-const pruneBatch = 5000
-
-// The pruning statements delete at most pruneBatch rows and return how many they did.
-var (
-	sqlPruneKeys = fmt.Sprintf(`WITH gone AS (
+// sqlPruneKeys deletes at most pruneBatch keys and returns how many it did.
+var sqlPruneKeys = fmt.Sprintf(`WITH gone AS (
     DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
         SELECT ctid FROM idempotency_keys WHERE created_at < now() - interval '24 hours'
         LIMIT %d FOR UPDATE SKIP LOCKED))
     RETURNING 1
 ) SELECT count(*) FROM gone`, pruneBatch)
-	sqlPruneTombstones = fmt.Sprintf(`WITH gone AS (
-    DELETE FROM task_tombstones WHERE ctid = ANY (ARRAY(
-        SELECT ctid FROM task_tombstones WHERE deleted_at < now() - $1::interval
-        LIMIT %d FOR UPDATE SKIP LOCKED))
-    RETURNING changed_xid
-)
-UPDATE changes_horizon SET xid = greatest(xid, (SELECT max(changed_xid) FROM gone))
-WHERE EXISTS (SELECT FROM gone) RETURNING (SELECT count(*) FROM gone)`, pruneBatch)
-)
