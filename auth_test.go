@@ -289,11 +289,12 @@ func TestAuthenticatedResponsesAreNotStored(t *testing.T) {
 	api := newTestAPI(noDatabase(t))
 	me := api.newUser(t)
 	for _, req := range []request{
-		{method: "GET", path: "/api/" + me.id + "/tasks"},                               // 401
-		{method: "GET", path: "/api/someone-else/tasks", token: me.token},               // 403
-		{method: "GET", path: "/api/" + me.id + "/tasks/x", token: me.token},            // 400
-		{method: "GET", path: "/api/" + me.id + "/tasks/1", token: me.token},            // 503 here
-		{method: "POST", path: "/api/" + me.id + "/tasks", body: "{}", token: me.token}, // 422
+		{method: "GET", path: "/api/" + me.id + "/tasks"},                                                                                                               // 401
+		{method: "GET", path: "/api/someone-else/tasks", token: me.token},                                                                                               // 403
+		{method: "GET", path: "/api/" + me.id + "/tasks/x", token: me.token},                                                                                            // 400
+		{method: "GET", path: "/api/" + me.id + "/tasks/1", token: me.token},                                                                                            // 503 here
+		{method: "POST", path: "/api/" + me.id + "/tasks", body: "{}", token: me.token},                                                                                 // 422
+		{method: "GET", path: "/api/" + me.id + "/events", token: me.token, header: map[string]string{"Origin": "https://evil.example", "Accept": "text/event-stream"}}, // 403
 	} {
 		if got := api.do(t, req).Header().Get("Cache-Control"); got != "no-store" {
 			t.Errorf("%s %s: Cache-Control %q, want no-store", req.method, req.path, got)

@@ -69,9 +69,9 @@ func (c *Change) Created() bool { return !c.Deleted && c.Task.CreatedAt.Equal(c.
 // non-HOT (docs/performance.md).
 const sqlChanges = `WITH head AS MATERIALIZED (
     SELECT coalesce((SELECT token FROM changes_incarnation), '') AS incarnation, pg_current_snapshot() AS now,
-           (SELECT xid FROM changes_horizon) AS horizon, (SELECT xid FROM changes_durable) AS durable
+           (SELECT xid FROM changes_horizon) AS horizon, database, xid AS durable FROM changes_durable
 ), at AS MATERIALIZED (
-    SELECT incarnation, durable, now, horizon, CASE WHEN same THEN $2::pg_snapshot
+    SELECT database, incarnation, durable, now, horizon, CASE WHEN same THEN $2::pg_snapshot
                ELSE (least(pg_snapshot_xmin($2), $7::xid8) || ':' || least(pg_snapshot_xmin($2), $7::xid8) || ':')::pg_snapshot END AS since,
            CASE WHEN same THEN coalesce($3::pg_snapshot, now) ELSE now END AS upto,
            CASE WHEN same THEN $4::bigint ELSE 0 END AS from_id
@@ -88,7 +88,7 @@ const sqlChanges = `WITH head AS MATERIALIZED (
 )
 SELECT coalesce(id, 0), coalesce(user_id, ''), coalesce(title, ''), description, coalesce(completed, false),
     coalesce(created_at, 'epoch'), coalesce(updated_at, 'epoch'), coalesce(version, 0), coalesce(deleted, false),
-    upto::text, now::text, horizon::text, coalesce(since::text, ''), incarnation || '/' || durable
+    upto::text, now::text, horizon::text, coalesce(since::text, ''), database || '/' || incarnation || '/' || durable
 FROM at LEFT JOIN page ON true ORDER BY page.id`
 
 // Changes reads one page of userID's feed after from, at most limit changes, and hands
@@ -108,7 +108,7 @@ func (f *Feed) Changes(ctx context.Context, userID string, from Cursor, limit in
 	}
 	switch {
 	case errors.Is(err, ErrCursorExpired):
-		return Cursor{incarnation: p.from.incarnation, durable: p.from.durable, since: p.now}, false, err
+		return p.from.from(p.now), false, err
 	case errors.Is(err, errPageFull):
 		return p.pending.At, true, nil
 	case err != nil:
@@ -173,11 +173,13 @@ func (p *feedPage) begin() error {
 	if err := at.set(p.head.since, p.head.incarnation); err != nil && p.head.since != "" { // "": a full sync
 		return err
 	}
-	if p.from.incarnation == "" || p.from.incarnation != at.incarnation { // read as the statement did: from since only
-		p.from.upto, p.from.after = snapshot{}, 0
+	if p.from.incarnation != "" && p.from.incarnation == at.incarnation { // else read from since only, as the statement did
+		at.upto, at.after = p.from.upto, p.from.after
 	}
-	p.from.since, p.from.incarnation, p.from.durable = at.since, at.incarnation, at.durable
-	if expired(p.from, p.now, horizon) {
+	// A cursor of another database, or one that knew of more on disk than the database
+	// now has (a restore, a failover that lost commits), cannot be followed.
+	foreign := p.from.database != "" && (p.from.database != at.database || p.from.durable > at.durable)
+	if p.from = at; foreign || expired(at, p.now, horizon) {
 		return ErrCursorExpired
 	}
 	return nil
@@ -192,7 +194,7 @@ func (p *feedPage) within(id int64) Cursor {
 
 // finish hands on the last change and says where the feed goes on.
 func (p *feedPage) finish() (Cursor, bool, error) {
-	next := Cursor{incarnation: p.from.incarnation, durable: p.from.durable, since: p.end}
+	next := p.from.from(p.end)
 	if p.pending == nil {
 		return next, false, nil
 	}

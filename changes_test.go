@@ -7,10 +7,12 @@ import (
 	"net/http"
 	"net/url"
 	"reflect"
+	"strconv"
 	"strings"
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 )
 
 func TestCursorsAreOpaqueAndBelongToTheirUser(t *testing.T) {
@@ -334,5 +336,37 @@ func TestACursorFromBeforeACrashCountsFromItsXmin(t *testing.T) {
 	crash()
 	if c, err := feed.Now(ctx); err != nil || incarnations() != 1 || c.incarnation == cursor.incarnation {
 		t.Errorf("after the crash, Now = %+v, %v, %d incarnations: want a new one", c, err, incarnations())
+	}
+}
+
+// TestACursorOfAnotherDatabaseIs410: a cursor from another database, or one that knew of
+// more on disk than the database now has (a restore, a failover that lost commits),
+// would miss or invent changes; it is told to list again. It changes the database's
+// identity for the whole run, so it is not parallel.
+func TestACursorOfAnotherDatabaseIs410(t *testing.T) {
+	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
+	feed := testFeed(s)
+	mustCreate(t, s, me, "here", nil)
+	cursor, err := feed.Now(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := feed.Changes(ctx, me, cursor, 10, func(*Change) error { return nil }); err != nil {
+		t.Fatalf("the cursor of this database: %v", err)
+	}
+	for _, c := range []struct{ name, change, undo string }{
+		{"another database", `UPDATE changes_durable SET database = 'another'`, `UPDATE changes_durable SET database = '` + cursor.database + `'`},
+		{"a restore", `UPDATE changes_durable SET xid = '3'`, `UPDATE changes_durable SET xid = greatest(xid, '` + strconv.FormatUint(cursor.durable, 10) + `')`},
+	} {
+		if _, err := s.pool.Exec(ctx, c.change); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := feed.Changes(ctx, me, cursor, 10, func(*Change) error { return nil })
+		if _, undo := s.pool.Exec(ctx, c.undo); undo != nil {
+			t.Fatal(undo)
+		}
+		if !errors.Is(err, ErrCursorExpired) {
+			t.Errorf("after %s: %v, want ErrCursorExpired", c.name, err)
+		}
 	}
 }

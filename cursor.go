@@ -74,7 +74,8 @@ func (s snapshot) valid() bool {
 
 // A Cursor is a place in one user's feed.
 type Cursor struct {
-	incarnation string   // the database's when the cursor was made (changes_incarnation in schema.sql)
+	database    string   // the database's identity (changes_durable in schema.sql)
+	incarnation string   // the database's when the cursor was made (changes_incarnation)
 	durable     uint64   // a transaction id then known to be on disk (changes_durable)
 	since       snapshot // every change it shows was delivered; zero: none was (a full sync)
 	upto        snapshot // while a batch (since, upto] is paged, the batch's end; else zero
@@ -82,19 +83,36 @@ type Cursor struct {
 }
 
 // set places the cursor where everything a snapshot shows, given in pg_snapshot's text
-// form, was delivered, in an incarnation given as sqlIncarnation reads it.
+// form, was delivered, in a database and incarnation given as sqlIncarnation reads them.
 func (c *Cursor) set(snapshotText, incarnation string) error {
 	s, err := parseSnapshot(snapshotText)
-	token, durable, _ := strings.Cut(incarnation, "/")
-	d, err2 := strconv.ParseUint(durable, 10, 64)
-	*c = Cursor{incarnation: token, durable: d, since: s}
-	return errors.Join(err, err2)
+	*c = Cursor{since: s}
+	return errors.Join(err, c.setIncarnation(incarnation))
+}
+
+// setIncarnation reads "database/incarnation/durable".
+func (c *Cursor) setIncarnation(text string) error {
+	parts := strings.Split(text, "/")
+	if len(parts) != 3 {
+		return errBadCursor
+	}
+	var err error
+	c.database, c.incarnation = parts[0], parts[1]
+	c.durable, err = strconv.ParseUint(parts[2], 10, 64)
+	return err
+}
+
+// from is a cursor at since, in c's database and incarnation.
+func (c Cursor) from(since snapshot) Cursor {
+	return Cursor{database: c.database, incarnation: c.incarnation, durable: c.durable, since: since}
 }
 
 // Encode is the cursor as the opaque string clients hold: its format, a tag of the user it
-// belongs to, the incarnation, and the snapshots as PostgreSQL writes them, in base64url.
+// belongs to, the database and incarnation, and the snapshots as PostgreSQL writes them,
+// in base64url.
 func (c Cursor) Encode(userID string) string {
-	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "1|%x|%s/%d|%s|%s|%d", userTag(userID), c.incarnation, c.durable, c.since, c.upto, c.after))
+	return base64.RawURLEncoding.EncodeToString(fmt.Appendf(nil, "1|%x|%s/%s/%d|%s|%s|%d",
+		userTag(userID), c.database, c.incarnation, c.durable, c.since, c.upto, c.after))
 }
 
 // decodeCursor reads a cursor given by userID; one that is malformed, or that belongs to
@@ -107,9 +125,7 @@ func decodeCursor(userID, text string) (Cursor, error) {
 		return c, errBadCursor
 	}
 	var errs [4]error
-	incarnation, durable, _ := strings.Cut(parts[2], "/")
-	c.incarnation = incarnation
-	c.durable, errs[3] = strconv.ParseUint(durable, 10, 64)
+	errs[3] = c.setIncarnation(parts[2])
 	c.since, errs[0] = parseSnapshot(parts[3])
 	c.upto, errs[1] = parseSnapshot(parts[4])
 	c.after, errs[2] = strconv.ParseInt(parts[5], 10, 64)
@@ -126,10 +142,10 @@ func userTag(userID string) []byte {
 	return sum[:4]
 }
 
-// sqlIncarnation is the database's incarnation for the feed and its id known on disk
-// (changes_incarnation and changes_durable in schema.sql), in a cursor's form ("token/xid");
-// the token is "" just after a crash, until incarnate makes one.
-const sqlIncarnation = `coalesce((SELECT token FROM changes_incarnation), '') || '/' || (SELECT xid FROM changes_durable)`
+// sqlIncarnation is the database's identity, its incarnation for the feed and its id known
+// on disk (changes_durable and changes_incarnation in schema.sql), in a cursor's form
+// ("database/token/xid"); the token is "" just after a crash, until incarnate makes one.
+const sqlIncarnation = `(SELECT database || '/' || coalesce((SELECT token FROM changes_incarnation), '') || '/' || xid FROM changes_durable)`
 
 // sqlMarkDurable, in a statement that commits, moves the id known on disk on to its own.
 const sqlMarkDurable = `UPDATE changes_durable SET xid = greatest(xid, pg_current_xact_id())`

@@ -49,6 +49,7 @@ var (
 	errBadCursor        = &apiError{status: http.StatusBadRequest, detail: "the cursor is not one this API gave to this user"}
 	errCreateIfMatch    = &apiError{status: http.StatusPreconditionFailed, detail: "If-Match cannot hold on a create: the task does not exist yet"}
 	errTooManyWrites    = &apiError{status: http.StatusTooManyRequests, detail: "too many writes for this user (MAX_WRITES_PER_USER); retry after Retry-After seconds", retryAfter: 1}
+	errTooManyReads     = &apiError{status: http.StatusTooManyRequests, detail: "too many lists and pages of changes in progress for this user", retryAfter: 1}
 	errTooManyStreams   = &apiError{status: http.StatusTooManyRequests, detail: "too many open event streams for this user (MAX_STREAMS_PER_USER)", retryAfter: 5}
 	errStreamsFull      = &apiError{status: http.StatusServiceUnavailable, detail: "this server holds all the event streams it may (MAX_STREAMS); try again shortly", retryAfter: 5}
 	errShuttingDown     = &apiError{status: http.StatusServiceUnavailable, detail: "the server is shutting down"}

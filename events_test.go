@@ -387,6 +387,8 @@ func TestAStreamCanAuthenticateInItsQuery(t *testing.T) {
 		{"/api/someone-else/events?access_token=" + me.token, nil, http.StatusForbidden},
 		{"/api/" + me.id + "/tasks?access_token=" + me.token, nil, http.StatusUnauthorized}, // events only
 		{"/api/" + me.id + "/events?access_token=" + me.token, map[string]string{"Origin": "https://evil.example", "Accept": "text/event-stream"}, http.StatusForbidden},
+		{"/api/" + me.id + "/events?access_token=" + me.token, map[string]string{"Origin": "https://evil.example"}, http.StatusForbidden},
+		{"/api/" + me.id + "/%65vents?access_token=" + me.token, map[string]string{"Origin": "https://evil.example", "Accept": "*/*"}, http.StatusForbidden},
 		{"/api/" + me.id + "/events?access_token=" + me.token, map[string]string{"Last-Event-ID": "not a cursor"}, http.StatusBadRequest},
 	} {
 		if _, status := tryEvents(t, es.url+c.path, c.header); status != c.want {

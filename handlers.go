@@ -23,6 +23,7 @@ type service struct {
 	auth   *Authenticator
 	events *Events
 	writes *writes
+	reads  *readers
 }
 
 // addRoutes is the whole API at a glance.
@@ -31,13 +32,13 @@ func addRoutes(mux router, s service) {
 	mux.Handle("GET /readyz", handleReadyz(s.store))
 	mux.Handle("GET /openapi.json", handleOpenAPI())
 
-	mux.Handle("GET /api/{user_id}/tasks", authed(s.auth, handleListTasks(s.store)))
+	mux.Handle("GET /api/{user_id}/tasks", authed(s.auth, fewAtOnce(s.reads, handleListTasks(s.store))))
 	mux.Handle("POST /api/{user_id}/tasks", authed(s.auth, handleCreateTask(s.store, s.writes)))
 	mux.Handle("GET /api/{user_id}/tasks/{id}", authed(s.auth, handleGetTask(s.store)))
 	mux.Handle("PUT /api/{user_id}/tasks/{id}", authed(s.auth, handleUpdateTask(s.store, s.writes)))
 	mux.Handle("DELETE /api/{user_id}/tasks/{id}", authed(s.auth, handleDeleteTask(s.store, s.writes)))
 	mux.Handle("PATCH /api/{user_id}/tasks/{id}/complete", authed(s.auth, handleToggleTask(s.store, s.writes)))
-	mux.Handle("GET /api/{user_id}/changes", authed(s.auth, handleChanges(s.feed)))
+	mux.Handle("GET /api/{user_id}/changes", authed(s.auth, fewAtOnce(s.reads, handleChanges(s.feed))))
 	mux.Handle(eventsRoute, authed(s.auth, handleEvents(s.feed, s.events)))
 }
 
@@ -82,6 +83,17 @@ func authed(auth *Authenticator, h userHandler) handlerFunc {
 	}
 }
 
+// fewAtOnce serves h while its user has only a few of its requests in progress (readers).
+func fewAtOnce(rs *readers, h userHandler) userHandler {
+	return func(w http.ResponseWriter, r *http.Request, who caller) error {
+		if err := rs.enter(who.userID); err != nil {
+			return err
+		}
+		defer rs.leave(who.userID)
+		return h(w, r, who)
+	}
+}
+
 func handleHealthz() handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -115,7 +127,7 @@ func handleListTasks(store *Store) userHandler {
 		if err != nil {
 			return err
 		}
-		list := jsonStream{w: w}
+		list := jsonStream{w: w, wait: store.timeout}
 		n := 0
 		err = store.ListTasks(r.Context(), who.userID, q, func(h ListHead) error {
 			etag := listETag(h, q)
@@ -276,7 +288,7 @@ func handleChanges(feed *Feed) userHandler {
 		if err != nil {
 			return err
 		}
-		page := jsonStream{w: w}
+		page := jsonStream{w: w, wait: feed.timeout}
 		page.begin(nil, `{"changes":[`)
 		n := 0
 		next, more, err := feed.Changes(r.Context(), who.userID, from, limit, func(c *Change) error {

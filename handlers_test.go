@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -292,12 +293,13 @@ func TestListStreamsInBoundedMemory(t *testing.T) {
 	}
 }
 
-// TestAListEndsWhenItsClientGoes: a client that stops reading (past the write timeout)
-// or hangs up ends the query, which otherwise would hold a pooled connection.
+// TestAListEndsWhenItsClientGoes: a client that stops reading (for DB_TIMEOUT; the server
+// has no write timeout here) or hangs up ends the query, which otherwise would hold a
+// pooled connection.
 func TestAListEndsWhenItsClientGoes(t *testing.T) {
 	t.Parallel()
 	appName := "listgone-" + strings.ToLower(testkit.NewUserID()[:12])
-	s := storeVia(t, "", 5*time.Second, func(c *pgxpool.Config) { c.ConnConfig.RuntimeParams["application_name"] = appName })
+	s := storeVia(t, "", time.Second, func(c *pgxpool.Config) { c.ConnConfig.RuntimeParams["application_name"] = appName })
 	me := testkit.NewUserID()
 	insertBigTasks(t, me, 10000)
 	active := func() int {
@@ -308,7 +310,6 @@ WHERE application_name = $1 AND state = 'active'`, appName).Scan(&n)
 	}
 	var logs testkit.SyncBuffer
 	srv := httptest.NewUnstartedServer(newHandler(slogTo(&logs), newTestService(s, slogTo(&logs)), []string{testOrigin}))
-	srv.Config.WriteTimeout = time.Second
 	srv.Listener.Close()
 	srv.Listener = testkit.ListenLoopback(t)
 	srv.Start()
@@ -335,4 +336,31 @@ WHERE application_name = $1 AND state = 'active'`, appName).Scan(&n)
 	if strings.Contains(logs.String(), "WARN") || strings.Count(logs.String(), "status=499") != 2 {
 		t.Errorf("want both logged as 499 and no warning:\n%s", logs.String())
 	}
+}
+
+// TestAUserHasAFewListsAtOnce: each list in progress holds a pooled connection, so one
+// user may have readsPerUser of them at once, and past that gets a 429; others do not.
+func TestAUserHasAFewListsAtOnce(t *testing.T) {
+	t.Parallel()
+	api := newTestAPI(testStore(t))
+	srv := newTestServer(t, api.handler)
+	me, other := api.newUser(t), api.newUser(t)
+	insertBigTasks(t, me.id, 2000) // 8 MB: more than the socket buffers hold
+	for range readsPerUser {
+		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.(*net.TCPConn).SetReadBuffer(4096)
+		fmt.Fprintf(conn, "GET /api/%s/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", me.id, me.token)
+		if line, err := bufio.NewReader(conn).ReadString('\n'); !strings.HasPrefix(line, "HTTP/1.1 200") {
+			t.Fatalf("an unread list began with %q, %v", line, err)
+		}
+	}
+	me.do(t, "GET", "/api/{me}/tasks?limit=1", "").wantStatus(http.StatusTooManyRequests)
+	for _, path := range []string{"/api/{me}/tasks", "/api/{me}/changes"} {
+		other.do(t, "GET", path, "").wantStatus(http.StatusOK)
+	}
+	me.do(t, "GET", "/api/{me}/changes?limit=1", "").wantStatus(http.StatusTooManyRequests)
 }

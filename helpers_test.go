@@ -172,6 +172,7 @@ func newTestService(s *Store, log *slog.Logger) service {
 		auth:   newAuthenticator([]byte(testkit.Secret), nil, "taskflow-web", "taskflow-api"),
 		events: events,
 		writes: &writes{limit: newWriteLimiter(1 << 20), store: s, wakeups: wakeups},
+		reads:  newReaders(readsPerUser),
 	}
 }
 

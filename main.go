@@ -84,7 +84,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	go wakeups.Listen(ctx)
 	go wakeups.Notify(ctx)
 	writes := &writes{limit: newWriteLimiter(cfg.maxWrites), store: store, wakeups: wakeups}
-	srv := newServer(newHandler(log, service{store: store, feed: feed, auth: auth, events: events, writes: writes}, cfg.corsOrigins), log)
+	srv := newServer(newHandler(log, service{store: store, feed: feed, auth: auth, events: events, writes: writes, reads: newReaders(readsPerUser)}, cfg.corsOrigins), log)
 	countServerRefusals(srv, log)
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.host, cfg.port))

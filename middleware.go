@@ -58,12 +58,16 @@ func withCORS(origins []string, next http.Handler) http.Handler {
 		if preflight {
 			h.Add("Vary", "Access-Control-Request-Method")
 			h.Add("Vary", "Access-Control-Request-Headers")
+		} else if strings.HasPrefix(r.URL.Path, "/api/") {
+			// A user's tasks, and the errors about them (a refused origin's too), are for
+			// that user only.
+			h.Set("Cache-Control", "no-store")
 		}
 		if origin == "" || !allowed[origin] {
 			// A browser would not show the answer to the page, but a stream opened for
-			// it would still hold a place until the page went away: an EventSource
-			// (which asks for text/event-stream) is refused like a preflight.
-			if preflight || origin != "" && r.Header.Get("Accept") == "text/event-stream" {
+			// it would still hold a place until the page went away: the events route
+			// (the only path that ends so) is refused like a preflight.
+			if preflight || origin != "" && strings.HasSuffix(r.URL.Path, "/events") {
 				writeError(w, r, errOriginNotAllowed)
 				return
 			}
@@ -90,10 +94,6 @@ func withCORS(origins []string, next http.Handler) http.Handler {
 // would redirect with an HTML body, is a 404: every resource has exactly one URL.
 func withJSONErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/api/") {
-			// A user's tasks, and the errors about them, are for that user only.
-			w.Header().Set("Cache-Control", "no-store")
-		}
 		if !cleanPath(r.URL.EscapedPath()) {
 			writeError(w, r, errNoRoute)
 			return

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // What the service sends back over HTTP: errors, whole JSON bodies, tasks with their
@@ -93,6 +94,10 @@ type jsonStream struct {
 	header http.Header // what goes with the status, when it goes
 	buf    *[]byte
 	sent   bool // the status line and headers are out
+	// While the document is read from the database, its client must take each part
+	// within wait, or it is cut off: a client that stops reading must not hold a
+	// database connection (readers, in limits.go). 0: no limit.
+	wait time.Duration
 }
 
 const streamBuffer = 32 << 10
@@ -116,6 +121,9 @@ func (j *jsonStream) add(first bool, enc func([]byte) []byte) error {
 	}
 	if !j.sent {
 		j.writeHeader(-1)
+	}
+	if j.wait > 0 {
+		http.NewResponseController(j.w).SetWriteDeadline(time.Now().Add(j.wait)) //nolint:errcheck // the write fails as it would have
 	}
 	_, err := j.w.Write(*j.buf)
 	*j.buf = (*j.buf)[:0]

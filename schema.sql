@@ -117,10 +117,12 @@ BEGIN
     IF to_regclass('changes_incarnation') IS NULL THEN
         CREATE UNLOGGED TABLE changes_incarnation (one boolean PRIMARY KEY DEFAULT true CHECK (one), token text NOT NULL);
     END IF;
+    -- It also holds the database's identity, which a cursor of another database lacks.
     IF to_regclass('changes_durable') IS NULL THEN
         CREATE TABLE changes_durable (xid xid8 NOT NULL);
         INSERT INTO changes_durable VALUES (pg_current_xact_id());
     END IF;
+    ALTER TABLE changes_durable ADD COLUMN IF NOT EXISTS database text NOT NULL DEFAULT md5(random()::text || clock_timestamp()::text);
     IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND tgname = 'tasks_track') THEN
         -- Before the feed, tasks_count kept the counts (right already), and tasks_notify
         -- sent every change from the writing transaction, which serialized commits
