@@ -147,7 +147,7 @@ UPDATE changes_durable SET xid = greatest(xid, pg_current_xact_id());
 
 -- The answers to creates and toggles sent with an Idempotency-Key, written by the statement
 -- that writes the task, so that a retry gets the first answer again and writes nothing,
--- on any instance. Forgotten after 24 hours (Store.Prune).
+-- on any instance. Forgotten after 24 hours (Store.PruneKeys).
 DO $$
 BEGIN
     IF to_regclass('idempotency_keys') IS NULL THEN
