@@ -758,6 +758,25 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
+        /** @description This user has 4 lists and pages of changes in progress on this instance already (each holds a database connection while its client takes it): retry after Retry-After. */
+        TooManyReads: {
+            headers: {
+                "X-Request-ID": components["headers"]["X-Request-ID"];
+                Vary: components["headers"]["Vary"];
+                /** @description Only for an origin in CORS_ORIGINS: that origin, never `*`. */
+                "Access-Control-Allow-Origin"?: string;
+                /** @description Only for an origin in CORS_ORIGINS. */
+                "Access-Control-Allow-Credentials"?: "true";
+                /** @description Only for an origin in CORS_ORIGINS: the headers a page may read. */
+                "Access-Control-Expose-Headers"?: "Location, X-Total-Count, X-Request-ID, ETag, Idempotent-Replayed, X-Cursor, Retry-After";
+                "Cache-Control": components["headers"]["Cache-Control"];
+                "Retry-After": components["headers"]["Retry-After"];
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"];
+            };
+        };
     };
     parameters: {
         /** @description The user's id: the token's `sub`, percent-encoded as a path segment. */
@@ -861,6 +880,7 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             405: components["responses"]["MethodNotAllowed"];
+            429: components["responses"]["TooManyReads"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
         };
@@ -1008,6 +1028,7 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             405: components["responses"]["MethodNotAllowed"];
+            429: components["responses"]["TooManyReads"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
         };
@@ -1375,6 +1396,7 @@ export interface operations {
             404: components["responses"]["NotFound"];
             405: components["responses"]["MethodNotAllowed"];
             410: components["responses"]["Gone"];
+            429: components["responses"]["TooManyReads"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
         };
@@ -1454,6 +1476,7 @@ export interface operations {
             404: components["responses"]["NotFound"];
             405: components["responses"]["MethodNotAllowed"];
             410: components["responses"]["Gone"];
+            429: components["responses"]["TooManyReads"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
         };
