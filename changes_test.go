@@ -370,3 +370,34 @@ func TestACursorOfAnotherDatabaseIs410(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkFeedRead: what a woken stream's read costs the database, one change among a
+// user's 50 tasks (as in make bench) or 10,000 (MAX_TASKS_PER_USER): the rows are found by
+// the user's index and filtered by their stamp (docs/performance.md, "The feed of
+// changes"). go test -run '^$' -bench FeedRead, with the test database.
+func BenchmarkFeedRead(b *testing.B) {
+	s, ctx := testStore(b), context.Background()
+	for _, n := range []int{50, 10000} {
+		b.Run(fmt.Sprintf("tasks=%d", n), func(b *testing.B) {
+			me := testkit.NewUserID()
+			if _, err := s.pool.Exec(ctx, `INSERT INTO tasks (user_id, title, description)
+SELECT $1, 'task ' || i, left(repeat(md5(i::text), 4), 100) FROM generate_series(1, $2) AS i`, me, n); err != nil {
+				b.Fatal(err)
+			}
+			from, err := testFeed(s).Now(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := s.pool.Exec(ctx, `UPDATE tasks SET completed = true, version = nextval('task_versions'),
+changed_xid = pg_current_xact_id() WHERE id = (SELECT min(id) FROM tasks WHERE user_id = $1)`, me); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				changes := 0
+				if _, _, err := testFeed(s).Changes(ctx, me, from, 100, func(*Change) error { changes++; return nil }); err != nil || changes != 1 {
+					b.Fatalf("%d changes, %v; want the one", changes, err)
+				}
+			}
+		})
+	}
+}

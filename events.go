@@ -181,7 +181,7 @@ func (e *Events) unsubscribe(s *stream) {
 }
 
 // Serve answers a stream's request and takes its connection over from net/http: the
-// stream is then sent by a goroutine of its own, from the cursor from, until its token
+// stream is then sent by a goroutine of its own, from the cursor from (nil: now), until its token
 // expires (an expired event first), the client goes or falls too far behind, or the
 // server shuts down. It returns at once. Past the limits, it returns their error instead.
 //
@@ -190,7 +190,7 @@ func (e *Events) unsubscribe(s *stream) {
 // of buffers and the request. 10,000 idle streams held 326 MiB that way, 148 MiB taken
 // over (make bench-live; docs/performance.md, "Live updates"). The access log therefore
 // has a stream's line when it opens, not when it ends.
-func (e *Events) Serve(w http.ResponseWriter, userID string, from Cursor, expires time.Time) error {
+func (e *Events) Serve(w http.ResponseWriter, userID string, from *Cursor, expires time.Time) error {
 	s, err := e.subscribe(userID)
 	if err != nil {
 		return err
@@ -222,7 +222,10 @@ func (e *Events) Serve(w http.ResponseWriter, userID string, from Cursor, expire
 
 // send writes the stream until it ends, then closes its connection and gives its place
 // back. It reads the feed at once (the catch-up), when woken, and every pollEvery or so.
-func (s *stream) send(cur Cursor, expires time.Time) {
+// A stream from now (cur is nil) takes its cursor with its first read, not in its
+// handler: 10,000 streams opened at once then wait for a reading place, not for a pooled
+// connection on the handler's grown stack (RSS 262-305 MiB that way, make bench-live).
+func (s *stream) send(cur *Cursor, expires time.Time) {
 	graceful := false
 	defer func() {
 		if !graceful {
@@ -269,8 +272,8 @@ func (s *stream) send(cur Cursor, expires time.Time) {
 		case err != nil:
 			return // the client is gone, or too far behind
 		}
-		if cur = next; !ready {
-			if ready = s.write(s.frame(cur, "ready")); !ready {
+		if cur = &next; !ready {
+			if ready = s.write(s.frame(next, "ready")); !ready {
 				return
 			}
 		}
@@ -279,8 +282,8 @@ func (s *stream) send(cur Cursor, expires time.Time) {
 }
 
 // sendChanges reads the feed after cur, a page at a time, writing each page's events at
-// once, and returns where it got.
-func (s *stream) sendChanges(cur Cursor) (Cursor, error) {
+// once, and returns where it got; from now, when cur is nil, it only reads where now is.
+func (s *stream) sendChanges(cur *Cursor) (Cursor, error) {
 	for {
 		s.events.reading <- struct{}{}
 		buf := getBuffer()
@@ -295,7 +298,11 @@ func (s *stream) sendChanges(cur Cursor) (Cursor, error) {
 		// held 264 MiB instead of 195; make bench-live).
 		go func() {
 			defer close(read)
-			next, more, err = s.events.feed.Changes(context.Background(), s.userID, cur, streamPage, func(c *Change) error {
+			if cur == nil {
+				next, err = s.events.feed.Now(context.Background())
+				return
+			}
+			next, more, err = s.events.feed.Changes(context.Background(), s.userID, *cur, streamPage, func(c *Change) error {
 				if *buf = appendChangeEvent(*buf, c, s.userID); len(*buf) >= streamPageBytes {
 					return errPageFull
 				}
@@ -311,7 +318,7 @@ func (s *stream) sendChanges(cur Cursor) (Cursor, error) {
 		if err != nil || !more {
 			return next, err
 		}
-		cur = next
+		cur = &next
 	}
 }
 

@@ -11,9 +11,10 @@ import (
 	"net/url"
 	"reflect"
 	"strings"
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5"

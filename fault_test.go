@@ -8,9 +8,10 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )

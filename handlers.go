@@ -39,7 +39,7 @@ func addRoutes(mux router, s service) {
 	mux.Handle("DELETE /api/{user_id}/tasks/{id}", authed(s.auth, handleDeleteTask(s.store, s.writes)))
 	mux.Handle("PATCH /api/{user_id}/tasks/{id}/complete", authed(s.auth, handleToggleTask(s.store, s.writes)))
 	mux.Handle("GET /api/{user_id}/changes", authed(s.auth, fewAtOnce(s.reads, handleChanges(s.feed))))
-	mux.Handle(eventsRoute, authed(s.auth, handleEvents(s.feed, s.events)))
+	mux.Handle(eventsRoute, authed(s.auth, handleEvents(s.events)))
 }
 
 // eventsRoute is the live stream, the one route that may take its token from the query:
@@ -302,14 +302,14 @@ func handleChanges(feed *Feed) userHandler {
 
 // handleEvents opens a stream of the user's feed (events.go): from the Last-Event-ID an
 // EventSource sends when it reconnects, else from since=, else from now.
-func handleEvents(feed *Feed, events *Events) userHandler {
+func handleEvents(events *Events) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		if !time.Now().Before(who.expires) {
 			// Within the clock leeway the token still authenticates, but a stream would
 			// only say it expired: EventSource would reconnect with it again and again.
 			return unauthorized("token has expired")
 		}
-		from, now, err := parseStreamStart(r, who.userID)
+		from, err := parseStreamStart(r, who.userID)
 		if err != nil {
 			return err
 		}
@@ -323,11 +323,6 @@ func handleEvents(feed *Feed, events *Events) userHandler {
 			w.Header().Set("Content-Type", "text/event-stream")
 			w.WriteHeader(http.StatusOK)
 			return nil
-		}
-		if now {
-			if from, err = feed.Now(r.Context()); err != nil {
-				return err
-			}
 		}
 		return events.Serve(w, who.userID, from, who.expires)
 	}

@@ -12,9 +12,10 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 
 	"github.com/jackc/pgx/v5"
 )

@@ -14,9 +14,10 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 
 	"github.com/jackc/pgx/v5"
 )

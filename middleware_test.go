@@ -3,8 +3,9 @@ package main
 import (
 	"net/http"
 	"strings"
-	"taskflow/internal/testkit"
 	"testing"
+
+	"taskflow/internal/testkit"
 )
 
 func corsHeaders(h http.Header) []string {

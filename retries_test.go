@@ -6,9 +6,10 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 
 	"github.com/jackc/pgx/v5"
 )

@@ -7,9 +7,10 @@ import (
 	"reflect"
 	"strings"
 	"sync"
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"

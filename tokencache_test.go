@@ -1,9 +1,10 @@
 package main
 
 import (
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 )
 
 func TestTokenCacheServesOnlyBeforeExp(t *testing.T) {

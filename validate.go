@@ -237,19 +237,22 @@ func parseChangesQuery(rawQuery, userID string) (from Cursor, limit int, err err
 }
 
 // parseStreamStart reads where an event stream starts: the Last-Event-ID an EventSource
-// sends when it reconnects by itself, else the since parameter, else now (the caller
-// asks the database).
-func parseStreamStart(r *http.Request, userID string) (from Cursor, now bool, err error) {
-	if id := r.Header.Get("Last-Event-ID"); id != "" {
-		from, err = decodeCursor(userID, id)
-		return from, false, err
+// sends when it reconnects by itself, else the since parameter, else now (nil).
+func parseStreamStart(r *http.Request, userID string) (*Cursor, error) {
+	text := r.Header.Get("Last-Event-ID")
+	if text == "" {
+		v, err := queryValues(r.URL.RawQuery, "since")
+		since, ok := v["since"]
+		if err != nil || !ok {
+			return nil, err
+		}
+		text = since
 	}
-	v, err := queryValues(r.URL.RawQuery, "since")
-	if s, ok := v["since"]; ok && err == nil {
-		from, err = decodeCursor(userID, s)
-		return from, false, err
+	from, err := decodeCursor(userID, text)
+	if err != nil {
+		return nil, err
 	}
-	return from, err == nil, err
+	return &from, nil
 }
 
 // decimal accepts an integer in [lo, hi] written in plain decimal digits: no sign, space,

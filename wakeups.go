@@ -39,6 +39,10 @@ type Wakeups struct {
 	log      *slog.Logger
 	instance string
 	linger   time.Duration // the listener's connection outlives the last stream by this much
+	// notifyEvery spaces this instance's notifications: at most 100 a second, each for
+	// every user written in the last 10 ms, however fast the writes come. Back to back,
+	// they took update/64 to 0.77 of this (make bench, docs/performance.md).
+	notifyEvery time.Duration
 
 	mu      sync.Mutex
 	pending map[string]bool // users written since the last notification went out
@@ -47,7 +51,7 @@ type Wakeups struct {
 
 func newWakeups(events *Events, db *db, listen *pgx.ConnConfig, log *slog.Logger) *Wakeups {
 	return &Wakeups{events: events, db: db, listen: listen, log: log, instance: rand.Text(),
-		linger: 30 * time.Second, pending: map[string]bool{}, kick: make(chan struct{}, 1)}
+		linger: 30 * time.Second, notifyEvery: 10 * time.Millisecond, pending: map[string]bool{}, kick: make(chan struct{}, 1)}
 }
 
 // Changed wakes userID's streams: on this instance at once, on the others with the next
@@ -67,8 +71,8 @@ func (w *Wakeups) poke() {
 	}
 }
 
-// Notify sends the pending wake-ups until ctx ends, one notification at a time: those
-// that pile up while one is sent go out together in the next.
+// Notify sends the pending wake-ups until ctx ends, one notification at a time and
+// notifyEvery apart: those that pile up meanwhile go out together in the next.
 func (w *Wakeups) Notify(ctx context.Context) {
 	for {
 		select {
@@ -76,25 +80,35 @@ func (w *Wakeups) Notify(ctx context.Context) {
 			return
 		case <-w.kick:
 		}
-		w.mu.Lock()
-		users := w.pending
-		w.pending = map[string]bool{}
-		w.mu.Unlock()
-		// The same commit moves the id known on disk on (changes_durable, schema.sql): it
-		// costs nothing more, since notifying commits take turns anyway.
-		err := w.db.row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
-			`WITH marked AS (`+sqlMarkDurable+`) SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) p`,
-			wakeupChannel, wakeupPayloads(w.instance, users))
-		if err != nil && ctx.Err() == nil {
-			// Sent again with the next ones, a second from now at the latest.
-			w.log.Warn("wake-up notification failed; retrying", "users", len(users), "err", err)
-			w.mu.Lock()
-			for u := range users {
-				w.pending[u] = true
-			}
-			w.mu.Unlock()
-			time.AfterFunc(time.Second, w.poke)
+		w.send(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(w.notifyEvery):
 		}
+	}
+}
+
+// send notifies the other instances of the users written since the last send.
+func (w *Wakeups) send(ctx context.Context) {
+	w.mu.Lock()
+	users := w.pending
+	w.pending = map[string]bool{}
+	w.mu.Unlock()
+	// The same commit moves the id known on disk on (changes_durable, schema.sql): it
+	// costs nothing more, since notifying commits take turns anyway.
+	err := w.db.row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
+		`WITH marked AS (`+sqlMarkDurable+`) SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) p`,
+		wakeupChannel, wakeupPayloads(w.instance, users))
+	if err != nil && ctx.Err() == nil {
+		// Sent again with the next ones, a second from now at the latest.
+		w.log.Warn("wake-up notification failed; retrying", "users", len(users), "err", err)
+		w.mu.Lock()
+		for u := range users {
+			w.pending[u] = true
+		}
+		w.mu.Unlock()
+		time.AfterFunc(time.Second, w.poke)
 	}
 }
 

@@ -21,9 +21,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 )
 
 func TestAbuse(t *testing.T) {

@@ -22,9 +22,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 )
 
 const (

@@ -12,7 +12,6 @@ package load
 import (
 	"context"
 	"fmt"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"net/url"
 	"os"
 	"os/exec"
@@ -20,9 +19,12 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"taskflow/internal/testkit"
 )
 
 const (
@@ -211,7 +213,7 @@ func slowCommits(t *testing.T, dbURL string, delay time.Duration) (stop func()) 
 	port := testkit.FreePort(t)
 	primaryPort := os.Getenv("TASKFLOW_PG_PORT")
 	if out, err := as(filepath.Join(bin, "pg_basebackup"), "-h", "127.0.0.1", "-p", primaryPort, "-U", "postgres",
-		"-D", standby, "-R", "-X", "stream").CombinedOutput(); err != nil {
+		"-D", standby, "-R", "-X", "stream", "-c", "fast").CombinedOutput(); err != nil {
 		t.Fatalf("pg_basebackup: %v\n%s", err, out)
 	}
 	conf := fmt.Sprintf("\nport = %s\ncluster_name = 'bench_standby'\nrecovery_min_apply_delay = '%dms'\nhot_standby_feedback = on\n", port, delay.Milliseconds())

@@ -20,9 +20,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 )
 
 // TestBenchLive opens 10,000 idle event streams against one server and measures its

@@ -26,9 +26,10 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"taskflow/internal/testkit"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 )
 
 // instance is one taskflow-api process of the cluster, restartable on its port.
