@@ -224,7 +224,7 @@ func (e *Events) Serve(w http.ResponseWriter, userID string, from *Cursor, expir
 // back. It reads the feed at once (the catch-up), when woken, and every pollEvery or so.
 // A stream from now (cur is nil) takes its cursor with its first read, not in its
 // handler: 10,000 streams opened at once then wait for a reading place, not for a pooled
-// connection on the handler's grown stack (RSS 262-305 MiB that way, make bench-live).
+// connection on the handler's grown stack (RSS 305-392 MiB that way, 180-187 MiB so; docs/performance.md, "Live updates").
 func (s *stream) send(cur *Cursor, expires time.Time) {
 	graceful := false
 	defer func() {

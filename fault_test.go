@@ -392,3 +392,26 @@ func TestTheBreakerHearsOfConnectsThatHang(t *testing.T) {
 	}
 	proxy.Set("down")
 }
+
+// TestAStreamOpenedInAnOutageWaitsForTheDatabase: a stream from now finds where now is with
+// its first read (events.go, send), so while the database is down it opens and waits, and
+// once the database is back it says ready and goes on live.
+func TestAStreamOpenedInAnOutageWaitsForTheDatabase(t *testing.T) {
+	t.Parallel()
+	testStore(t)
+	proxy := testkit.NewFaultProxy(t, dbAddr(t))
+	api := newTestAPI(storeVia(t, proxy.Addr(), time.Second, nil))
+	srv := newTestServer(t, api.handler)
+	me := api.newUser(t)
+	proxy.Set("down")
+	stream := openEvents(t, srv.URL+"/api/"+url.PathEscape(me.id)+"/events", map[string]string{"Authorization": "Bearer " + me.token})
+	stream.quiet(t)
+	proxy.Set("up")
+	if ev := stream.next(t); ev.Name != "ready" {
+		t.Fatalf("after the outage: %+v, want ready", ev)
+	}
+	me.create(t, "after the outage")
+	if ev := stream.next(t); ev.Name != "task.created" || !strings.Contains(ev.Data, "after the outage") {
+		t.Errorf("then %+v, want the task created", ev)
+	}
+}
