@@ -181,9 +181,9 @@ func (e *Events) unsubscribe(s *stream) {
 }
 
 // Serve answers a stream's request and takes its connection over from net/http: the
-// stream is then sent by a goroutine of its own, from the cursor from (nil: now), until its token
-// expires (an expired event first), the client goes or falls too far behind, or the
-// server shuts down. It returns at once. Past the limits, it returns their error instead.
+// stream is then sent by a goroutine of its own, from the cursor from (nil: now), until
+// its token expires (an expired event first), the client goes or falls too far behind,
+// or the server shuts down. It returns at once. Past the limits, it returns their error.
 //
 // Why take the connection: left to net/http, an idle stream holds the handler's goroutine
 // (its stack grown by the middleware and the token check), a background reader, 10 KiB
@@ -224,7 +224,8 @@ func (e *Events) Serve(w http.ResponseWriter, userID string, from *Cursor, expir
 // back. It reads the feed at once (the catch-up), when woken, and every pollEvery or so.
 // A stream from now (cur is nil) takes its cursor with its first read, not in its
 // handler: 10,000 streams opened at once then wait for a reading place, not for a pooled
-// connection on the handler's grown stack (RSS 305-392 MiB that way, 180-187 MiB so; docs/performance.md, "Live updates").
+// connection on the handler's grown stack (RSS 180-187 MiB so, 305-392 MiB that way;
+// docs/performance.md, "Live updates").
 func (s *stream) send(cur *Cursor, expires time.Time) {
 	graceful := false
 	defer func() {
