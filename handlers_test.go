@@ -341,11 +341,16 @@ WHERE application_name = $1 AND state = 'active'`, appName).Scan(&n)
 
 // TestAUserHasAFewListsAtOnce: each list in progress holds a pooled connection, so one
 // user may have readsPerUser of them at once, and past that gets a 429; others do not.
-// It has a pool of its own: the lists it leaves unread would otherwise wait on, and hold,
-// connections that the tests running beside it share (a 503 in CI).
+// The server's log, shown on failure, says why a request failed.
 func TestAUserHasAFewListsAtOnce(t *testing.T) {
 	t.Parallel()
-	api := newTestAPI(storeVia(t, "", 5*time.Second, nil))
+	var logs testkit.SyncBuffer
+	api := &testAPI{handler: newHandler(slogTo(&logs), newTestService(testStore(t), slogTo(&logs)), []string{testOrigin})}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the server's log:\n%s", logs.String())
+		}
+	})
 	srv := newTestServer(t, api.handler)
 	me, other := api.newUser(t), api.newUser(t)
 	insertBigTasks(t, me.id, 2000) // 8 MB: more than the socket buffers hold

@@ -325,6 +325,30 @@ func TestTheSchemaUpgradesAnExistingDatabase(t *testing.T) {
 	}
 }
 
+// TestAStartWaitsForNoQuery: an instance that starts while others serve applies
+// schema.sql, which must not wait for a query in progress on any table the service reads,
+// since every query after it would wait behind it (a list left unread held one for
+// DB_TIMEOUT, and a start beside it stalled every other list: a 503 in CI).
+func TestAStartWaitsForNoQuery(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	reading, err := testStore(t).pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reading.Rollback(ctx)
+	for _, table := range []string{"tasks", "task_tombstones", "task_counts", "changes_durable", "changes_horizon", "changes_incarnation", "idempotency_keys"} {
+		if _, err := reading.Exec(ctx, `SELECT FROM `+table+` LIMIT 1`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if _, err := testStore(t).pool.Exec(start, schemaSQL); err != nil {
+		t.Fatalf("schema.sql while a query holds its tables: %v", err)
+	}
+}
+
 // TestARetryGetsItsFirstAnswerWhateverItsFirstAttemptDid: the first attempt's own effect
 // (a new version, the task limit reached) or a change since (the task deleted) would
 // make the retry fail on its own; with the key used before, it gets the first answer.

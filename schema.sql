@@ -122,7 +122,12 @@ BEGIN
         CREATE TABLE changes_durable (xid xid8 NOT NULL);
         INSERT INTO changes_durable VALUES (pg_current_xact_id());
     END IF;
-    ALTER TABLE changes_durable ADD COLUMN IF NOT EXISTS database text NOT NULL DEFAULT md5(random()::text || clock_timestamp()::text);
+    -- Guarded, not ADD COLUMN IF NOT EXISTS: that takes its exclusive lock even when the
+    -- column is there, and every list and read of the feed reads this table, so a start
+    -- would wait for the slowest of them and hold up all that came after it.
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'changes_durable'::regclass AND attname = 'database') THEN
+        ALTER TABLE changes_durable ADD COLUMN database text NOT NULL DEFAULT md5(random()::text || clock_timestamp()::text);
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND tgname = 'tasks_track') THEN
         -- Before the feed, tasks_count kept the counts (right already), and tasks_notify
         -- sent every change from the writing transaction, which serialized commits
