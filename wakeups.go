@@ -40,8 +40,8 @@ type Wakeups struct {
 	instance string
 	linger   time.Duration // the listener's connection outlives the last stream by this much
 	// notifyEvery spaces this instance's notifications: at most 100 a second, each for
-	// every user written in the last 10 ms, however fast the writes come. Back to back,
-	// they took update/64 to 0.77 of this (make bench, docs/performance.md).
+	// every user written since the last went out, however fast the writes come. Sent back
+	// to back, they took update/64 to 0.77 of this (make bench, docs/performance.md).
 	notifyEvery time.Duration
 
 	mu      sync.Mutex
