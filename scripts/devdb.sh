@@ -91,7 +91,7 @@ port=${port:-15432}
 
 started=0
 if ! running; then
-  port_free "$port" "devdb: port $port is taken by another program; pick a free port below 32768 with TASKFLOW_PG_PORT=..." || exit 1
+  port_free "$port" "devdb: port $port is taken by another program; pick a free port below 32768 with ${TASKFLOW_PORT_SETTING:-TASKFLOW_PG_PORT}=..." || exit 1
   # A run killed with SIGKILL leaves its lock files; if the PID they name is gone or now
   # belongs to some other program, PostgreSQL would refuse to start, so drop them.
   if [ -f "$data/postmaster.pid" ]; then

@@ -23,7 +23,8 @@ use_devdb() {
 # TASKFLOW_TEST_PG_PORT): tests stop and start theirs, which must not be the one a
 # make run beside them is using.
 use_testdb() {
-  TASKFLOW_PGDATA=$PWD/.pgdata-test TASKFLOW_PG_PORT=${TASKFLOW_TEST_PG_PORT:-15433} use_devdb
+  TASKFLOW_PGDATA=$PWD/.pgdata-test TASKFLOW_PG_PORT=${TASKFLOW_TEST_PG_PORT:-15433} \
+    TASKFLOW_PORT_SETTING=TASKFLOW_TEST_PG_PORT use_devdb
 }
 
 # port_free fails with "$2" when something listens on 127.0.0.1:$1.
