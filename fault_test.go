@@ -229,7 +229,7 @@ func TestAnOutageIsQuietAndCheap(t *testing.T) {
 	var logs testkit.SyncBuffer
 	s := storeVia(t, proxy.Addr(), 2*time.Second, nil)
 	s.breaker.log = slogTo(&logs)
-	api := &testAPI{handler: newHandler(slogTo(&logs), newTestService(s, slogTo(&logs)), []string{testOrigin})}
+	api := &testAPI{handler: newTestHandler(s, &logs)}
 	me := api.newUser(t)
 	taskPath := fmt.Sprintf("/api/{me}/tasks/%d", me.create(t, "before").ID)
 
@@ -310,7 +310,7 @@ func TestAClientHangUpIsNotAnOutage(t *testing.T) {
 		go func() { defer wg.Done(); s.pool.Exec(context.Background(), `SELECT pg_sleep(0.2)`) }()
 	}
 	wg.Wait()
-	srv := newTestServer(t, newHandler(slogTo(&logs), newTestService(s, slogTo(&logs)), []string{testOrigin}))
+	srv := newTestServer(t, newTestHandler(s, &logs))
 	me := testkit.NewUserID()
 	proxy.Set("hang")
 	for _, path := range []string{"/tasks", "/tasks/1"} {

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"regexp"
 	"runtime"
 	"strings"
@@ -310,11 +309,7 @@ WHERE application_name = $1 AND state = 'active'`, appName).Scan(&n)
 		return n
 	}
 	var logs testkit.SyncBuffer
-	srv := httptest.NewUnstartedServer(newHandler(slogTo(&logs), newTestService(s, slogTo(&logs)), []string{testOrigin}))
-	srv.Listener.Close()
-	srv.Listener = testkit.ListenLoopback(t)
-	srv.Start()
-	defer srv.Close()
+	srv := newTestServer(t, newTestHandler(s, &logs))
 
 	for _, how := range []string{"stops reading", "hangs up"} {
 		t.Run("a client that "+how, func(t *testing.T) {
@@ -345,7 +340,7 @@ WHERE application_name = $1 AND state = 'active'`, appName).Scan(&n)
 func TestAUserHasAFewListsAtOnce(t *testing.T) {
 	t.Parallel()
 	var logs testkit.SyncBuffer
-	api := &testAPI{handler: newHandler(slogTo(&logs), newTestService(testStore(t), slogTo(&logs)), []string{testOrigin})}
+	api := &testAPI{handler: newTestHandler(testStore(t), &logs)}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("the server's log:\n%s", logs.String())

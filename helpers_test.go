@@ -156,8 +156,11 @@ type testAPI struct{ handler http.Handler }
 
 const testOrigin = "http://localhost:3000"
 
-func newTestAPI(s *Store) *testAPI {
-	return &testAPI{handler: newHandler(discardLogger(), newTestService(s, discardLogger()), []string{testOrigin})}
+func newTestAPI(s *Store) *testAPI { return &testAPI{handler: newTestHandler(s, io.Discard)} }
+
+// newTestHandler is the handler stack on a store, logging to w.
+func newTestHandler(s *Store, w io.Writer) http.Handler {
+	return newHandler(slogTo(w), newTestService(s, slogTo(w)), []string{testOrigin})
 }
 
 // newTestService is what the handlers are made of, on a store, with the test secret: live
