@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"taskflow/internal/pg"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -144,7 +146,7 @@ func parseDatabaseURL(name, databaseURL string, timeout time.Duration) (*pgxpool
 	if scheme, _, ok := strings.Cut(databaseURL, "://"); ok && scheme != "postgres" && scheme != "postgresql" {
 		return nil, fmt.Errorf("%s must start with postgres:// or postgresql://, not %s://", name, truncate(scheme, 20))
 	}
-	cfg, err := newPoolConfig(databaseURL, timeout)
+	cfg, err := pg.ParseConfig(databaseURL, timeout)
 	if err != nil {
 		msg := err.Error()
 		if i := strings.LastIndex(msg, ": "); i >= 0 && strings.Contains(msg, "cannot parse") {

@@ -4,6 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+
+	"taskflow/internal/fair"
+	"taskflow/internal/feed"
+	"taskflow/internal/pg"
 )
 
 // Every error a client can receive is here, with its status: the store's sentinels and
@@ -46,38 +50,26 @@ var (
 	errNoRoute          = &apiError{status: http.StatusNotFound, detail: "not found"}
 	errMethodNotAllowed = &apiError{status: http.StatusMethodNotAllowed, detail: "method not allowed"}
 	errNotJSON          = &apiError{status: http.StatusUnsupportedMediaType, detail: "Content-Type must be application/json"}
-	errBadCursor        = &apiError{status: http.StatusBadRequest, detail: "the cursor is not one this API gave to this user"}
 	errCreateIfMatch    = &apiError{status: http.StatusPreconditionFailed, detail: "If-Match cannot hold on a create: the task does not exist yet"}
 	errTooManyWrites    = &apiError{status: http.StatusTooManyRequests, detail: "too many writes for this user (MAX_WRITES_PER_USER); retry after Retry-After seconds", retryAfter: 1}
-	errTooManyReads     = &apiError{status: http.StatusTooManyRequests, detail: "too many lists and pages of changes in progress for this user", retryAfter: 1}
-	errTooManyStreams   = &apiError{status: http.StatusTooManyRequests, detail: "too many open event streams for this user (MAX_STREAMS_PER_USER)", retryAfter: 5}
-	errStreamsFull      = &apiError{status: http.StatusServiceUnavailable, detail: "this server holds all the event streams it may (MAX_STREAMS); try again shortly", retryAfter: 5}
-	errShuttingDown     = &apiError{status: http.StatusServiceUnavailable, detail: "the server is shutting down"}
 	errInternal         = &apiError{status: http.StatusInternalServerError, detail: "internal server error"}
 )
 
 // The store's errors (test with errors.Is); it wraps the driver's error in them for the log.
 var (
-	ErrNotFound    = errors.New("task not found")
-	ErrUnavailable = errors.New("database unavailable")
-	ErrRejected    = errors.New("value rejected by the database")
-	ErrTaskLimit   = errors.New("the user owns MAX_TASKS_PER_USER tasks")
+	ErrNotFound  = errors.New("task not found")
+	ErrTaskLimit = errors.New("the user owns MAX_TASKS_PER_USER tasks")
 	// ErrPrecondition: the task exists, but not in a version the write's conditions allow.
 	ErrPrecondition = errors.New("the task has changed")
 	// ErrKeyReused: an Idempotency-Key came back with another request than its first.
 	ErrKeyReused = errors.New("idempotency key reused with another request")
 	// ErrOutcomeUnknown: a write failed for want of the database, so it may have been
-	// committed or not; it wraps ErrUnavailable.
+	// committed or not; it wraps pg.ErrUnavailable.
 	ErrOutcomeUnknown = errors.New("the write may or may not have been made")
-	// ErrCursorExpired: the cursor is older than the feed keeps (CHANGES_RETENTION), or
-	// not from this database's history.
-	ErrCursorExpired = errors.New("the cursor is older than the feed keeps")
-	// errDatabaseDown marks an ErrUnavailable for which no connection could be made: the
-	// breaker refused, or the attempt failed. The breaker logs those, counted.
-	errDatabaseDown = errors.New("database unreachable")
 )
 
-// storeErrors maps the store's errors to what the client sees; the first that matches wins.
+// storeErrors maps the errors of the store and of the packages below it to what the
+// client sees; the first that matches wins.
 var storeErrors = []struct {
 	err error
 	api *apiError
@@ -85,11 +77,16 @@ var storeErrors = []struct {
 	{ErrNotFound, &apiError{status: http.StatusNotFound, detail: "task not found"}},
 	{ErrPrecondition, &apiError{status: http.StatusPreconditionFailed, detail: "the task has changed since the ETag in If-Match (or If-None-Match holds); fetch it again"}},
 	{ErrKeyReused, &apiError{status: http.StatusUnprocessableEntity, detail: "this Idempotency-Key was first used with a different request; use a new key for a new request"}},
-	{ErrCursorExpired, &apiError{status: http.StatusGone, detail: "the cursor is older than the feed keeps; list the tasks again and follow from their X-Cursor"}},
-	{ErrOutcomeUnknown, &apiError{status: http.StatusServiceUnavailable, detail: "database unavailable: the change may or may not have been made; retry with the same Idempotency-Key", retryAfter: 1}},
-	{ErrUnavailable, &apiError{status: http.StatusServiceUnavailable, detail: "database unavailable, try again shortly", retryAfter: 1}},
-	{ErrRejected, &apiError{status: http.StatusUnprocessableEntity, detail: "a value was rejected by validation"}},
 	{ErrTaskLimit, &apiError{status: http.StatusConflict, detail: "this user already has the most tasks allowed; delete some to make room"}},
+	{feed.ErrBadCursor, &apiError{status: http.StatusBadRequest, detail: "the cursor is not one this API gave to this user"}},
+	{feed.ErrCursorExpired, &apiError{status: http.StatusGone, detail: "the cursor is older than the feed keeps; list the tasks again and follow from their X-Cursor"}},
+	{feed.ErrTooManyStreams, &apiError{status: http.StatusTooManyRequests, detail: "too many open event streams for this user (MAX_STREAMS_PER_USER)", retryAfter: 5}},
+	{feed.ErrStreamsFull, &apiError{status: http.StatusServiceUnavailable, detail: "this server holds all the event streams it may (MAX_STREAMS); try again shortly", retryAfter: 5}},
+	{feed.ErrShuttingDown, &apiError{status: http.StatusServiceUnavailable, detail: "the server is shutting down"}},
+	{fair.ErrBusy, &apiError{status: http.StatusServiceUnavailable, detail: "this user's requests are using all the database time they may; try again shortly", retryAfter: 1}},
+	{ErrOutcomeUnknown, &apiError{status: http.StatusServiceUnavailable, detail: "database unavailable: the change may or may not have been made; retry with the same Idempotency-Key", retryAfter: 1}},
+	{pg.ErrUnavailable, &apiError{status: http.StatusServiceUnavailable, detail: "database unavailable, try again shortly", retryAfter: 1}},
+	{pg.ErrRejected, &apiError{status: http.StatusUnprocessableEntity, detail: "a value was rejected by validation"}},
 }
 
 // apiErrorFor is what the client learns of err: its apiError, the table's entry, or,

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"taskflow/internal/feed"
 	"taskflow/internal/testkit"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -117,15 +118,15 @@ func (s *eventStream) ended(t *testing.T, within time.Duration) []sse {
 // eventsServer is the handler stack with live updates on, on a loopback server.
 type eventsServer struct {
 	url     string
-	events  *Events
-	wakeups *Wakeups
+	events  *feed.Streams
+	wakeups *feed.Wakeups
 	logs    *testkit.SyncBuffer
 	api     *testAPI
 }
 
 // newEventsServer serves live updates on the test database; listenURL is the wake-up
 // listener's ("" for the test database's), tweak sets the stream's timings.
-func newEventsServer(t *testing.T, listenURL string, tweak func(*Events, *Wakeups)) *eventsServer {
+func newEventsServer(t *testing.T, listenURL string, tweak func(*feed.Streams, *feed.Wakeups)) *eventsServer {
 	t.Helper()
 	store := testStore(t)
 	if listenURL == "" {
@@ -137,8 +138,8 @@ func newEventsServer(t *testing.T, listenURL string, tweak func(*Events, *Wakeup
 	}
 	logs := &testkit.SyncBuffer{}
 	svc := newTestService(store, slogTo(logs))
-	w := svc.writes.wakeups
-	w.listen = cfg
+	w := feed.NewWakeups(svc.events, store.db, cfg, slogTo(logs))
+	svc.writes.wakeups = w
 	if tweak != nil {
 		tweak(svc.events, w)
 	}
@@ -175,11 +176,7 @@ func (es *eventsServer) stream(t *testing.T, u *user) *eventStream {
 	return s
 }
 
-func (es *eventsServer) streams() int {
-	es.events.mu.Lock()
-	defer es.events.mu.Unlock()
-	return es.events.total
-}
+func (es *eventsServer) streams() int { return es.events.Open() }
 
 // oneLine is a REST body as an event's data: without the ending newline.
 func oneLine(r response) string { return strings.TrimSuffix(r.Body.String(), "\n") }
@@ -223,7 +220,7 @@ func TestOnlyCommittedChangesAreSent(t *testing.T) {
 	me := es.api.newUser(t)
 	stream := es.stream(t, me)
 	ctx := context.Background()
-	tx, err := testStore(t).pool.Begin(ctx)
+	tx, err := testStore(t).db.Pool().Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +242,7 @@ func TestAStreamFromNowSendsNothingBefore(t *testing.T) {
 	es := newEventsServer(t, "", nil)
 	me := es.api.newUser(t)
 	ctx := context.Background()
-	held, err := testStore(t).pool.Begin(ctx)
+	held, err := testStore(t).db.Pool().Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +300,7 @@ func TestAnExpiredPlaceIsAResync(t *testing.T) {
 	t.Parallel()
 	es := newEventsServer(t, "", nil)
 	me := es.api.newUser(t)
-	future := Cursor{since: snapshot{xmin: 1<<40 + 100, xmax: 1<<40 + 100}}.Encode(me.id)
+	future := futureCursor(t, me.id)
 	stream := openEvents(t, es.url+"/api/"+me.id+"/events", map[string]string{"Authorization": "Bearer " + me.token, "Last-Event-ID": future})
 	resync := stream.next(t)
 	if resync.Name != "resync" || !strings.Contains(resync.Data, `"cursor":"`+resync.ID+`"`) {
@@ -406,7 +403,7 @@ func TestAStreamCanAuthenticateInItsQuery(t *testing.T) {
 // counted in the log, not logged one by one.
 func TestStreamLimits(t *testing.T) {
 	t.Parallel()
-	es := newEventsServer(t, "", func(e *Events, _ *Wakeups) { e.maxPerUser, e.maxTotal = 2, 3 })
+	es := newEventsServer(t, "", func(e *feed.Streams, _ *feed.Wakeups) { e.MaxPerUser, e.MaxTotal = 2, 3 })
 	alice, bob := es.api.newUser(t), es.api.newUser(t)
 	es.stream(t, alice)
 	first := es.stream(t, alice)
@@ -469,7 +466,7 @@ func TestAHeadOfTheStreamOpensNone(t *testing.T) {
 
 func TestHeartbeatsAndExpiry(t *testing.T) {
 	t.Parallel()
-	es := newEventsServer(t, "", func(e *Events, _ *Wakeups) { e.heartbeat = 100 * time.Millisecond })
+	es := newEventsServer(t, "", func(e *feed.Streams, _ *feed.Wakeups) { e.Heartbeat = 100 * time.Millisecond })
 	me := es.api.newUser(t)
 	c := testkit.Claims(me.id)
 	// exp is whole seconds: at least one second away, so that the stream lasts 1 to 2 s
@@ -497,7 +494,7 @@ func TestHeartbeatsAndExpiry(t *testing.T) {
 // go on, and end where the database is.
 func TestASlowClientIsCutLoose(t *testing.T) {
 	t.Parallel()
-	es := newEventsServer(t, "", func(e *Events, _ *Wakeups) { e.writeTimeout = 200 * time.Millisecond })
+	es := newEventsServer(t, "", func(e *feed.Streams, _ *feed.Wakeups) { e.WriteTimeout = 200 * time.Millisecond })
 	me := es.api.newUser(t)
 	fast := es.stream(t, me)
 	conn := es.openUnread(t, me)
@@ -544,14 +541,12 @@ func (es *eventsServer) openUnread(t *testing.T, u *user) net.Conn {
 	return conn
 }
 
-// TestASlowClientDelaysNoOne: a stream whose client has stopped reading holds no place
-// among the streams reading the feed while it waits for its client, so however many
-// such streams there are, the others' events go on. Here there is one place.
+// TestASlowClientDelaysNoOne: a stream whose client has stopped reading holds nothing
+// the feed's reads need while it waits for its client, so however many such streams
+// there are, the others' events go on.
 func TestASlowClientDelaysNoOne(t *testing.T) {
 	t.Parallel()
-	es := newEventsServer(t, "", func(e *Events, _ *Wakeups) {
-		e.reading, e.writeTimeout = make(chan struct{}, 1), time.Minute
-	})
+	es := newEventsServer(t, "", func(e *feed.Streams, _ *feed.Wakeups) { e.WriteTimeout = time.Minute })
 	slow, other := es.api.newUser(t), es.api.newUser(t)
 	es.openUnread(t, slow)
 	testkit.WaitFor(t, "the slow stream", func() bool { return es.streams() == 1 })
@@ -576,7 +571,7 @@ func TestAListenerCutLosesNothing(t *testing.T) {
 	me := es.api.newUser(t)
 	stream := es.stream(t, me)
 	testkit.WaitFor(t, "the listener", func() bool { return listeners(t, name) == 1 })
-	if _, err := testStore(t).pool.Exec(context.Background(), `INSERT INTO tasks (user_id, title) VALUES ($1, 'by hand')`, me.id); err != nil {
+	if _, err := testStore(t).db.Pool().Exec(context.Background(), `INSERT INTO tasks (user_id, title) VALUES ($1, 'by hand')`, me.id); err != nil {
 		t.Fatal(err)
 	}
 	terminateBackends(t, name)
@@ -587,7 +582,7 @@ func TestAListenerCutLosesNothing(t *testing.T) {
 
 func listeners(t *testing.T, name string) int {
 	var n int
-	testStore(t).pool.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1`, name).Scan(&n)
+	testStore(t).db.Pool().QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1`, name).Scan(&n)
 	return n
 }
 
@@ -596,8 +591,8 @@ func listeners(t *testing.T, name string) int {
 func TestTheListenerHoldsNoConnectionForNobody(t *testing.T) {
 	t.Parallel()
 	name := "lazy-" + strings.ToLower(testkit.NewUserID()[:12])
-	es := newEventsServer(t, testDatabaseURL+"&application_name="+name, func(e *Events, w *Wakeups) {
-		w.linger, e.heartbeat = 200*time.Millisecond, 100*time.Millisecond
+	es := newEventsServer(t, testDatabaseURL+"&application_name="+name, func(e *feed.Streams, w *feed.Wakeups) {
+		w.Linger, e.Heartbeat = 200*time.Millisecond, 100*time.Millisecond
 	})
 	time.Sleep(300 * time.Millisecond)
 	if n := listeners(t, name); n != 0 {

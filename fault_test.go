@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"taskflow/internal/pg"
 	"taskflow/internal/testkit"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -27,14 +28,14 @@ func storeVia(t *testing.T, addr string, timeout time.Duration, tweak func(*pgxp
 	if addr != "" {
 		u.Host = addr
 	}
-	cfg, err := newPoolConfig(u.String(), timeout)
+	cfg, err := pg.ParseConfig(u.String(), timeout)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if tweak != nil {
 		tweak(cfg)
 	}
-	d, err := openDB(context.Background(), cfg, timeout, discardLogger())
+	d, err := pg.Open(context.Background(), cfg, timeout, discardLogger(), schemaSQL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +103,7 @@ func TestDatabaseOutageIs503WithinTheDeadlineAndHeals(t *testing.T) {
 func terminateBackends(t *testing.T, appName string) {
 	t.Helper()
 	ctx := context.Background()
-	pool := testStore(t).pool
+	pool := testStore(t).db.Pool()
 	var n int
 	if err := pool.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1`, appName).Scan(&n); err != nil || n == 0 {
 		t.Fatalf("terminated %d backends: %v", n, err)
@@ -228,7 +229,7 @@ func TestAnOutageIsQuietAndCheap(t *testing.T) {
 	proxy := testkit.NewFaultProxy(t, dbAddr(t))
 	var logs testkit.SyncBuffer
 	s := storeVia(t, proxy.Addr(), 2*time.Second, nil)
-	s.breaker.log = slogTo(&logs)
+	s.db.SetLogger(slogTo(&logs))
 	api := &testAPI{handler: newTestHandler(s, &logs)}
 	me := api.newUser(t)
 	taskPath := fmt.Sprintf("/api/{me}/tasks/%d", me.create(t, "before").ID)
@@ -307,7 +308,7 @@ func TestAClientHangUpIsNotAnOutage(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 2 {
 		wg.Add(1)
-		go func() { defer wg.Done(); s.pool.Exec(context.Background(), `SELECT pg_sleep(0.2)`) }()
+		go func() { defer wg.Done(); s.db.Pool().Exec(context.Background(), `SELECT pg_sleep(0.2)`) }()
 	}
 	wg.Wait()
 	srv := newTestServer(t, newTestHandler(s, &logs))

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"cmp"
+	"context"
 	_ "embed"
 	"errors"
 	"log/slog"
@@ -8,6 +10,10 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"taskflow/internal/fair"
+	"taskflow/internal/feed"
+	"taskflow/internal/task"
 )
 
 // router is the part of *http.ServeMux that addRoutes needs; the OpenAPI test passes a
@@ -19,11 +25,11 @@ type router interface {
 // service is what the handlers are made of.
 type service struct {
 	store  *Store
-	feed   *Feed
+	feed   *feed.Feed
 	auth   *Authenticator
-	events *Events
+	events *feed.Streams
 	writes *writes
-	reads  *readers
+	users  *fair.Users
 }
 
 // addRoutes is the whole API at a glance.
@@ -32,13 +38,13 @@ func addRoutes(mux router, s service) {
 	mux.Handle("GET /readyz", handleReadyz(s.store))
 	mux.Handle("GET /openapi.json", handleOpenAPI())
 
-	mux.Handle("GET /api/{user_id}/tasks", authed(s.auth, fewAtOnce(s.reads, handleListTasks(s.store))))
+	mux.Handle("GET /api/{user_id}/tasks", authed(s.auth, handleListTasks(s.store, s.feed, s.users)))
 	mux.Handle("POST /api/{user_id}/tasks", authed(s.auth, handleCreateTask(s.store, s.writes)))
 	mux.Handle("GET /api/{user_id}/tasks/{id}", authed(s.auth, handleGetTask(s.store)))
 	mux.Handle("PUT /api/{user_id}/tasks/{id}", authed(s.auth, handleUpdateTask(s.store, s.writes)))
 	mux.Handle("DELETE /api/{user_id}/tasks/{id}", authed(s.auth, handleDeleteTask(s.store, s.writes)))
 	mux.Handle("PATCH /api/{user_id}/tasks/{id}/complete", authed(s.auth, handleToggleTask(s.store, s.writes)))
-	mux.Handle("GET /api/{user_id}/changes", authed(s.auth, fewAtOnce(s.reads, handleChanges(s.feed))))
+	mux.Handle("GET /api/{user_id}/changes", authed(s.auth, handleChanges(s.feed)))
 	mux.Handle(eventsRoute, authed(s.auth, handleEvents(s.events)))
 }
 
@@ -83,17 +89,6 @@ func authed(auth *Authenticator, h userHandler) handlerFunc {
 	}
 }
 
-// fewAtOnce serves h while its user has only a few of its requests in progress (readers).
-func fewAtOnce(rs *readers, h userHandler) userHandler {
-	return func(w http.ResponseWriter, r *http.Request, who caller) error {
-		if err := rs.enter(who.userID); err != nil {
-			return err
-		}
-		defer rs.leave(who.userID)
-		return h(w, r, who)
-	}
-}
-
 func handleHealthz() handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -103,7 +98,7 @@ func handleHealthz() handlerFunc {
 
 func handleReadyz(store *Store) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		if err := store.Ping(r.Context()); err != nil {
+		if err := store.db.Ping(r.Context()); err != nil {
 			return err
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
@@ -121,35 +116,95 @@ func handleOpenAPI() handlerFunc {
 	}
 }
 
-func handleListTasks(store *Store) userHandler {
+// handleListTasks reads a list from the database in one of its user's turns (package
+// fair), then sends it: a client that reads slowly, or not at all, holds no connection
+// and no turn. Past its first listPart bytes, only the tasks' ids are kept from the list's
+// statement; their rows are read again a part at a time, each in a turn, as the client
+// takes the answer, so that memory stays bounded however long the list. The headers and
+// the order come from the statement's snapshot; a task read again shows its state then,
+// and one deleted meanwhile is left out: that change is in the feed after X-Cursor.
+func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		q, err := parseListQuery(r.URL.RawQuery)
 		if err != nil {
 			return err
 		}
-		list := jsonStream{w: w, wait: store.timeout}
-		n := 0
-		err = store.ListTasks(r.Context(), who.userID, q, func(h ListHead) error {
-			etag := listETag(h, q)
-			if match, err := noneMatch(r, etag); match || err != nil {
-				if err == nil {
-					writeNotModified(w, etag)
-					err = errNotModified
+		ctx, cancel := context.WithTimeout(r.Context(), waitForTurn)
+		defer cancel()
+		var (
+			head  ListHead
+			etag  string
+			first []task.Task
+			rest  []int64
+			size  int
+		)
+		err = users.Do(ctx, who.userID, func() error {
+			return store.ListTasks(ctx, who.userID, q, func(h ListHead) error {
+				head, etag = h, listETag(h, q)
+				if match, err := noneMatch(r, etag); match || err != nil {
+					return cmp.Or(err, errNotModified) // the client has it: no need to read on
 				}
-				return err
-			}
-			list.begin(http.Header{"Etag": {etag}, "X-Total-Count": {strconv.FormatInt(h.Total, 10)},
-				"X-Cursor": {h.At.Encode(who.userID)}}, "[")
-			return nil
-		}, func(t *Task) error {
-			n++
-			return list.add(n == 1, func(b []byte) []byte { return appendTask(b, t) })
+				return nil
+			}, func(t *task.Task) error {
+				if size < listPart {
+					first, size = append(first, *t), size+encodedSize(t)
+				} else {
+					rest = append(rest, t.ID)
+				}
+				return nil
+			})
 		})
-		if errors.Is(err, errNotModified) {
-			err = nil
+		at, atErr := feed.CursorAt(head.Snapshot, head.Incarnation)
+		switch {
+		case errors.Is(err, errNotModified):
+			writeNotModified(w, etag)
+			return nil
+		case err != nil:
+			return err
+		case atErr != nil:
+			return atErr
+		case !at.Incarnated():
+			f.Incarnate(ctx) //nolint:errcheck // the first reader after a crash makes one; the next tries again
 		}
-		return list.end("]\n", err)
+		list := jsonStream{w: w, wait: store.db.Timeout}
+		list.begin(http.Header{"Etag": {etag}, "X-Total-Count": {strconv.FormatInt(head.Total, 10)},
+			"X-Cursor": {at.Encode(who.userID)}}, "[")
+		for n := 0; ; {
+			for i := range first {
+				n++
+				if err := list.add(n == 1, func(b []byte) []byte { return task.AppendJSON(b, &first[i]) }); err != nil {
+					return list.end("", err)
+				}
+			}
+			if len(rest) == 0 {
+				return list.end("]\n", nil)
+			}
+			part := rest[:min(len(rest), listPartTasks)]
+			rest, first = rest[len(part):], first[:0]
+			if err := users.Do(ctx, who.userID, func() error { return store.TasksByID(ctx, who.userID, part, &first) }); err != nil {
+				return list.end("", err)
+			}
+		}
 	}
+}
+
+const (
+	// listPart is about how much of a list is read whole with its statement; the rest is
+	// read again, listPartTasks at a time.
+	listPart      = 32 << 10
+	listPartTasks = 100
+	// waitForTurn bounds how long a request waits for its user's turn (package fair)
+	// before it is a 503: a user whose own requests keep the database that busy.
+	waitForTurn = 10 * time.Second
+)
+
+// encodedSize is about how long a task's JSON is.
+func encodedSize(t *task.Task) int {
+	n := 200 + len(t.Title) + len(t.UserID)
+	if t.Description != nil {
+		n += len(*t.Description)
+	}
+	return n
 }
 
 // errNotModified stops a list whose head shows the client has it already.
@@ -280,29 +335,41 @@ func handleToggleTask(store *Store, writes *writes) userHandler {
 	}
 }
 
-// handleChanges serves one page of the user's feed: {"changes": [...], "cursor", "more"},
-// streamed as the changes arrive.
-func handleChanges(feed *Feed) userHandler {
+// handleChanges serves a page of the user's feed: {"changes": [...], "cursor", "more"},
+// read a part at a time (each a read of the feed, which shares the database fairly) and
+// sent as it comes: no read waits on the client.
+func handleChanges(f *feed.Feed) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		from, limit, err := parseChangesQuery(r.URL.RawQuery, who.userID)
 		if err != nil {
 			return err
 		}
-		page := jsonStream{w: w, wait: feed.timeout}
+		ctx, cancel := context.WithTimeout(r.Context(), waitForTurn)
+		defer cancel()
+		page := jsonStream{w: w, wait: f.Timeout()}
 		page.begin(nil, `{"changes":[`)
-		n := 0
-		next, more, err := feed.Changes(r.Context(), who.userID, from, limit, func(c *Change) error {
-			n++
-			return page.add(n == 1, func(b []byte) []byte { return appendChange(b, c) })
-		})
+		n, next, more := 0, from, true
+		for more && n < limit {
+			part, err := f.Read(ctx, who.userID, next, min(limit-n, listPartTasks))
+			if err != nil {
+				return page.end("", err)
+			}
+			for i := range part.Changes {
+				n++
+				if err := page.add(n == 1, func(b []byte) []byte { return feed.AppendChange(b, &part.Changes[i]) }); err != nil {
+					return page.end("", err)
+				}
+			}
+			next, more = part.Next, part.More
+		}
 		tail := `],"cursor":"` + next.Encode(who.userID) + `","more":` + strconv.FormatBool(more) + "}\n"
-		return page.end(tail, err)
+		return page.end(tail, nil)
 	}
 }
 
 // handleEvents opens a stream of the user's feed (events.go): from the Last-Event-ID an
 // EventSource sends when it reconnects, else from since=, else from now.
-func handleEvents(events *Events) userHandler {
+func handleEvents(events *feed.Streams) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		if !time.Now().Before(who.expires) {
 			// Within the clock leeway the token still authenticates, but a stream would

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,12 +11,13 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"taskflow/internal/feed"
+	"taskflow/internal/pg"
 	"taskflow/internal/testkit"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Tests that need PostgreSQL use the one named by TEST_DATABASE_URL (make test starts
@@ -41,7 +41,7 @@ func TestMain(m *testing.M) {
 	var drop func()
 	if base != "" {
 		var err error
-		testDatabaseURL, drop, err = newTestSchema(base)
+		testDatabaseURL, drop, err = testkit.NewRunSchema(base)
 		if err == nil {
 			testStoreShared, err = openTestStore(testDatabaseURL)
 		}
@@ -52,72 +52,33 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	if testStoreShared != nil {
-		testStoreShared.Close()
+		testStoreShared.db.Close()
 		drop()
 	}
 	testkit.RemoveBinary()
 	os.Exit(code)
 }
 
-// newTestSchema makes a schema for this run and returns base with that schema as its
-// search_path, and a function that drops it. Schemas that runs killed before their
-// cleanup left behind are dropped once they are an hour old.
-func newTestSchema(base string) (string, func(), error) {
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, base)
-	if err != nil {
-		return "", nil, err
-	}
-	defer conn.Close(ctx)
-	stale, err := pgx.CollectRows(mustQuery(conn.Query(ctx, `SELECT nspname FROM pg_namespace
-WHERE nspname LIKE 'run\_%' AND split_part(nspname, '_', 2)::bigint < extract(epoch FROM now()) - 3600`)), pgx.RowTo[string])
-	if err != nil {
-		return "", nil, err
-	}
-	for _, s := range stale {
-		conn.Exec(ctx, `DROP SCHEMA `+s+` CASCADE`) //nolint:errcheck // another run may drop it first
-	}
-	schema := fmt.Sprintf("run_%d_%s", time.Now().Unix(), strings.ToLower(rand.Text()[:8]))
-	if _, err := conn.Exec(ctx, `CREATE SCHEMA `+schema); err != nil {
-		return "", nil, err
-	}
-	u, err := url.Parse(base)
-	if err != nil {
-		return "", nil, err
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	drop := func() {
-		if conn, err := pgx.Connect(ctx, base); err == nil {
-			conn.Exec(ctx, `DROP SCHEMA `+schema+` CASCADE`) //nolint:errcheck // the next run drops it if this fails
-			conn.Close(ctx)
-		}
-	}
-	return u.String(), drop, nil
-}
-
-func mustQuery(rows pgx.Rows, err error) pgx.Rows {
-	if err != nil {
-		panic(err)
-	}
-	return rows
-}
-
 func openTestStore(databaseURL string) (*Store, error) {
-	cfg, err := newPoolConfig(databaseURL, 5*time.Second)
+	cfg, err := pg.ParseConfig(databaseURL, 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	d, err := openDB(context.Background(), cfg, 5*time.Second, discardLogger())
+	d, err := pg.Open(context.Background(), cfg, 5*time.Second, discardLogger(), schemaSQL)
 	if err != nil {
 		return nil, err
 	}
 	return &Store{db: d, maxTasks: 10000}, nil
 }
 
-// testFeed is the feed of a test store's database, with the default retention.
-func testFeed(s *Store) *Feed { return &Feed{db: s.db, retention: 168 * time.Hour} }
+// testFeed is the feed of a test store's database, with the default retention: one per
+// store, as a server has.
+func testFeed(s *Store) *feed.Feed {
+	f, _ := testFeeds.LoadOrStore(s, feed.New(s.db, 168*time.Hour, newUsers()))
+	return f.(*feed.Feed)
+}
+
+var testFeeds sync.Map // *Store → *feed.Feed
 
 // testStore returns the store on the test database, or skips when there is none (only
 // outside CI: TestMain fails the run there).
@@ -133,11 +94,11 @@ func testStore(t testing.TB) *Store {
 // happens before a request reaches the store; one that does reach it gets a 503.
 func noDatabase(t testing.TB) *Store {
 	t.Helper()
-	cfg, err := newPoolConfig("postgres://nobody@127.0.0.1:1/none?sslmode=disable", time.Second)
+	cfg, err := pg.ParseConfig("postgres://nobody@127.0.0.1:1/none?sslmode=disable", time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := newDB(cfg, time.Second, discardLogger())
+	d, err := pg.New(cfg, time.Second, discardLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,16 +128,16 @@ func newTestHandler(s *Store, w io.Writer) http.Handler {
 // updates wake this instance's streams only (nothing sends wake-ups to others), and
 // writes are limited far above what any test but the limit's own makes.
 func newTestService(s *Store, log *slog.Logger) service {
-	feed := testFeed(s)
-	events := newEvents(feed, log, 16, 10000)
-	wakeups := newWakeups(events, s.db, nil, log)
+	changes := testFeed(s)
+	events := feed.NewStreams(changes, log, 16, 10000)
+	wakeups := feed.NewWakeups(events, s.db, nil, log)
 	return service{
 		store:  s,
-		feed:   feed,
+		feed:   changes,
 		auth:   newAuthenticator([]byte(testkit.Secret), nil, "taskflow-web", "taskflow-api"),
 		events: events,
 		writes: &writes{limit: newWriteLimiter(1 << 20), store: s, wakeups: wakeups},
-		reads:  newReaders(readsPerUser),
+		users:  newUsers(),
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"taskflow/internal/feed"
 )
 
 // writes is what every write (create, update, toggle, delete) passes: the user's rate
@@ -12,7 +14,7 @@ import (
 type writes struct {
 	limit   *writeLimiter
 	store   *Store
-	wakeups *Wakeups
+	wakeups *feed.Wakeups
 }
 
 // admit lets a write through within the user's rate. Past it, the write is refused with
@@ -94,39 +96,4 @@ func (l *writeLimiter) sweep(now time.Time) {
 		}
 	}
 	l.swept = now
-}
-
-// readers holds each user to a few lists and pages of changes at once. Each holds a
-// database connection while its client takes it, so a client that stops reading could
-// otherwise hold the whole pool (an attacker's 15 unread lists made every other user's
-// request a 503); jsonStream also gives such a client DB_TIMEOUT to take each part.
-type readers struct {
-	max int // readsPerUser
-
-	mu   sync.Mutex
-	busy map[string]int
-}
-
-// readsPerUser is enough for a page's few lists at once, and its other tabs'.
-const readsPerUser = 4
-
-func newReaders(perUser int) *readers { return &readers{max: perUser, busy: map[string]int{}} }
-
-// enter counts a request of the user's in, unless max are in progress already.
-func (rs *readers) enter(userID string) error {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if rs.busy[userID] >= rs.max {
-		return errTooManyReads
-	}
-	rs.busy[userID]++
-	return nil
-}
-
-func (rs *readers) leave(userID string) {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if rs.busy[userID]--; rs.busy[userID] == 0 {
-		delete(rs.busy, userID)
-	}
 }

@@ -17,6 +17,10 @@ import (
 	"syscall"
 	"time"
 
+	"taskflow/internal/fair"
+	"taskflow/internal/feed"
+	"taskflow/internal/pg"
+
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -70,21 +74,22 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 		return err
 	}
 	log := newLogger(cfg.logFormat, stdout)
-	db, err := openDB(ctx, cfg.pool, cfg.dbTimeout, log)
+	db, err := pg.Open(ctx, cfg.pool, cfg.dbTimeout, log, schemaSQL)
 	if err != nil {
 		return databaseError(cfg, err)
 	}
 	defer db.Close()
-	store, feed := &Store{db: db, maxTasks: cfg.maxTasks}, &Feed{db: db, retention: cfg.retention}
-	go prune(ctx, store, feed, log)
+	users := newUsers()
+	store, changes := &Store{db: db, maxTasks: cfg.maxTasks}, feed.New(db, cfg.retention, users)
+	go prune(ctx, store, changes, log)
 
 	auth, authModes := newAuth(ctx, cfg, log)
-	events := newEvents(feed, log, cfg.maxUserStreams, cfg.maxStreams)
-	wakeups := newWakeups(events, db, cfg.listen.ConnConfig, log)
+	events := feed.NewStreams(changes, log, cfg.maxUserStreams, cfg.maxStreams)
+	wakeups := feed.NewWakeups(events, db, cfg.listen.ConnConfig, log)
 	go wakeups.Listen(ctx)
 	go wakeups.Notify(ctx)
 	writes := &writes{limit: newWriteLimiter(cfg.maxWrites), store: store, wakeups: wakeups}
-	srv := newServer(newHandler(log, service{store: store, feed: feed, auth: auth, events: events, writes: writes, reads: newReaders(readsPerUser)}, cfg.corsOrigins), log)
+	srv := newServer(newHandler(log, service{store: store, feed: changes, auth: auth, events: events, writes: writes, users: users}, cfg.corsOrigins), log)
 	countServerRefusals(srv, log)
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.host, cfg.port))
@@ -98,6 +103,11 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	srv.RegisterOnShutdown(events.Close)
 	return serve(ctx, srv, ln, cfg.shutdownGrace, log)
 }
+
+// newUsers shares the database between users (package fair): each may spend a tenth of
+// a second of its time a second, half a second at once, in two statements at a time.
+// What that allows a user, and costs the others, is in docs/operations.md.
+func newUsers() *fair.Users { return fair.New(100*time.Millisecond, 500*time.Millisecond, 2) }
 
 // newServer is the HTTP server with its timeouts.
 func newServer(h http.Handler, log *slog.Logger) *http.Server {
@@ -204,15 +214,15 @@ func printDevToken(getenv func(string) string, userID string, stdout io.Writer) 
 // statements`: $1 is the user id; the others are those of the Store method that runs it.
 func statements() map[string]string {
 	return map[string]string{"create": sqlCreateTask, "get": sqlGetTask, "update": sqlUpdateTask, "toggle": sqlToggleTask,
-		"delete": sqlDeleteTask, "list": listSQL[ListQuery{Status: "all", Sort: "created", Desc: true}], "changes": sqlChanges}
+		"delete": sqlDeleteTask, "list": listSQL[ListQuery{Status: "all", Sort: "created", Desc: true}], "changes": feed.SQLRead}
 }
 
 // prune forgets expired idempotency keys and tombstones, at start and then every ten
 // minutes, off the path of any request.
-func prune(ctx context.Context, store *Store, feed *Feed, log *slog.Logger) {
+func prune(ctx context.Context, store *Store, changes *feed.Feed, log *slog.Logger) {
 	for {
 		keys, err := store.PruneKeys(ctx)
-		tombstones, err2 := feed.PruneTombstones(ctx)
+		tombstones, err2 := changes.PruneTombstones(ctx)
 		if err = errors.Join(err, err2); err != nil && ctx.Err() == nil {
 			log.Warn("pruning failed", "err", err)
 		} else if keys+tombstones > 0 {

@@ -185,7 +185,7 @@ func TestShutdownLetsRequestsInFlightFinish(t *testing.T) {
 	}
 	testkit.WaitFor(t, "the toggles to wait on the row lock", func() bool {
 		var n int
-		store.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, appName).Scan(&n)
+		store.db.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, appName).Scan(&n)
 		return n == inFlight
 	})
 
@@ -221,7 +221,7 @@ func lockedTask(t *testing.T, store *Store, base, userID string) (int64, pgx.Tx)
 	var id int64
 	fmt.Sscanf(body, `{"id":%d`, &id)
 	ctx := context.Background()
-	tx, err := store.pool.Begin(ctx)
+	tx, err := store.db.Pool().Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -464,7 +464,7 @@ func TestSignalsStopTheProcess(t *testing.T) {
 		}()
 		testkit.WaitFor(t, "the request to wait on the lock", func() bool {
 			var n int
-			store.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, appName).Scan(&n)
+			store.db.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, appName).Scan(&n)
 			return n == 1
 		})
 		done := exited(cmd)

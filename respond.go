@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"taskflow/internal/task"
 )
 
 // What the service sends back over HTTP: errors, whole JSON bodies, tasks with their
@@ -53,7 +55,7 @@ func writeBody(w http.ResponseWriter, status int, body []byte) {
 
 // writeTask sends one task with its ETag. A replayed answer (the first answer to an
 // Idempotency-Key, sent again) says so.
-func writeTask(w http.ResponseWriter, status int, t Task, replayed bool) {
+func writeTask(w http.ResponseWriter, status int, t task.Task, replayed bool) {
 	h := w.Header()
 	h.Set("ETag", taskETag(t.Version))
 	if replayed {
@@ -61,7 +63,7 @@ func writeTask(w http.ResponseWriter, status int, t Task, replayed bool) {
 	}
 	buf := getBuffer()
 	defer putBuffer(buf)
-	*buf = append(appendTask(*buf, &t), '\n')
+	*buf = append(task.AppendJSON(*buf, &t), '\n')
 	writeBody(w, status, *buf)
 }
 

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"taskflow/internal/pg"
+	"taskflow/internal/task"
 	"testing"
 )
 
@@ -37,8 +39,8 @@ func TestStoreErrorsMapToTheirStatus(t *testing.T) {
 		want int
 	}{
 		{ErrNotFound, http.StatusNotFound},
-		{fmt.Errorf("%w: dial tcp: connection refused", ErrUnavailable), http.StatusServiceUnavailable},
-		{fmt.Errorf("%w: check violation", ErrRejected), http.StatusUnprocessableEntity},
+		{fmt.Errorf("%w: dial tcp: connection refused", pg.ErrUnavailable), http.StatusServiceUnavailable},
+		{fmt.Errorf("%w: check violation", pg.ErrRejected), http.StatusUnprocessableEntity},
 		{unauthorized("no"), http.StatusUnauthorized},
 		{errors.New("anything else"), http.StatusInternalServerError},
 	} {
@@ -58,7 +60,7 @@ func TestAClientThatLeftGetsNothingAndIsLoggedAs499(t *testing.T) {
 	t.Parallel()
 	var logs strings.Builder
 	h := withRequestLog(slogTo(&logs), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, fmt.Errorf("%w: %w", ErrUnavailable, r.Context().Err()))
+		writeError(w, r, fmt.Errorf("%w: %w", pg.ErrUnavailable, r.Context().Err()))
 	}))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // as net/http does when the client's connection closes
@@ -79,7 +81,7 @@ func TestAListCutShortKeepsNoListHeaders(t *testing.T) {
 	w := httptest.NewRecorder()
 	list := jsonStream{w: w}
 	list.begin(http.Header{"Etag": {`"1"`}, "X-Total-Count": {"3"}}, "[")
-	list.add(true, func(b []byte) []byte { return appendTask(b, &Task{ID: 1}) })
+	list.add(true, func(b []byte) []byte { return task.AppendJSON(b, &task.Task{ID: 1}) })
 	failure := errors.New("the third row failed")
 	if err := list.end("]", failure); err != failure {
 		t.Fatalf("end = %v, want the error back to answer with", err)

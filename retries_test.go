@@ -69,7 +69,7 @@ func TestIdempotentCreate(t *testing.T) {
 	t.Run("an expired key is a new request", func(t *testing.T) {
 		first := create(t, "key-old", `{"title":"old"}`).wantStatus(http.StatusCreated)
 		store := testStore(t)
-		if _, err := store.pool.Exec(context.Background(), `UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE user_id = $1 AND key = 'key-old'`, me.id); err != nil {
+		if _, err := store.db.Pool().Exec(context.Background(), `UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE user_id = $1 AND key = 'key-old'`, me.id); err != nil {
 			t.Fatal(err)
 		}
 		if n, err := store.PruneKeys(context.Background()); err != nil || n < 1 {
@@ -265,7 +265,7 @@ func TestEveryWriteGetsANewVersion(t *testing.T) {
 	t.Parallel()
 	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
 	task := mustCreate(t, s, me, "twice at once", nil)
-	tx, err := s.pool.Begin(ctx)
+	tx, err := s.db.Pool().Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +332,7 @@ func TestTheSchemaUpgradesAnExistingDatabase(t *testing.T) {
 func TestAStartWaitsForNoQuery(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	reading, err := testStore(t).pool.Begin(ctx)
+	reading, err := testStore(t).db.Pool().Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +344,7 @@ func TestAStartWaitsForNoQuery(t *testing.T) {
 	}
 	start, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if _, err := testStore(t).pool.Exec(start, schemaSQL); err != nil {
+	if _, err := testStore(t).db.Pool().Exec(start, schemaSQL); err != nil {
 		t.Fatalf("schema.sql while a query holds its tables: %v", err)
 	}
 }

@@ -23,8 +23,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     version     bigint      NOT NULL DEFAULT nextval('task_versions'),
-    -- The transaction that last changed the row: the feed of changes reads by it.
+    -- The transactions that last changed the row and that made it: the feed of changes
+    -- reads by them (internal/feed).
     changed_xid xid8        DEFAULT pg_current_xact_id(),
+    created_xid xid8        DEFAULT pg_current_xact_id(),
 
     -- These mirror the API's validation so that no other writer (a migration, a psql
     -- session, a bug) can store what the API would refuse.
@@ -45,6 +47,11 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'tasks'::regclass AND attname = 'changed_xid') THEN
         ALTER TABLE tasks ADD COLUMN changed_xid xid8;
         ALTER TABLE tasks ALTER COLUMN changed_xid SET DEFAULT pg_current_xact_id();
+    END IF;
+    -- Likewise: a task made before is never "created" after any cursor.
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'tasks'::regclass AND attname = 'created_xid') THEN
+        ALTER TABLE tasks ADD COLUMN created_xid xid8;
+        ALTER TABLE tasks ALTER COLUMN created_xid SET DEFAULT pg_current_xact_id();
     END IF;
     -- Every query is scoped by user_id; the default list order is (created_at, id), so
     -- this one index serves the scoping, the default order both ways and keyset-like
@@ -73,7 +80,7 @@ BEGIN
         ON CONFLICT (user_id) DO UPDATE SET tasks = c.tasks + 1;
     ELSE
         UPDATE task_counts SET tasks = tasks - 1 WHERE user_id = OLD.user_id;
-        INSERT INTO task_tombstones (user_id, id) VALUES (OLD.user_id, OLD.id);
+        INSERT INTO task_tombstones (user_id, id, created_at) VALUES (OLD.user_id, OLD.id, OLD.created_at);
     END IF;
     RETURN NULL;
 END $$;
@@ -93,12 +100,18 @@ BEGIN
         CREATE TABLE task_tombstones (
             user_id     text        NOT NULL,
             id          bigint      NOT NULL,
+            created_at  timestamptz NOT NULL DEFAULT '-infinity', -- the task's: the feed pages by (created_at, id)
             version     bigint      NOT NULL DEFAULT nextval('task_versions'),
             changed_xid xid8        NOT NULL DEFAULT pg_current_xact_id(),
             deleted_at  timestamptz NOT NULL DEFAULT now()
         );
         CREATE INDEX task_tombstones_user_idx ON task_tombstones (user_id, changed_xid);
         CREATE INDEX task_tombstones_deleted_at_idx ON task_tombstones USING brin (deleted_at);
+    END IF;
+    -- Tombstones made before the feed paged by (created_at, id), or by an older
+    -- instance's trigger during a rolling deploy, come first in a page.
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'task_tombstones'::regclass AND attname = 'created_at') THEN
+        ALTER TABLE task_tombstones ADD COLUMN created_at timestamptz NOT NULL DEFAULT '-infinity';
     END IF;
     -- The newest transaction whose tombstones pruning removed: a cursor that has not
     -- seen it may have missed a delete, and gets 410 (changes.go).

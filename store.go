@@ -3,9 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
-	"time"
+
+	"taskflow/internal/feed"
+	"taskflow/internal/pg"
+	"taskflow/internal/task"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -14,23 +18,13 @@ import (
 // conditions and Idempotency-Key checked in the statement that writes; the lists. The
 // feed of changes reads these rows in changes.go.
 
+//go:embed schema.sql
+var schemaSQL string
+
 // Store reads and writes users' tasks.
 type Store struct {
-	*db
+	db       *pg.DB
 	maxTasks int // MAX_TASKS_PER_USER
-}
-
-// Task is one row of the tasks table. The API's JSON for it is appendTask's; the tags
-// read the JSON PostgreSQL makes of a row (replayed answers).
-type Task struct {
-	ID          int64     `json:"id"`
-	UserID      string    `json:"user_id"`
-	Title       string    `json:"title"`
-	Description *string   `json:"description"`
-	Completed   bool      `json:"completed"`
-	CreatedAt   time.Time `json:"created_at"`
-	UpdatedAt   time.Time `json:"updated_at"`
-	Version     int64     `json:"version"` // new with every change: the task's ETag and its place in the feed
 }
 
 // TaskPatch holds the fields of a PUT; a nil pointer means "keep the stored value".
@@ -64,8 +58,6 @@ func (k *IdempotencyKey) args() (key, request any) {
 	return k.Key, k.Request[:]
 }
 
-const taskColumns = `id, user_id, title, description, completed, created_at, updated_at, version`
-
 // The statements behind create, get, update, toggle and delete (make bench runs these
 // same texts through pgbench). $1 is always the caller's user id.
 const (
@@ -81,7 +73,7 @@ const (
     INSERT INTO idempotency_keys (user_id, key, request, task)
     SELECT $1, $2, $3, row_to_json(task) FROM task WHERE $2::text IS NOT NULL
 )
-SELECT ` + taskColumns + ` FROM task`
+SELECT ` + task.Columns + ` FROM task`
 
 	// The user's task count is checked in the statement that inserts, on the user's
 	// task_counts row (made at 0 for a new user), whose lock makes concurrent creates
@@ -93,9 +85,9 @@ SELECT ` + taskColumns + ` FROM task`
     RETURNING user_id
 ), task AS (
     INSERT INTO tasks (user_id, title, description) SELECT user_id, $4, $5 FROM slot
-    RETURNING ` + taskColumns + `
+    RETURNING ` + task.Columns + `
 )` + rememberAnswer
-	sqlGetTask = `SELECT ` + taskColumns + ` FROM tasks WHERE user_id = $1 AND id = $2`
+	sqlGetTask = `SELECT ` + task.Columns + ` FROM tasks WHERE user_id = $1 AND id = $2`
 	// One statement, so a concurrent change to a field the patch does not touch is
 	// never overwritten with a stale value. $7 and $8 are the Condition.
 	sqlUpdateTask = `UPDATE tasks SET
@@ -103,28 +95,23 @@ SELECT ` + taskColumns + ` FROM task`
     description = CASE WHEN $4 THEN $5 ELSE description END,
     completed   = COALESCE($6, completed), ` + stamp + `
 WHERE user_id = $1 AND id = $2 AND ($7::bigint[] IS NULL OR version = ANY ($7)) AND version <> ALL (coalesce($8::bigint[], '{}'))
-RETURNING ` + taskColumns
+RETURNING ` + task.Columns
 	// The row lock taken by UPDATE makes two concurrent toggles apply one after the
 	// other, so neither is lost.
 	sqlToggleTask = `WITH task AS (
     UPDATE tasks SET completed = NOT completed, ` + stamp + `
     WHERE user_id = $1 AND id = $4 AND ($5::bigint[] IS NULL OR version = ANY ($5)) AND version <> ALL (coalesce($6::bigint[], '{}'))
-    RETURNING ` + taskColumns + `
+    RETURNING ` + task.Columns + `
 )` + rememberAnswer
 	sqlDeleteTask = `DELETE FROM tasks
 WHERE user_id = $1 AND id = $2 AND ($3::bigint[] IS NULL OR version = ANY ($3)) AND version <> ALL (coalesce($4::bigint[], '{}'))
 RETURNING true`
 )
 
-// scanTask scans taskColumns into t, then any further columns into extra.
-func scanTask(row pgx.Row, t *Task, extra ...any) error {
-	return row.Scan(append([]any{&t.ID, &t.UserID, &t.Title, &t.Description, &t.Completed, &t.CreatedAt, &t.UpdatedAt, &t.Version}, extra...)...)
-}
-
 // CreateTask inserts a task owned by userID; the database assigns id and timestamps. A
 // user who already owns maxTasks tasks gets ErrTaskLimit. With a key used before, nothing
 // is written and the first answer's task comes back, replayed.
-func (s *Store) CreateTask(ctx context.Context, userID, title string, description *string, key *IdempotencyKey) (Task, bool, error) {
+func (s *Store) CreateTask(ctx context.Context, userID, title string, description *string, key *IdempotencyKey) (task.Task, bool, error) {
 	k, request := key.args()
 	t, err := s.oneTask(ctx, sqlCreateTask, userID, k, request, title, description, s.maxTasks)
 	if errors.Is(err, ErrNotFound) {
@@ -134,12 +121,12 @@ func (s *Store) CreateTask(ctx context.Context, userID, title string, descriptio
 }
 
 // GetTask returns the user's task id; another user's task is ErrNotFound, like a missing one.
-func (s *Store) GetTask(ctx context.Context, userID string, id int64) (Task, error) {
+func (s *Store) GetTask(ctx context.Context, userID string, id int64) (task.Task, error) {
 	return s.oneTask(ctx, sqlGetTask, userID, id)
 }
 
 // UpdateTask applies p if the task meets cond; fields p leaves nil keep their values.
-func (s *Store) UpdateTask(ctx context.Context, userID string, id int64, p TaskPatch, cond Condition) (Task, error) {
+func (s *Store) UpdateTask(ctx context.Context, userID string, id int64, p TaskPatch, cond Condition) (task.Task, error) {
 	t, err := s.oneTask(ctx, sqlUpdateTask, userID, id, p.Title, p.SetDescription, p.Description, p.Completed, cond.Match, cond.NoneMatch)
 	return t, outcomeUnknown(s.notFoundOrChanged(ctx, userID, id, cond, err))
 }
@@ -147,7 +134,7 @@ func (s *Store) UpdateTask(ctx context.Context, userID string, id int64, p TaskP
 // ToggleTask flips completed in the database itself, never read-modify-write, if the task
 // meets cond. With a key used before, nothing is written and the first answer's task
 // comes back, replayed.
-func (s *Store) ToggleTask(ctx context.Context, userID string, id int64, cond Condition, key *IdempotencyKey) (Task, bool, error) {
+func (s *Store) ToggleTask(ctx context.Context, userID string, id int64, cond Condition, key *IdempotencyKey) (task.Task, bool, error) {
 	k, request := key.args()
 	t, err := s.oneTask(ctx, sqlToggleTask, userID, k, request, id, cond.Match, cond.NoneMatch)
 	return s.keyed(ctx, userID, key, t, s.notFoundOrChanged(ctx, userID, id, cond, err))
@@ -155,7 +142,7 @@ func (s *Store) ToggleTask(ctx context.Context, userID string, id int64, cond Co
 
 // DeleteTask removes the user's task id if it meets cond.
 func (s *Store) DeleteTask(ctx context.Context, userID string, id int64, cond Condition) error {
-	err := s.row(ctx, func(r pgx.Row) error { return r.Scan(nil) }, sqlDeleteTask, userID, id, cond.Match, cond.NoneMatch)
+	err := storeError(s.db.Row(ctx, func(r pgx.Row) error { return r.Scan(nil) }, sqlDeleteTask, userID, id, cond.Match, cond.NoneMatch))
 	return outcomeUnknown(s.notFoundOrChanged(ctx, userID, id, cond, err))
 }
 
@@ -164,7 +151,7 @@ func (s *Store) DeleteTask(ctx context.Context, userID string, id int64, cond Co
 // the key taken (errKeyUsed), or because the first attempt's own effect now stops it (it
 // changed the version a condition names, reached the task limit, or the task was deleted
 // since). Without a remembered answer the attempt's own outcome stands.
-func (s *Store) keyed(ctx context.Context, userID string, key *IdempotencyKey, t Task, err error) (Task, bool, error) {
+func (s *Store) keyed(ctx context.Context, userID string, key *IdempotencyKey, t task.Task, err error) (task.Task, bool, error) {
 	wroteNothing := errors.Is(err, errKeyUsed) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrPrecondition) || errors.Is(err, ErrTaskLimit)
 	if key == nil || !wroteNothing {
 		return t, false, outcomeUnknown(err)
@@ -174,9 +161,9 @@ func (s *Store) keyed(ctx context.Context, userID string, key *IdempotencyKey, t
 	case replayErr == nil:
 		return first, true, nil
 	case !errors.Is(replayErr, ErrNotFound):
-		return Task{}, false, outcomeUnknown(replayErr)
+		return task.Task{}, false, outcomeUnknown(replayErr)
 	case errors.Is(err, errKeyUsed): // and forgotten since: a new request may go ahead
-		return Task{}, false, fmt.Errorf("%w: the key's first answer expired meanwhile", ErrUnavailable)
+		return task.Task{}, false, fmt.Errorf("%w: the key's first answer expired meanwhile", pg.ErrUnavailable)
 	}
 	return t, false, err
 }
@@ -188,7 +175,7 @@ func (s *Store) notFoundOrChanged(ctx context.Context, userID string, id int64, 
 		return err
 	}
 	var exists bool
-	if err := s.row(ctx, func(r pgx.Row) error { return r.Scan(&exists) },
+	if err := s.db.Row(ctx, func(r pgx.Row) error { return r.Scan(&exists) },
 		`SELECT EXISTS (SELECT FROM tasks WHERE user_id = $1 AND id = $2)`, userID, id); err != nil {
 		return err
 	}
@@ -200,18 +187,18 @@ func (s *Store) notFoundOrChanged(ctx context.Context, userID string, id int64, 
 
 // Replay returns the task a key's first answer carried, if the request is the same as the
 // first (else ErrKeyReused); ErrNotFound when the key is not taken.
-func (s *Store) Replay(ctx context.Context, userID string, key *IdempotencyKey) (Task, error) {
+func (s *Store) Replay(ctx context.Context, userID string, key *IdempotencyKey) (task.Task, error) {
 	var (
 		request []byte
-		first   Task
+		first   task.Task
 	)
-	err := s.row(ctx, func(r pgx.Row) error { return r.Scan(&request, &first) },
-		`SELECT request, task FROM idempotency_keys WHERE user_id = $1 AND key = $2`, userID, key.Key)
+	err := storeError(s.db.Row(ctx, func(r pgx.Row) error { return r.Scan(&request, &first) },
+		`SELECT request, task FROM idempotency_keys WHERE user_id = $1 AND key = $2`, userID, key.Key))
 	if err != nil {
-		return Task{}, err
+		return task.Task{}, err
 	}
 	if !bytes.Equal(request, key.Request[:]) {
-		return Task{}, ErrKeyReused
+		return task.Task{}, ErrKeyReused
 	}
 	return first, nil
 }
@@ -219,18 +206,33 @@ func (s *Store) Replay(ctx context.Context, userID string, key *IdempotencyKey) 
 // outcomeUnknown marks a write that failed for want of the database: the statement may
 // have been sent and committed, or not.
 func outcomeUnknown(err error) error {
-	if errors.Is(err, ErrUnavailable) {
+	if errors.Is(err, pg.ErrUnavailable) {
 		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
 	}
 	return err
 }
 
 // oneTask runs a statement that returns at most one task.
-func (s *Store) oneTask(ctx context.Context, sql string, args ...any) (Task, error) {
-	var t Task
-	err := s.row(ctx, func(r pgx.Row) error { return scanTask(r, &t) }, sql, args...)
-	return t, err
+func (s *Store) oneTask(ctx context.Context, sql string, args ...any) (task.Task, error) {
+	var t task.Task
+	err := s.db.Row(ctx, func(r pgx.Row) error { return task.Scan(r, &t) }, sql, args...)
+	return t, storeError(err)
 }
+
+// storeError is err in the store's terms: no row is a task not found, and a statement
+// undone because its Idempotency-Key was taken is errKeyUsed.
+func storeError(err error) error {
+	switch {
+	case errors.Is(err, pg.ErrNoRow):
+		return ErrNotFound
+	case pg.Violates(err, "idempotency_keys_pkey"):
+		return errKeyUsed
+	}
+	return err
+}
+
+// errKeyUsed: the statement found its Idempotency-Key taken, and was undone.
+var errKeyUsed = errors.New("idempotency key used before")
 
 // ListQuery is a validated list request. Limit 0 means no limit.
 type ListQuery struct {
@@ -248,7 +250,8 @@ type ListHead struct {
 	// unique, so any change among the tasks changes it (but for a 2^-64 chance), in
 	// whatever order the changes commit; the newest version alone would not.
 	Digest int64
-	At     Cursor // the list's place in the feed: its X-Cursor
+	// The list's place in the feed, for its X-Cursor (feed.CursorAt).
+	Snapshot, Incarnation string
 }
 
 // versionDigest is ListHead.Digest as an aggregate.
@@ -270,9 +273,9 @@ var listSQL = func() map[ListQuery]string {
 				// row of the head alone, task id 0, read in the same snapshot (its
 				// aggregate runs only then).
 				m[ListQuery{Status: status, Sort: sort, Desc: desc}] = `WITH page AS (
-    SELECT ` + taskColumns + `, count(*) OVER (), ` + versionDigest + ` OVER () FROM tasks WHERE user_id = $1` + where + `
+    SELECT ` + task.Columns + `, count(*) OVER (), ` + versionDigest + ` OVER () FROM tasks WHERE user_id = $1` + where + `
     ORDER BY ` + col + ` ` + dir + `, id ` + dir + ` LIMIT $2 OFFSET $3
-), head AS (SELECT pg_current_snapshot()::text AS snapshot, ` + sqlIncarnation + ` AS incarnation)
+), head AS (SELECT pg_current_snapshot()::text AS snapshot, ` + feed.SQLIncarnation + ` AS incarnation)
 SELECT page.*, head.* FROM page, head
 UNION ALL
 SELECT 0, '', '', NULL, false, 'epoch', 'epoch', 0, total, digest, head.*
@@ -287,7 +290,7 @@ WHERE NOT EXISTS (SELECT FROM page)`
 // ListTasks reads one page of the user's tasks and hands it on as it arrives: head once,
 // before any task, then each for every task in order. An error from head or each stops
 // the query and is returned as it is.
-func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head func(ListHead) error, each func(*Task) error) error {
+func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head func(ListHead) error, each func(*task.Task) error) error {
 	query, ok := listSQL[ListQuery{Status: q.Status, Sort: q.Sort, Desc: q.Desc}]
 	if !ok {
 		return fmt.Errorf("list query %+v was not validated", q)
@@ -297,20 +300,16 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 		limit = &q.Limit
 	}
 	var (
-		t         Task
-		h         ListHead
-		snap, inc string
-		headed    bool
+		t      task.Task
+		h      ListHead
+		headed bool
 	)
-	err := s.query(ctx, func(rows pgx.Rows) error {
-		if err := scanTask(rows, &t, &h.Total, &h.Digest, &snap, &inc); err != nil {
+	return s.db.Query(ctx, func(rows pgx.Rows) error {
+		if err := task.Scan(rows, &t, &h.Total, &h.Digest, &h.Snapshot, &h.Incarnation); err != nil {
 			return err
 		}
 		if !headed {
 			headed = true
-			if err := h.At.set(snap, inc); err != nil {
-				return err
-			}
 			if err := head(h); err != nil {
 				return err
 			}
@@ -320,21 +319,37 @@ func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head 
 		}
 		return each(&t)
 	}, query, userID, limit, q.Offset)
-	if err == nil && h.At.incarnation == "" {
-		s.incarnate(ctx) //nolint:errcheck // the first reader after a crash makes one; the next tries again
+}
+
+// TasksByID appends to into the user's tasks of ids, in the order of ids; those not
+// found (deleted since the ids were read) are left out.
+func (s *Store) TasksByID(ctx context.Context, userID string, ids []int64, into *[]task.Task) error {
+	byID := make(map[int64]task.Task, len(ids))
+	var t task.Task
+	err := s.db.Query(ctx, func(rows pgx.Rows) error {
+		if err := task.Scan(rows, &t); err != nil {
+			return err
+		}
+		byID[t.ID] = t
+		return nil
+	}, `SELECT `+task.Columns+` FROM tasks WHERE user_id = $1 AND id = ANY ($2)`, userID, ids)
+	for _, id := range ids {
+		if t, ok := byID[id]; ok {
+			*into = append(*into, t)
+		}
 	}
 	return err
 }
 
 // PruneKeys forgets the idempotency keys older than 24 hours.
 func (s *Store) PruneKeys(ctx context.Context) (int64, error) {
-	return s.pruneBatches(ctx, sqlPruneKeys)
+	return s.db.Prune(ctx, sqlPruneKeys)
 }
 
-// sqlPruneKeys deletes at most pruneBatch keys and returns how many it did.
+// sqlPruneKeys deletes at most pg.PruneBatch keys and returns how many it did.
 var sqlPruneKeys = fmt.Sprintf(`WITH gone AS (
     DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
         SELECT ctid FROM idempotency_keys WHERE created_at < now() - interval '24 hours'
         LIMIT %d FOR UPDATE SKIP LOCKED))
     RETURNING 1
-) SELECT count(*) FROM gone`, pruneBatch)
+) SELECT count(*) FROM gone`, pg.PruneBatch)

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"taskflow/internal/pg"
+	"taskflow/internal/task"
 	"taskflow/internal/testkit"
 
 	"github.com/jackc/pgx/v5"
@@ -19,23 +21,23 @@ import (
 func ptr[T any](v T) *T { return &v }
 
 // listTasks collects what Store.ListTasks streams.
-func listTasks(s *Store, ctx context.Context, userID string, q ListQuery) ([]Task, int64, error) {
+func listTasks(s *Store, ctx context.Context, userID string, q ListQuery) ([]task.Task, int64, error) {
 	var (
-		tasks []Task
+		tasks []task.Task
 		head  ListHead
 	)
 	err := s.ListTasks(ctx, userID, q, func(h ListHead) error { head = h; return nil },
-		func(t *Task) error { tasks = append(tasks, *t); return nil })
+		func(t *task.Task) error { tasks = append(tasks, *t); return nil })
 	return tasks, head.Total, err
 }
 
-func mustCreate(t *testing.T, s *Store, userID, title string, description *string) Task {
+func mustCreate(t *testing.T, s *Store, userID, title string, description *string) task.Task {
 	t.Helper()
-	task, _, err := s.CreateTask(context.Background(), userID, title, description, nil)
+	tk, _, err := s.CreateTask(context.Background(), userID, title, description, nil)
 	if err != nil {
 		t.Fatalf("CreateTask(%q): %v", title, err)
 	}
-	return task
+	return tk
 }
 
 func TestStoreCreateAndGet(t *testing.T) {
@@ -68,25 +70,25 @@ func TestStoreScopesEveryStatementByUser(t *testing.T) {
 	t.Parallel()
 	s, ctx := testStore(t), context.Background()
 	owner, other := testkit.NewUserID(), testkit.NewUserID()
-	task := mustCreate(t, s, owner, "Private", nil)
+	tk := mustCreate(t, s, owner, "Private", nil)
 
-	if _, err := s.GetTask(ctx, other, task.ID); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetTask(ctx, other, tk.ID); !errors.Is(err, ErrNotFound) {
 		t.Errorf("GetTask by another user: %v, want ErrNotFound", err)
 	}
-	if _, err := s.UpdateTask(ctx, other, task.ID, TaskPatch{Title: ptr("Hijacked")}, Condition{}); !errors.Is(err, ErrNotFound) {
+	if _, err := s.UpdateTask(ctx, other, tk.ID, TaskPatch{Title: ptr("Hijacked")}, Condition{}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("UpdateTask by another user: %v, want ErrNotFound", err)
 	}
-	if _, _, err := s.ToggleTask(ctx, other, task.ID, Condition{}, nil); !errors.Is(err, ErrNotFound) {
+	if _, _, err := s.ToggleTask(ctx, other, tk.ID, Condition{}, nil); !errors.Is(err, ErrNotFound) {
 		t.Errorf("ToggleTask by another user: %v, want ErrNotFound", err)
 	}
-	if err := s.DeleteTask(ctx, other, task.ID, Condition{}); !errors.Is(err, ErrNotFound) {
+	if err := s.DeleteTask(ctx, other, tk.ID, Condition{}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("DeleteTask by another user: %v, want ErrNotFound", err)
 	}
 	if tasks, total, err := listTasks(s, ctx, other, ListQuery{Status: "all", Sort: "created", Desc: true}); err != nil || len(tasks) != 0 || total != 0 {
 		t.Errorf("ListTasks by another user: %d tasks, total %d, err %v; want none", len(tasks), total, err)
 	}
 
-	got, err := s.GetTask(ctx, owner, task.ID)
+	got, err := s.GetTask(ctx, owner, tk.ID)
 	if err != nil || got.Title != "Private" || got.Completed {
 		t.Errorf("after the other user's attempts the task is %+v, %v; want it unchanged", got, err)
 	}
@@ -95,49 +97,49 @@ func TestStoreScopesEveryStatementByUser(t *testing.T) {
 func TestStoreUpdateChangesOnlyTheGivenFields(t *testing.T) {
 	t.Parallel()
 	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
-	task := mustCreate(t, s, me, "Original", ptr("keep me"))
+	tk := mustCreate(t, s, me, "Original", ptr("keep me"))
 
 	tests := []struct {
 		name  string
 		patch TaskPatch
-		want  func(Task) string // "" when right
+		want  func(task.Task) string // "" when right
 	}{
-		{"a title alone keeps the description and state", TaskPatch{Title: ptr("Renamed")}, func(t Task) string {
+		{"a title alone keeps the description and state", TaskPatch{Title: ptr("Renamed")}, func(t task.Task) string {
 			if t.Title != "Renamed" || t.Description == nil || *t.Description != "keep me" || t.Completed {
 				return "title not applied alone"
 			}
 			return ""
 		}},
-		{"completed alone keeps title and description", TaskPatch{Completed: ptr(true)}, func(t Task) string {
+		{"completed alone keeps title and description", TaskPatch{Completed: ptr(true)}, func(t task.Task) string {
 			if !t.Completed || t.Title != "Renamed" || *t.Description != "keep me" {
 				return "completed not applied alone"
 			}
 			return ""
 		}},
-		{"a new description replaces the old", TaskPatch{SetDescription: true, Description: ptr("new")}, func(t Task) string {
+		{"a new description replaces the old", TaskPatch{SetDescription: true, Description: ptr("new")}, func(t task.Task) string {
 			if t.Description == nil || *t.Description != "new" || t.Title != "Renamed" {
 				return "description not replaced"
 			}
 			return ""
 		}},
-		{"a null description clears it", TaskPatch{SetDescription: true}, func(t Task) string {
+		{"a null description clears it", TaskPatch{SetDescription: true}, func(t task.Task) string {
 			if t.Description != nil || t.Title != "Renamed" || !t.Completed {
 				return "description not cleared"
 			}
 			return ""
 		}},
 	}
-	prev := task
+	prev := tk
 	for _, tt := range tests {
-		got, err := s.UpdateTask(ctx, me, task.ID, tt.patch, Condition{})
+		got, err := s.UpdateTask(ctx, me, tk.ID, tt.patch, Condition{})
 		if err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
 		if msg := tt.want(got); msg != "" {
 			t.Errorf("%s: %s: got %+v", tt.name, msg, got)
 		}
-		if !got.CreatedAt.Equal(task.CreatedAt) {
-			t.Errorf("%s: created_at moved from %v to %v", tt.name, task.CreatedAt, got.CreatedAt)
+		if !got.CreatedAt.Equal(tk.CreatedAt) {
+			t.Errorf("%s: created_at moved from %v to %v", tt.name, tk.CreatedAt, got.CreatedAt)
 		}
 		if !got.UpdatedAt.After(prev.UpdatedAt) {
 			t.Errorf("%s: updated_at %v, want after %v", tt.name, got.UpdatedAt, prev.UpdatedAt)
@@ -149,12 +151,12 @@ func TestStoreUpdateChangesOnlyTheGivenFields(t *testing.T) {
 func TestStoreToggleIsAtomicUnderConcurrency(t *testing.T) {
 	t.Parallel()
 	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
-	task := mustCreate(t, s, me, "Flip me", nil)
+	tk := mustCreate(t, s, me, "Flip me", nil)
 
 	// An odd number of concurrent toggles must end flipped and an even number must end
 	// where it started: a read-modify-write toggle loses some and fails one of the two.
 	for _, n := range []int{31, 32} {
-		before, err := s.GetTask(ctx, me, task.ID)
+		before, err := s.GetTask(ctx, me, tk.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -164,7 +166,7 @@ func TestStoreToggleIsAtomicUnderConcurrency(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, _, err := s.ToggleTask(ctx, me, task.ID, Condition{}, nil)
+				_, _, err := s.ToggleTask(ctx, me, tk.ID, Condition{}, nil)
 				errs <- err
 			}()
 		}
@@ -175,7 +177,7 @@ func TestStoreToggleIsAtomicUnderConcurrency(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		after, err := s.GetTask(ctx, me, task.ID)
+		after, err := s.GetTask(ctx, me, tk.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -191,14 +193,14 @@ func TestStoreToggleIsAtomicUnderConcurrency(t *testing.T) {
 func TestStoreDelete(t *testing.T) {
 	t.Parallel()
 	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
-	task := mustCreate(t, s, me, "Doomed", nil)
-	if err := s.DeleteTask(ctx, me, task.ID, Condition{}); err != nil {
+	tk := mustCreate(t, s, me, "Doomed", nil)
+	if err := s.DeleteTask(ctx, me, tk.ID, Condition{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.GetTask(ctx, me, task.ID); !errors.Is(err, ErrNotFound) {
+	if _, err := s.GetTask(ctx, me, tk.ID); !errors.Is(err, ErrNotFound) {
 		t.Errorf("GetTask after delete: %v, want ErrNotFound", err)
 	}
-	if err := s.DeleteTask(ctx, me, task.ID, Condition{}); !errors.Is(err, ErrNotFound) {
+	if err := s.DeleteTask(ctx, me, tk.ID, Condition{}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("second delete: %v, want ErrNotFound", err)
 	}
 }
@@ -219,8 +221,8 @@ func TestStoreConstraintsBackTheValidation(t *testing.T) {
 		"user id over 255 bytes": {strings.Repeat("u", 256), "ok", nil},
 	}
 	for name, c := range cases {
-		if _, _, err := s.CreateTask(context.Background(), c.userID, c.title, c.description, nil); !errors.Is(err, ErrRejected) {
-			t.Errorf("%s: %v, want ErrRejected", name, err)
+		if _, _, err := s.CreateTask(context.Background(), c.userID, c.title, c.description, nil); !errors.Is(err, pg.ErrRejected) {
+			t.Errorf("%s: %v, want pg.ErrRejected", name, err)
 		}
 	}
 	if _, _, err := s.CreateTask(context.Background(), me, strings.Repeat("é", 200), ptr(strings.Repeat("d", 1000)), nil); err != nil {
@@ -232,7 +234,7 @@ func TestStoreConstraintsBackTheValidation(t *testing.T) {
 // (now() is fixed per transaction) and, when title is fixed, the title too.
 func insertTies(t *testing.T, s *Store, userID string, n int, title string, completedEvery int) {
 	t.Helper()
-	_, err := s.pool.Exec(context.Background(), `INSERT INTO tasks (user_id, title, completed)
+	_, err := s.db.Pool().Exec(context.Background(), `INSERT INTO tasks (user_id, title, completed)
 SELECT $1, $2, (i % $4 = 0) FROM generate_series(1, $3) AS i`, userID, title, n, completedEvery)
 	if err != nil {
 		t.Fatal(err)
@@ -264,13 +266,13 @@ func TestStoreListPagesAreStableAndComplete(t *testing.T) {
 						t.Errorf("%s: %+v before %+v", name, whole[i-1], whole[i])
 					}
 				}
-				for _, task := range whole {
-					if status == "pending" && task.Completed || status == "completed" && !task.Completed {
-						t.Errorf("%s: returned %+v", name, task)
+				for _, tk := range whole {
+					if status == "pending" && tk.Completed || status == "completed" && !tk.Completed {
+						t.Errorf("%s: returned %+v", name, tk)
 					}
 				}
 				// Pages of 4 must concatenate to exactly the whole list.
-				var paged []Task
+				var paged []task.Task
 				for offset := int64(0); ; offset += 4 {
 					q.Limit, q.Offset = 4, offset
 					page, total, err := listTasks(s, ctx, me, q)
@@ -294,7 +296,7 @@ func TestStoreListPagesAreStableAndComplete(t *testing.T) {
 }
 
 // ordered reports whether a may precede b in a list sorted by key, ties broken by id.
-func ordered(a, b Task, key string, desc bool) bool {
+func ordered(a, b task.Task, key string, desc bool) bool {
 	cmp := 0
 	switch key {
 	case "created":
@@ -313,7 +315,7 @@ func ordered(a, b Task, key string, desc bool) bool {
 	return (cmp < 0) != desc
 }
 
-func ids(tasks []Task) []int64 {
+func ids(tasks []task.Task) []int64 {
 	out := make([]int64, len(tasks))
 	for i, t := range tasks {
 		out[i] = t.ID
@@ -331,53 +333,32 @@ func TestStoreListPastTheEndStillCounts(t *testing.T) {
 	}
 }
 
-func TestPoolDefaultsYieldToTheURL(t *testing.T) {
-	for _, c := range []struct {
-		dsn  string
-		want int32
-	}{
-		{"postgres://u@h/db", defaultMaxConns},
-		{"postgres://u@h/db?pool_max_conns=3", 3},
-		{"postgresql://u:pool_max_conns@h/db?sslmode=require", defaultMaxConns},
-		{"host=h user=u pool_max_conns=7", 7},
-		{"host=h user=u password=pool_max_conns=9", defaultMaxConns},
-	} {
-		cfg, err := newPoolConfig(c.dsn, time.Second)
-		if err != nil {
-			t.Fatalf("%s: %v", c.dsn, err)
-		}
-		if cfg.MaxConns != c.want {
-			t.Errorf("%s: MaxConns %d, want %d", c.dsn, cfg.MaxConns, c.want)
-		}
-	}
-}
-
-// A statement that outlives the store's deadline is ErrUnavailable, and the pool serves
+// A statement that outlives the store's deadline is pg.ErrUnavailable, and the pool serves
 // again right after.
 func TestStoreDeadline(t *testing.T) {
 	t.Parallel()
 	s := storeVia(t, "", 300*time.Millisecond, func(c *pgxpool.Config) { c.MaxConns = 1 })
 	ctx, me := context.Background(), testkit.NewUserID()
-	task := mustCreate(t, s, me, "held", nil)
+	tk := mustCreate(t, s, me, "held", nil)
 
 	// A toggle waiting for a row lock another session holds fails at its deadline. The
 	// lock is let go after 10 s in any case, so that a missing deadline fails this test
 	// rather than hanging it.
-	tx, err := testStore(t).pool.Begin(ctx)
+	tx, err := testStore(t).db.Pool().Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, task.ID); err != nil {
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE`, tk.ID); err != nil {
 		t.Fatal(err)
 	}
 	release := time.AfterFunc(10*time.Second, func() { tx.Rollback(ctx) })
-	_, _, err = s.ToggleTask(ctx, me, task.ID, Condition{}, nil)
+	_, _, err = s.ToggleTask(ctx, me, tk.ID, Condition{}, nil)
 	release.Stop()
 	tx.Rollback(ctx)
-	if !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("toggle held past its deadline: %v, want ErrUnavailable", err)
+	if !errors.Is(err, pg.ErrUnavailable) {
+		t.Fatalf("toggle held past its deadline: %v, want pg.ErrUnavailable", err)
 	}
-	if _, _, err := s.ToggleTask(ctx, me, task.ID, Condition{}, nil); err != nil {
+	if _, _, err := s.ToggleTask(ctx, me, tk.ID, Condition{}, nil); err != nil {
 		t.Fatalf("toggle after a timed-out one: %v", err)
 	}
 }
@@ -450,14 +431,14 @@ func TestTheListDigestSeesChangesInAnyCommitOrder(t *testing.T) {
 	head := func() ListHead {
 		var h ListHead
 		err := s.ListTasks(ctx, me, ListQuery{Status: "all", Sort: "created", Desc: true}, func(got ListHead) error { h = got; return nil },
-			func(*Task) error { return nil })
+			func(*task.Task) error { return nil })
 		if err != nil {
 			t.Fatal(err)
 		}
 		return h
 	}
 	begin := func(id int64) pgx.Tx {
-		tx, err := s.pool.Begin(ctx)
+		tx, err := s.db.Pool().Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -488,13 +469,13 @@ func TestEveryWriterCountsTowardsTheLimit(t *testing.T) {
 	s := storeVia(t, "", 5*time.Second, nil)
 	s.maxTasks = 3
 	ctx, me := context.Background(), testkit.NewUserID()
-	if _, err := s.pool.Exec(ctx, `INSERT INTO tasks (user_id, title) SELECT $1, 'by hand ' || i FROM generate_series(1, 3) AS i`, me); err != nil {
+	if _, err := s.db.Pool().Exec(ctx, `INSERT INTO tasks (user_id, title) SELECT $1, 'by hand ' || i FROM generate_series(1, 3) AS i`, me); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := s.CreateTask(ctx, me, "one too many", nil, nil); !errors.Is(err, ErrTaskLimit) {
 		t.Fatalf("create after 3 tasks written by hand: %v, want ErrTaskLimit", err)
 	}
-	if _, err := s.pool.Exec(ctx, `DELETE FROM tasks WHERE id = (SELECT min(id) FROM tasks WHERE user_id = $1)`, me); err != nil {
+	if _, err := s.db.Pool().Exec(ctx, `DELETE FROM tasks WHERE id = (SELECT min(id) FROM tasks WHERE user_id = $1)`, me); err != nil {
 		t.Fatal(err)
 	}
 	mustCreate(t, s, me, "room made by hand", nil)

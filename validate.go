@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"taskflow/internal/feed"
 )
 
 // Whether a request is well-formed: bodies, query parameters, task ids, cursors, and the
@@ -217,13 +219,13 @@ func parseListQuery(rawQuery string) (ListQuery, error) {
 }
 
 // parseChangesQuery reads /changes' since (a cursor; absent: a full sync) and limit.
-func parseChangesQuery(rawQuery, userID string) (from Cursor, limit int, err error) {
+func parseChangesQuery(rawQuery, userID string) (from feed.Cursor, limit int, err error) {
 	v, err := queryValues(rawQuery, "since", "limit")
 	if err != nil {
 		return from, 0, err
 	}
 	if s, ok := v["since"]; ok {
-		if from, err = decodeCursor(userID, s); err != nil {
+		if from, err = feed.DecodeCursor(userID, s); err != nil {
 			return from, 0, err
 		}
 	}
@@ -238,7 +240,7 @@ func parseChangesQuery(rawQuery, userID string) (from Cursor, limit int, err err
 
 // parseStreamStart reads where an event stream starts: the Last-Event-ID an EventSource
 // sends when it reconnects by itself, else the since parameter, else now (nil).
-func parseStreamStart(r *http.Request, userID string) (*Cursor, error) {
+func parseStreamStart(r *http.Request, userID string) (*feed.Cursor, error) {
 	text := r.Header.Get("Last-Event-ID")
 	if text == "" {
 		v, err := queryValues(r.URL.RawQuery, "since")
@@ -248,7 +250,7 @@ func parseStreamStart(r *http.Request, userID string) (*Cursor, error) {
 		}
 		text = since
 	}
-	from, err := decodeCursor(userID, text)
+	from, err := feed.DecodeCursor(userID, text)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,8 @@ package testkit
 
 import (
 	"context"
+	"crypto/rand"
+	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -12,6 +14,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -280,4 +283,53 @@ func PgCtl(t *testing.T, args ...string) {
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("%s: %v", strings.Join(argv, " "), err)
 	}
+}
+
+// NewRunSchema makes a schema for this run and returns base with that schema as its
+// search_path, and a function that drops it. Schemas that runs killed before their
+// cleanup left behind are dropped once they are an hour old.
+func NewRunSchema(base string) (string, func(), error) {
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, base)
+	if err != nil {
+		return "", nil, err
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT nspname FROM pg_namespace
+WHERE nspname LIKE 'run\_%' AND split_part(nspname, '_', 2)::bigint < extract(epoch FROM now()) - 3600`)
+	if err != nil {
+		return "", nil, err
+	}
+	stale, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return "", nil, err
+	}
+	for _, s := range stale {
+		conn.Exec(ctx, `DROP SCHEMA `+s+` CASCADE`) //nolint:errcheck // another run may drop it first
+	}
+	schema := fmt.Sprintf("run_%d_%s", time.Now().Unix(), strings.ToLower(rand.Text()[:8]))
+	if _, err := conn.Exec(ctx, `CREATE SCHEMA `+schema); err != nil {
+		return "", nil, err
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		return "", nil, err
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	drop := func() {
+		if conn, err := pgx.Connect(ctx, base); err == nil {
+			conn.Exec(ctx, `DROP SCHEMA `+schema+` CASCADE`) //nolint:errcheck // the next run drops it if this fails
+			conn.Close(ctx)
+		}
+	}
+	return u.String(), drop, nil
+}
+
+func mustQuery(rows pgx.Rows, err error) pgx.Rows {
+	if err != nil {
+		panic(err)
+	}
+	return rows
 }

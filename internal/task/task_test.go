@@ -1,16 +1,17 @@
-package main
+package task
 
 import (
 	"encoding/json"
 	"math/rand"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
+
+	"taskflow/internal/testkit"
 )
 
-// FuzzAppendJSONString holds the hand-written encoder to encoding/json's exact output.
-func FuzzAppendJSONString(f *testing.F) {
+// FuzzAppendString holds the hand-written encoder to encoding/json's exact output.
+func FuzzAppendString(f *testing.F) {
 	for _, seed := range []string{"", "plain", `q"uote\back`, "<script>&", "\u2028\u2029", "tab\tnl\n\x00\x1f", "é😀", "\xff\xfe", "a\xc0"} {
 		f.Add(seed)
 	}
@@ -19,27 +20,27 @@ func FuzzAppendJSONString(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := appendJSONString(nil, s); string(got) != string(want) {
-			t.Fatalf("appendJSONString(%q) = %s, want %s", s, got, want)
+		if got := AppendString(nil, s); string(got) != string(want) {
+			t.Fatalf("AppendString(%q) = %s, want %s", s, got, want)
 		}
 	})
 }
 
-func TestAppendTaskIsTheContractsTask(t *testing.T) {
+func TestAppendJSONIsTheContractsTask(t *testing.T) {
 	at := time.Date(2026, 2, 12, 10, 4, 5, 123456000, time.FixedZone("CET", 3600))
 	desc := "two\nlines"
 	for _, task := range []Task{
 		{ID: 42, UserID: "k3Jd9xQ2mZ7pL0aB", Title: "Buy milk", CreatedAt: at, UpdatedAt: at, Version: 7},
 		{ID: 1<<63 - 1, UserID: "u", Title: `"<é>"`, Description: &desc, Completed: true, CreatedAt: at.Add(-at.Sub(at.Truncate(time.Second))), UpdatedAt: at},
 	} {
-		b := appendTask(nil, &task)
+		b := AppendJSON(nil, &task)
 		dec := json.NewDecoder(strings.NewReader(string(b)))
 		dec.DisallowUnknownFields()
-		var got taskJSON
+		var got testkit.Task
 		if err := dec.Decode(&got); err != nil {
 			t.Fatalf("%s: %v", b, err)
 		}
-		want := taskJSON{ID: task.ID, UserID: task.UserID, Title: task.Title, Description: task.Description, Completed: task.Completed,
+		want := testkit.Task{ID: task.ID, UserID: task.UserID, Title: task.Title, Description: task.Description, Completed: task.Completed,
 			CreatedAt: task.CreatedAt.UTC().Format("2006-01-02T15:04:05.000000Z"), UpdatedAt: "2026-02-12T09:04:05.123456Z", Version: task.Version}
 		if !got.Equal(want) {
 			t.Errorf("got %+v, want %+v", got, want)
@@ -66,7 +67,7 @@ func TestAppendTimestamp(t *testing.T) {
 	}
 }
 
-func BenchmarkEncodeList50(b *testing.B) {
+func BenchmarkAppendJSON50(b *testing.B) {
 	tasks := make([]Task, 50)
 	now := time.Now()
 	desc := strings.Repeat("d", 100)
@@ -77,16 +78,13 @@ func BenchmarkEncodeList50(b *testing.B) {
 			tasks[i].Description = &desc
 		}
 	}
-	w := httptest.NewRecorder()
+	buf := make([]byte, 0, 32<<10)
 	b.ReportAllocs()
 	for b.Loop() {
-		w.Body.Reset()
-		list := jsonStream{w: w}
-		list.begin(nil, "[")
+		buf = buf[:0]
 		for i := range tasks {
-			list.add(i == 0, func(b []byte) []byte { return appendTask(b, &tasks[i]) })
+			buf = AppendJSON(buf, &tasks[i])
 		}
-		list.end("]\n", nil)
 	}
-	b.SetBytes(int64(w.Body.Len()))
+	b.SetBytes(int64(len(buf)))
 }

@@ -1,4 +1,4 @@
-package main
+package feed
 
 import (
 	"context"
@@ -11,9 +11,13 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"taskflow/internal/fair"
+	"taskflow/internal/pg"
+	"taskflow/internal/task"
 )
 
-// Live updates: Server-Sent Events of a user's feed of changes (changes.go). Each stream
+// Live updates: Server-Sent Events of a user's feed of changes (feed.go). Each stream
 // reads the feed itself, from its own cursor: when it opens (catching up from
 // Last-Event-ID or since=), whenever a write of its user wakes it (wakeups.go), and every
 // pollEvery in case a wake-up was lost. So a stream has no queue to fall behind on: a
@@ -26,17 +30,27 @@ import (
 // its cursor (Feed.Changes) and writes one event per change, whose id is the cursor
 // after it.
 
-// Events holds one instance's open streams, by user.
-type Events struct {
+// Why a stream is not opened (test with errors.Is).
+var (
+	ErrShuttingDown   = errors.New("the server is shutting down")
+	ErrStreamsFull    = errors.New("this server holds all the event streams it may (MAX_STREAMS)")
+	ErrTooManyStreams = errors.New("too many open event streams for this user (MAX_STREAMS_PER_USER)")
+)
+
+// buffers recycle the pages of events streams write; a page is at most streamPageBytes
+// and one event.
+var buffers = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// Streams holds one instance's open streams, by user.
+type Streams struct {
 	feed       *Feed
 	log        *slog.Logger
-	maxPerUser int
-	maxTotal   int
+	MaxPerUser int // MAX_STREAMS_PER_USER
+	MaxTotal   int // MAX_STREAMS
 	// Timings; tests shorten them.
-	heartbeat    time.Duration // a comment line at least this often keeps proxies from cutting a stream
-	pollEvery    time.Duration // a read about this often (±50%, so that streams opened together spread), in case a wake-up was lost
-	writeTimeout time.Duration // a page of events that takes longer to reach its client cuts it loose
-	reading      chan struct{} // streams reading the feed at once, instance-wide
+	Heartbeat    time.Duration // a comment line at least this often keeps proxies from cutting a stream
+	PollEvery    time.Duration // a read about this often (±50%, so that streams opened together spread), in case a wake-up was lost
+	WriteTimeout time.Duration // a page of events that takes longer to reach its client cuts it loose
 
 	mu      sync.Mutex
 	streams map[string]map[*stream]bool
@@ -48,42 +62,42 @@ type Events struct {
 
 // stream is one open event stream, which a goroutine of its own writes (send).
 type stream struct {
-	events *Events
+	events *Streams
 	userID string
 	conn   net.Conn
-	wake   chan struct{} // the user's feed has more (a flag: capacity one)
-	gone   chan struct{} // closed at shutdown
+	wake   chan struct{}   // the user's feed has more (a flag: capacity one)
+	gone   chan struct{}   // closed at shutdown
+	ctx    context.Context // ends when the stream does: at shutdown, or when its client goes
+	cancel func()
 }
 
 const (
 	// A stream reads at most streamPage changes at once, and stops a page at
 	// streamPageBytes of events (one event over at most: 7 KiB): a stream holds at most
-	// that in memory while its client takes it. At most streamReaders streams read at
-	// once; a write to a slow client holds no such place, so slow clients delay no one.
+	// that in memory while its client takes it. Reads are the feed's reader's, which no
+	// write to a slow client holds up.
 	streamPage      = 100
 	streamPageBytes = 32 << 10
-	streamReaders   = 64
 )
 
-func newEvents(feed *Feed, log *slog.Logger, maxPerUser, maxTotal int) *Events {
-	return &Events{
+func NewStreams(feed *Feed, log *slog.Logger, maxPerUser, maxTotal int) *Streams {
+	return &Streams{
 		feed:       feed,
 		log:        log,
-		maxPerUser: maxPerUser,
-		maxTotal:   maxTotal,
-		heartbeat:  15 * time.Second,
-		pollEvery:  5 * time.Minute,
+		MaxPerUser: maxPerUser,
+		MaxTotal:   maxTotal,
+		Heartbeat:  15 * time.Second,
+		PollEvery:  5 * time.Minute,
 		// A client this far behind is cut loose: it reconnects from its Last-Event-ID
 		// and loses nothing.
-		writeTimeout: 10 * time.Second,
-		reading:      make(chan struct{}, streamReaders),
+		WriteTimeout: 10 * time.Second,
 		streams:      map[string]map[*stream]bool{},
 		opened:       make(chan struct{}, 1),
 	}
 }
 
 // Wake tells the user's streams on this instance that their feed has more.
-func (e *Events) Wake(userID string) {
+func (e *Streams) Wake(userID string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for s := range e.streams[userID] {
@@ -92,7 +106,7 @@ func (e *Events) Wake(userID string) {
 }
 
 // WakeAll wakes every stream, for when wake-ups may have been missed.
-func (e *Events) WakeAll() {
+func (e *Streams) WakeAll() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, streams := range e.streams {
@@ -109,8 +123,15 @@ func (s *stream) poke() {
 	}
 }
 
+// Open is how many streams are open.
+func (e *Streams) Open() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.total
+}
+
 // idle reports whether no stream has been open for the last d.
-func (e *Events) idle(d time.Duration) bool {
+func (e *Streams) idle(d time.Duration) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.total == 0 && time.Since(e.idleAt) >= d
@@ -118,44 +139,46 @@ func (e *Events) idle(d time.Duration) bool {
 
 // Close ends every stream at once, for shutdown: the server's Shutdown does not know the
 // connections the streams took over.
-func (e *Events) Close() {
+func (e *Streams) Close() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.closed = true
 	for _, streams := range e.streams {
 		for s := range streams {
 			close(s.gone)
+			s.cancel()
 		}
 	}
 }
 
 // Admits reports whether a stream of userID's would open now, or why not.
-func (e *Events) Admits(userID string) error {
+func (e *Streams) Admits(userID string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.admitsLocked(userID)
 }
 
-func (e *Events) admitsLocked(userID string) error {
+func (e *Streams) admitsLocked(userID string) error {
 	switch {
 	case e.closed:
-		return errShuttingDown
-	case e.total >= e.maxTotal:
-		return errStreamsFull
-	case len(e.streams[userID]) >= e.maxPerUser:
-		return errTooManyStreams
+		return ErrShuttingDown
+	case e.total >= e.MaxTotal:
+		return ErrStreamsFull
+	case len(e.streams[userID]) >= e.MaxPerUser:
+		return ErrTooManyStreams
 	}
 	return nil
 }
 
 // subscribe counts a stream against the limits; unsubscribe, once its socket is closed.
-func (e *Events) subscribe(userID string) (*stream, error) {
+func (e *Streams) subscribe(userID string) (*stream, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.admitsLocked(userID); err != nil {
 		return nil, err
 	}
 	s := &stream{events: e, userID: userID, wake: make(chan struct{}, 1), gone: make(chan struct{})}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if e.streams[userID] == nil {
 		e.streams[userID] = map[*stream]bool{}
 	}
@@ -168,7 +191,7 @@ func (e *Events) subscribe(userID string) (*stream, error) {
 	return s, nil
 }
 
-func (e *Events) unsubscribe(s *stream) {
+func (e *Streams) unsubscribe(s *stream) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	delete(e.streams[s.userID], s)
@@ -190,7 +213,7 @@ func (e *Events) unsubscribe(s *stream) {
 // of buffers and the request. 10,000 idle streams held 326 MiB that way, 148 MiB taken
 // over (make bench-live; docs/performance.md, "Live updates"). The access log therefore
 // has a stream's line when it opens, not when it ends.
-func (e *Events) Serve(w http.ResponseWriter, userID string, from *Cursor, expires time.Time) error {
+func (e *Streams) Serve(w http.ResponseWriter, userID string, from *Cursor, expires time.Time) error {
 	s, err := e.subscribe(userID)
 	if err != nil {
 		return err
@@ -213,6 +236,7 @@ func (e *Events) Serve(w http.ResponseWriter, userID string, from *Cursor, expir
 		// The client went, or the connection is not HTTP/1 (this server speaks no
 		// other). The stream has begun, so there is no error to answer: it ends, and an
 		// EventSource reconnects.
+		s.cancel()
 		s.events.unsubscribe(s)
 		return nil
 	}
@@ -235,15 +259,19 @@ func (s *stream) send(cur *Cursor, expires time.Time) {
 		s.conn.Close()
 		s.events.unsubscribe(s)
 	}()
-	tuneStream(s.conn, 2*s.events.heartbeat)
+	tuneStream(s.conn, 2*s.events.Heartbeat)
 	// The answer said Connection: close, so the client has nothing more to send: its
-	// closing the connection, or any byte it sends anyway, ends the stream.
+	// closing the connection, or any byte it sends anyway, ends the stream, and the read
+	// the stream may be waiting for.
+	ctx := s.ctx
+	defer s.cancel()
 	left := make(chan struct{})
 	go func() {
 		s.conn.Read(make([]byte, 1)) //nolint:errcheck // any outcome means the same
 		close(left)
+		s.cancel()
 	}()
-	beat, poll, expiry := time.NewTicker(s.events.heartbeat), time.NewTimer(0), time.NewTimer(time.Until(expires))
+	beat, poll, expiry := time.NewTicker(s.events.Heartbeat), time.NewTimer(0), time.NewTimer(time.Until(expires))
 	defer beat.Stop()
 	defer poll.Stop()
 	defer expiry.Stop()
@@ -264,11 +292,13 @@ func (s *stream) send(cur *Cursor, expires time.Time) {
 		case <-left:
 			return
 		}
-		next, err := s.sendChanges(cur)
+		next, err := s.sendChanges(ctx, cur)
 		switch {
-		case errors.Is(err, ErrUnavailable):
+		case errors.Is(err, pg.ErrUnavailable):
 			poll.Reset(time.Second) // the database is away: try again shortly, stay open
 			continue
+		case errors.Is(err, fair.ErrBusy):
+			return // the stream ended while its read waited
 		case errors.Is(err, ErrCursorExpired) && s.write(s.frame(next, "resync")):
 		case err != nil:
 			return // the client is gone, or too far behind
@@ -278,48 +308,44 @@ func (s *stream) send(cur *Cursor, expires time.Time) {
 				return
 			}
 		}
-		poll.Reset(s.events.pollEvery/2 + rand.N(s.events.pollEvery))
+		poll.Reset(s.events.PollEvery/2 + rand.N(s.events.PollEvery))
 	}
 }
 
 // sendChanges reads the feed after cur, a page at a time, writing each page's events at
 // once, and returns where it got; from now, when cur is nil, it only reads where now is.
-func (s *stream) sendChanges(cur *Cursor) (Cursor, error) {
+// A page is at most streamPage changes and stops at about streamPageBytes of events: a
+// stream holds no more than that while its client takes it.
+func (s *stream) sendChanges(ctx context.Context, cur *Cursor) (Cursor, error) {
+	if cur == nil {
+		return s.events.feed.Now(ctx)
+	}
+	next := *cur
 	for {
-		s.events.reading <- struct{}{}
-		buf := getBuffer()
-		var (
-			next Cursor
-			more bool
-			err  error
-			read = make(chan struct{})
-		)
-		// The read runs on a goroutine of its own: pgx's calls grow a goroutine's stack to
-		// tens of KiB, which the stream's would keep while it idles (10,000 idle streams
-		// held 264 MiB instead of 195; make bench-live).
-		go func() {
-			defer close(read)
-			if cur == nil {
-				next, err = s.events.feed.Now(context.Background())
-				return
+		page, err := s.events.feed.Read(ctx, s.userID, next, streamPage)
+		if err != nil {
+			return page.Next, err
+		}
+		next, more := page.Next, page.More
+		buf := buffers.Get().(*[]byte)
+		for i := range page.Changes {
+			c := &page.Changes[i]
+			if *buf = appendChangeEvent(*buf, c, s.userID); len(*buf) >= streamPageBytes && i < len(page.Changes)-1 {
+				next, more = c.At, true
+				break
 			}
-			next, more, err = s.events.feed.Changes(context.Background(), s.userID, *cur, streamPage, func(c *Change) error {
-				if *buf = appendChangeEvent(*buf, c, s.userID); len(*buf) >= streamPageBytes {
-					return errPageFull
-				}
-				return nil
-			})
-		}()
-		<-read
-		<-s.events.reading
-		if err == nil && len(*buf) > 0 && !s.write(*buf) {
-			err = errClientGone
 		}
-		putBuffer(buf)
-		if err != nil || !more {
-			return next, err
+		sent := len(*buf) == 0 || s.write(*buf)
+		if cap(*buf) <= 2*streamPageBytes { // one huge page must not pin its buffer
+			*buf = (*buf)[:0]
+			buffers.Put(buf)
 		}
-		cur = &next
+		switch {
+		case !sent:
+			return next, errClientGone
+		case !more:
+			return next, nil
+		}
 	}
 }
 
@@ -327,7 +353,7 @@ var errClientGone = errors.New("the client stopped taking events")
 
 // write sends a frame within writeTimeout.
 func (s *stream) write(frame []byte) bool {
-	s.conn.SetWriteDeadline(time.Now().Add(s.events.writeTimeout)) //nolint:errcheck // fails only on a closed connection, as the write then does
+	s.conn.SetWriteDeadline(time.Now().Add(s.events.WriteTimeout)) //nolint:errcheck // fails only on a closed connection, as the write then does
 	_, err := s.conn.Write(frame)
 	return err == nil
 }
@@ -357,10 +383,10 @@ func appendChangeEvent(b []byte, c *Change, userID string) []byte {
 		b = appendFrameHead(b, c.At.Encode(userID), "task.deleted")
 		b = strconv.AppendInt(append(b, `{"id":`...), c.Task.ID, 10)
 		b = append(strconv.AppendInt(append(b, `,"version":`...), c.Task.Version, 10), '}')
-	case c.Created():
-		b = appendTask(appendFrameHead(b, c.At.Encode(userID), "task.created"), &c.Task)
+	case c.Created:
+		b = task.AppendJSON(appendFrameHead(b, c.At.Encode(userID), "task.created"), &c.Task)
 	default:
-		b = appendTask(appendFrameHead(b, c.At.Encode(userID), "task.updated"), &c.Task)
+		b = task.AppendJSON(appendFrameHead(b, c.At.Encode(userID), "task.updated"), &c.Task)
 	}
 	return append(b, "\n\n"...)
 }

@@ -1,4 +1,4 @@
-package main
+package feed
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"taskflow/internal/pg"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -33,12 +35,12 @@ type wakeup struct {
 
 // Wakeups sends this instance's wake-ups and listens for the others'.
 type Wakeups struct {
-	events   *Events
-	db       *db
+	events   *Streams
+	db       *pg.DB
 	listen   *pgx.ConnConfig // DATABASE_LISTEN_URL: direct, since a transaction pooler drops LISTEN's notifications
 	log      *slog.Logger
 	instance string
-	linger   time.Duration // the listener's connection outlives the last stream by this much
+	Linger   time.Duration // the listener's connection outlives the last stream by this much
 	// notifyEvery spaces this instance's notifications: at most 100 a second, each for
 	// every user written since the last went out, however fast the writes come. Sent back
 	// to back, they took update/64 to 0.77 of this (make bench, docs/performance.md).
@@ -49,9 +51,9 @@ type Wakeups struct {
 	kick    chan struct{}
 }
 
-func newWakeups(events *Events, db *db, listen *pgx.ConnConfig, log *slog.Logger) *Wakeups {
+func NewWakeups(events *Streams, db *pg.DB, listen *pgx.ConnConfig, log *slog.Logger) *Wakeups {
 	return &Wakeups{events: events, db: db, listen: listen, log: log, instance: rand.Text(),
-		linger: 30 * time.Second, notifyEvery: 10 * time.Millisecond, pending: map[string]bool{}, kick: make(chan struct{}, 1)}
+		Linger: 30 * time.Second, notifyEvery: 10 * time.Millisecond, pending: map[string]bool{}, kick: make(chan struct{}, 1)}
 }
 
 // Changed wakes userID's streams: on this instance at once, on the others with the next
@@ -95,10 +97,8 @@ func (w *Wakeups) send(ctx context.Context) {
 	users := w.pending
 	w.pending = map[string]bool{}
 	w.mu.Unlock()
-	// The same commit moves the id known on disk on (changes_durable, schema.sql): it
-	// costs nothing more, since notifying commits take turns anyway.
-	err := w.db.row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
-		`WITH marked AS (`+sqlMarkDurable+`) SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) p`,
+	err := w.db.Row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
+		`SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) p`,
 		wakeupChannel, wakeupPayloads(w.instance, users))
 	if err != nil && ctx.Err() == nil {
 		// Sent again with the next ones, a second from now at the latest.
@@ -155,7 +155,7 @@ func (w *Wakeups) Listen(ctx context.Context) {
 			return
 		case <-w.events.opened:
 		}
-		for ctx.Err() == nil && !w.events.idle(w.linger) {
+		for ctx.Err() == nil && !w.events.idle(w.Linger) {
 			connected, err := w.listenOnce(ctx)
 			if connected {
 				backoff = firstRetry
@@ -190,7 +190,7 @@ func (w *Wakeups) listenOnce(ctx context.Context) (connected bool, err error) {
 	defer conn.Close(context.Background())
 	w.events.WakeAll()
 	for {
-		waitCtx, cancel := context.WithTimeout(ctx, w.events.heartbeat)
+		waitCtx, cancel := context.WithTimeout(ctx, w.events.Heartbeat)
 		n, err := conn.WaitForNotification(waitCtx)
 		cancel()
 		switch {
@@ -202,7 +202,7 @@ func (w *Wakeups) listenOnce(ctx context.Context) (connected bool, err error) {
 			w.log.Warn("wake-ups: the listener lost its connection; reconnecting", "err", err)
 			return true, err
 		default: // a quiet while: see that the connection lives
-			pingCtx, cancel := context.WithTimeout(ctx, w.db.timeout)
+			pingCtx, cancel := context.WithTimeout(ctx, w.db.Timeout)
 			err = conn.Ping(pingCtx)
 			cancel()
 			if err != nil {
@@ -210,7 +210,7 @@ func (w *Wakeups) listenOnce(ctx context.Context) (connected bool, err error) {
 				return true, err
 			}
 		}
-		if w.events.idle(w.linger) {
+		if w.events.idle(w.Linger) {
 			return true, nil
 		}
 	}

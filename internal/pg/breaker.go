@@ -1,4 +1,4 @@
-package main
+package pg
 
 import (
 	"context"
@@ -51,7 +51,7 @@ func (b *breaker) beforeConnect(_ context.Context, cc *pgx.ConnConfig) error {
 			b.log.Warn("database still unreachable", "down_for", now.Sub(b.since).Round(time.Second).String(), "requests_refused", b.refused)
 			b.refused, b.logged = 0, now
 		}
-		return errDatabaseDown
+		return ErrDown
 	}
 	// This attempt's end (TraceConnectEnd) decides when the next one may go; the margin
 	// past its connect timeout lets that end arrive after the request that started it

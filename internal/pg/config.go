@@ -1,0 +1,61 @@
+package pg
+
+import (
+	"context"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Pool defaults suited to Neon; each applies only when the URL does not set it.
+const (
+	defaultMaxConns          = 15
+	defaultMaxConnIdleTime   = 60 * time.Second // well before Neon suspends an idle compute (5 min)
+	defaultHealthCheckPeriod = 30 * time.Second
+)
+
+// ParseConfig parses databaseURL with pgx's own parser, so pgx's URL parameters
+// (pool_max_conns, default_query_exec_mode, sslmode, ...) keep working, then fills in
+// the defaults the URL left open, and the liveness peek.
+func ParseConfig(databaseURL string, timeout time.Duration) (*pgxpool.Config, error) {
+	cfg, err := pgxpool.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, err
+	}
+	set := func(param string) bool { return hasConnParam(databaseURL, param) }
+	if !set("pool_max_conns") {
+		cfg.MaxConns = defaultMaxConns
+	}
+	if !set("pool_max_conn_idle_time") {
+		cfg.MaxConnIdleTime = defaultMaxConnIdleTime
+	}
+	if !set("pool_health_check_period") {
+		cfg.HealthCheckPeriod = defaultHealthCheckPeriod
+	}
+	if !set("connect_timeout") {
+		cfg.ConnConfig.ConnectTimeout = timeout
+	}
+	cfg.PrepareConn = func(_ context.Context, c *pgx.Conn) (bool, error) { return connAlive(c.PgConn().Conn()), nil }
+	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "taskflow-api"
+	}
+	return cfg, nil
+}
+
+// hasConnParam reports whether a connection string, in URL or keyword/value form, sets
+// param (a password or another value that merely contains the name does not count).
+func hasConnParam(connString, param string) bool {
+	if strings.HasPrefix(connString, "postgres://") || strings.HasPrefix(connString, "postgresql://") {
+		u, err := url.Parse(connString)
+		return err == nil && u.Query().Has(param)
+	}
+	for _, field := range strings.Fields(connString) {
+		if name, _, ok := strings.Cut(field, "="); ok && strings.TrimSpace(name) == param {
+			return true
+		}
+	}
+	return false
+}

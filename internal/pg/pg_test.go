@@ -1,0 +1,171 @@
+package pg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"taskflow/internal/testkit"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// The tests that need PostgreSQL use TEST_DATABASE_URL (make test), in a schema of their
+// own run, with a table of their own.
+var testURL string
+
+func TestMain(m *testing.M) {
+	base := os.Getenv("TEST_DATABASE_URL")
+	if base == "" && os.Getenv("CI") == "true" {
+		fmt.Fprintln(os.Stderr, "TEST_DATABASE_URL is unset: under CI the database tests must run, not skip (use make test)")
+		os.Exit(1)
+	}
+	drop := func() {}
+	if base != "" {
+		var err error
+		if testURL, drop, err = testkit.NewRunSchema(base); err != nil {
+			fmt.Fprintf(os.Stderr, "TEST_DATABASE_URL: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	drop()
+	os.Exit(code)
+}
+
+const testSchema = `CREATE TABLE IF NOT EXISTS written (v text PRIMARY KEY)`
+
+// testDB is a DB on the test schema, one per test, with the table made once: two
+// CREATE TABLE IF NOT EXISTS at once may collide.
+func testDB(t *testing.T) *DB {
+	t.Helper()
+	if testURL == "" {
+		t.Skip("TEST_DATABASE_URL is unset; run make test")
+	}
+	cfg, err := ParseConfig(testURL, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	made.Do(func() {
+		if d, err := Open(context.Background(), cfg.Copy(), 5*time.Second, slog.New(slog.DiscardHandler), testSchema); err == nil {
+			d.Close()
+		}
+	})
+	d, err := Open(context.Background(), cfg, 5*time.Second, slog.New(slog.DiscardHandler), "SELECT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	return d
+}
+
+var made sync.Once
+
+// insert inserts v through Write and returns the transaction that committed it.
+func insert(d *DB, v string) (xid string, err error) {
+	err = d.Write(context.Background(), func(r pgx.Row) error { return r.Scan(&xid) },
+		`INSERT INTO written (v) VALUES ($1) RETURNING pg_current_xact_id()::text`, v)
+	return xid, err
+}
+
+// TestWritesShareACommit: writes made while others are in flight go together, in one
+// transaction; each still gets its own answer.
+func TestWritesShareACommit(t *testing.T) {
+	t.Parallel()
+	d := testDB(t)
+	prefix := testkit.NewUserID()
+	var wg sync.WaitGroup
+	xids := make([]string, 200)
+	for i := range xids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if xids[i], err = insert(d, fmt.Sprint(prefix, i)); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	transactions := map[string]bool{}
+	for _, x := range xids {
+		transactions[x] = true
+	}
+	var n int
+	d.Pool().QueryRow(context.Background(), `SELECT count(*) FROM written WHERE v LIKE $1 || '%'`, prefix).Scan(&n)
+	if n != 200 || len(transactions) >= 200 {
+		t.Errorf("%d rows written in %d transactions; want 200 in fewer", n, len(transactions))
+	}
+}
+
+// TestAFailingWriteUndoesOnlyItself: a statement that fails fails alone; the writes it
+// shared a batch with are made.
+func TestAFailingWriteUndoesOnlyItself(t *testing.T) {
+	t.Parallel()
+	d := testDB(t)
+	prefix := testkit.NewUserID()
+	if _, err := insert(d, prefix+"taken"); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 20 {
+		var wg sync.WaitGroup
+		errs := make([]error, 10)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				v := fmt.Sprint(prefix, round, "-", i)
+				if i == 5 {
+					v = prefix + "taken"
+				}
+				_, errs[i] = insert(d, v)
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if i == 5 && !Violates(err, "written_pkey") || i != 5 && err != nil {
+				t.Fatalf("round %d, write %d: %v", round, i, err)
+			}
+		}
+	}
+	var n int
+	d.Pool().QueryRow(context.Background(), `SELECT count(*) FROM written WHERE v LIKE $1 || '%'`, prefix).Scan(&n)
+	if n != 1+20*9 {
+		t.Errorf("%d rows, want %d", n, 1+20*9)
+	}
+}
+
+// TestWritesWithNoDatabaseFailQuickly: a write that cannot reach the database is
+// ErrUnavailable within the deadline, batched or not.
+func TestWritesWithNoDatabaseFailQuickly(t *testing.T) {
+	t.Parallel()
+	cfg, err := ParseConfig("postgres://nobody@127.0.0.1:1/none?sslmode=disable", 500*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(cfg, 500*time.Millisecond, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := insert(d, "x"); !errors.Is(err, ErrUnavailable) {
+				t.Errorf("a write with no database: %v, want ErrUnavailable", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("20 writes with no database took %v", took)
+	}
+}
