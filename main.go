@@ -213,8 +213,9 @@ func printDevToken(getenv func(string) string, userID string, stdout io.Writer) 
 // statements are the texts of the requests' statements, by name, for `taskflow-api
 // statements`: $1 is the user id; the others are those of the Store method that runs it.
 func statements() map[string]string {
-	return map[string]string{"create": sqlCreateTask, "get": sqlGetTask, "update": sqlUpdateTask, "toggle": sqlToggleTask,
-		"delete": sqlDeleteTask, "list": listSQL[ListQuery{Status: "all", Sort: "created", Desc: true}], "changes": feed.SQLRead}
+	return map[string]string{"create": sqlCreateTask, "create-keyed": sqlCreateTaskKeyed, "get": sqlGetTask,
+		"update": sqlUpdateTask, "toggle": sqlToggleTask, "toggle-keyed": sqlToggleTaskKeyed, "delete": sqlDeleteTask,
+		"list": listSQL[ListQuery{Status: "all", Sort: "created", Desc: true}], "changes": feed.SQLRead}
 }
 
 // prune forgets expired idempotency keys and tombstones, at start and then every ten

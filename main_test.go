@@ -183,11 +183,13 @@ func TestShutdownLetsRequestsInFlightFinish(t *testing.T) {
 			statuses <- res.StatusCode
 		}()
 	}
-	testkit.WaitFor(t, "the toggles to wait on the row lock", func() bool {
+	// The first waits on the row lock; the others wait to share the next commit.
+	testkit.WaitFor(t, "a toggle to wait on the row lock", func() bool {
 		var n int
 		store.db.Pool().QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, appName).Scan(&n)
-		return n == inFlight
+		return n == 1
 	})
+	time.Sleep(100 * time.Millisecond) // and the others to queue behind it
 
 	stopped := make(chan error, 1)
 	go func() { stopped <- stop() }()

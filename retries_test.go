@@ -273,7 +273,7 @@ func TestEveryWriteGetsANewVersion(t *testing.T) {
 	var updated [2]time.Time
 	var versions [2]int64
 	for i := range 2 {
-		if err := tx.QueryRow(ctx, sqlToggleTask, me, nil, nil, task.ID, nil, nil).Scan(new(int64), new(string), new(string), new(*string),
+		if err := tx.QueryRow(ctx, sqlToggleTask, me, task.ID, nil, []int64{}).Scan(new(int64), new(string), new(string), new(*string),
 			new(bool), new(time.Time), &updated[i], &versions[i]); err != nil {
 			t.Fatal(err)
 		}

@@ -14,11 +14,36 @@ SELECT pg_advisory_xact_lock(7419260113);
 -- is its tasks' count and a digest of their versions (store.go).
 CREATE SEQUENCE IF NOT EXISTS task_versions;
 
+-- These mirror the API's validation so that no other writer (a migration, a psql session,
+-- a bug) can store what the API would refuse. They are domains, not CHECK constraints on
+-- the table: a domain is checked when a value is stored in the column, so a toggle, which
+-- stores none of them, checks nothing; PostgreSQL checks a table's CHECKs on every row a
+-- statement writes, and parsed them again for each statement (docs/performance.md).
+DO $$
+BEGIN
+    IF to_regtype('task_owner') IS NULL THEN
+        CREATE DOMAIN task_owner AS text CHECK (octet_length(VALUE) BETWEEN 1 AND 255);
+    END IF;
+    IF to_regtype('task_title') IS NULL THEN
+        CREATE DOMAIN task_title AS text CHECK (char_length(VALUE) BETWEEN 1 AND 200 AND btrim(VALUE) <> '');
+    END IF;
+    IF to_regtype('task_description') IS NULL THEN
+        CREATE DOMAIN task_description AS text CHECK (char_length(VALUE) <= 1000);
+    END IF;
+END $$;
+
+-- Whether a task's version meets a write's If-Match and If-None-Match, as versions:
+-- allowed NULL allows any version, else the task must be in allowed; it must be in none
+-- of refused (store.go's Condition). A SQL function of one expression, which PostgreSQL
+-- inlines into each statement that calls it.
+CREATE OR REPLACE FUNCTION version_allowed(version bigint, allowed bigint[], refused bigint[]) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT (allowed IS NULL OR version = ANY (allowed)) AND version <> ALL (refused) $$;
+
 CREATE TABLE IF NOT EXISTS tasks (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    user_id     text        NOT NULL,
-    title       text        NOT NULL,
-    description text,
+    user_id     task_owner  NOT NULL,
+    title       task_title  NOT NULL,
+    description task_description,
     completed   boolean     NOT NULL DEFAULT false,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
@@ -27,12 +52,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     -- reads by them (internal/feed).
     changed_xid xid8        DEFAULT pg_current_xact_id(),
     created_xid xid8        DEFAULT pg_current_xact_id(),
-
-    -- These mirror the API's validation so that no other writer (a migration, a psql
-    -- session, a bug) can store what the API would refuse.
-    CONSTRAINT tasks_user_id_check     CHECK (octet_length(user_id) BETWEEN 1 AND 255),
-    CONSTRAINT tasks_title_check       CHECK (char_length(title) BETWEEN 1 AND 200 AND btrim(title) <> ''),
-    CONSTRAINT tasks_description_check CHECK (char_length(description) <= 1000)
+    -- Whether the writer counted the task in task_counts itself, as the service's create
+    -- does in its statement; the tasks_count_others trigger counts the rest.
+    counted     boolean     NOT NULL DEFAULT false
 );
 
 DO $$
@@ -47,6 +69,16 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'tasks'::regclass AND attname = 'changed_xid') THEN
         ALTER TABLE tasks ADD COLUMN changed_xid xid8;
         ALTER TABLE tasks ALTER COLUMN changed_xid SET DEFAULT pg_current_xact_id();
+    END IF;
+    -- Databases made before the domains: the columns take them (the table is read
+    -- once, under an exclusive lock, to check its rows), and the CHECKs go.
+    IF (SELECT atttypid FROM pg_attribute WHERE attrelid = 'tasks'::regclass AND attname = 'title') = 'text'::regtype THEN
+        ALTER TABLE tasks DROP CONSTRAINT IF EXISTS tasks_user_id_check, DROP CONSTRAINT IF EXISTS tasks_title_check,
+            DROP CONSTRAINT IF EXISTS tasks_description_check,
+            ALTER COLUMN user_id TYPE task_owner, ALTER COLUMN title TYPE task_title, ALTER COLUMN description TYPE task_description;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'tasks'::regclass AND attname = 'counted') THEN
+        ALTER TABLE tasks ADD COLUMN counted boolean NOT NULL DEFAULT false;
     END IF;
     -- Likewise: a task made before is never "created" after any cursor.
     IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'tasks'::regclass AND attname = 'created_xid') THEN
@@ -69,10 +101,11 @@ END $$;
 -- store.go's statements do, and send the wake-up of wakeups.go, or its change reaches
 -- open streams only at their next periodic read.
 --
--- The trigger keeps two things that every writer must keep right, psql and older
+-- The triggers keep two things that every writer must keep right, psql and older
 -- instances included: how many tasks each user owns (the create statement checks
--- MAX_TASKS_PER_USER against it under the row's lock) and the tombstones. It fires on
--- insert and delete only: an update, the common write, runs no trigger at all.
+-- MAX_TASKS_PER_USER against it under the row's lock, and counts its own task there) and
+-- the tombstones. They fire on a delete, and on an insert its writer did not count: an
+-- update, the common write, and the service's create run no trigger at all.
 CREATE OR REPLACE FUNCTION tasks_track() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -141,6 +174,15 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'changes_durable'::regclass AND attname = 'database') THEN
         ALTER TABLE changes_durable ADD COLUMN database text NOT NULL DEFAULT md5(random()::text || clock_timestamp()::text);
     END IF;
+    -- Before creates counted themselves, tasks_track counted every insert. Its name stays
+    -- (an older instance starting during a rolling deploy looks for it), on deletes only.
+    IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND tgname = 'tasks_track' AND tgtype & 4 <> 0) THEN
+        DROP TRIGGER tasks_track ON tasks;
+        CREATE TRIGGER tasks_track AFTER DELETE ON tasks FOR EACH ROW EXECUTE FUNCTION tasks_track();
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND tgname = 'tasks_count_others') THEN
+        CREATE TRIGGER tasks_count_others AFTER INSERT ON tasks FOR EACH ROW WHEN (NOT NEW.counted) EXECUTE FUNCTION tasks_track();
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND tgname = 'tasks_track') THEN
         -- Before the feed, tasks_count kept the counts (right already), and tasks_notify
         -- sent every change from the writing transaction, which serialized commits
@@ -148,8 +190,7 @@ BEGIN
         -- transaction, after the trigger has locked the table: no write falls between.
         DROP TRIGGER IF EXISTS tasks_notify ON tasks;
         DROP FUNCTION IF EXISTS tasks_notify();
-        CREATE TRIGGER tasks_track AFTER INSERT OR DELETE ON tasks
-            FOR EACH ROW EXECUTE FUNCTION tasks_track();
+        CREATE TRIGGER tasks_track AFTER DELETE ON tasks FOR EACH ROW EXECUTE FUNCTION tasks_track();
         IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND tgname = 'tasks_count') THEN
             DROP TRIGGER tasks_count ON tasks;
             DROP FUNCTION tasks_count();

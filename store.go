@@ -43,6 +43,14 @@ type Condition struct{ Match, NoneMatch []int64 }
 
 func (c Condition) given() bool { return c.Match != nil || c.NoneMatch != nil }
 
+// none is NoneMatch as version_allowed takes it: never NULL.
+func (c Condition) none() []int64 {
+	if c.NoneMatch == nil {
+		return []int64{}
+	}
+	return c.NoneMatch
+}
+
 // IdempotencyKey is a create's or a toggle's Idempotency-Key, with the fingerprint of the
 // request that carried it.
 type IdempotencyKey struct {
@@ -50,70 +58,83 @@ type IdempotencyKey struct {
 	Request [32]byte // SHA-256 of the method, canonical path and body
 }
 
-// args are the key's statement parameters: both NULL without a key.
-func (k *IdempotencyKey) args() (key, request any) {
-	if k == nil {
-		return nil, nil
-	}
-	return k.Key, k.Request[:]
-}
-
-// The statements behind create, get, update, toggle and delete (make bench runs these
-// same texts through pgbench). $1 is always the caller's user id.
+// The statements behind create, get, update, toggle and delete, each whole (make bench
+// runs these same texts through pgbench; taskflow-api statements prints them). $1 is
+// always the caller's user id. Every change of a task sets, besides its fields, a new
+// version and the transaction that made it, which places the change in the feed
+// (internal/feed); an insert gets both from the columns' defaults. Each returns the task's
+// columns in task.Columns' order. version_allowed (schema.sql) is a write's Condition.
 const (
-	// stamp is what every change of a task sets besides its fields: a new version, and
-	// the transaction, which places the change in the feed (changes.go). An insert gets
-	// both from the columns' defaults.
-	stamp = `updated_at = now(), version = nextval('task_versions'), changed_xid = pg_current_xact_id()`
-	// rememberAnswer ends a keyed write ($2: the key, NULL without one; $3: the
-	// request's fingerprint): the answer is recorded by the statement that writes, so a
-	// key used before makes the insert fail, which undoes the whole statement, and
-	// Store.replay answers instead.
-	rememberAnswer = `, remembered AS (
-    INSERT INTO idempotency_keys (user_id, key, request, task)
-    SELECT $1, $2, $3, row_to_json(task) FROM task WHERE $2::text IS NOT NULL
-)
-SELECT ` + task.Columns + ` FROM task`
-
-	// The user's task count is checked in the statement that inserts, on the user's
-	// task_counts row (made at 0 for a new user), whose lock makes concurrent creates
-	// take turns: each sees the count the one before it left, raised by the tasks_track
-	// trigger (schema.sql). At the limit, no row.
+	// The user's task count is checked and raised in the statement that inserts, on the
+	// user's task_counts row, whose lock makes concurrent creates take turns: each sees
+	// the count the one before it left. At the limit, no row. counted tells the trigger
+	// that counts other writers' tasks (schema.sql) that this one is counted.
 	sqlCreateTask = `WITH slot AS (
-    INSERT INTO task_counts AS c (user_id, tasks) VALUES ($1, 0)
-    ON CONFLICT (user_id) DO UPDATE SET tasks = c.tasks WHERE c.tasks < $6
+    INSERT INTO task_counts AS c (user_id, tasks) VALUES ($1, 1)
+    ON CONFLICT (user_id) DO UPDATE SET tasks = c.tasks + 1 WHERE c.tasks < $4
+    RETURNING user_id
+)
+INSERT INTO tasks (user_id, title, description, counted) SELECT user_id, $2, $3, true FROM slot
+RETURNING id, user_id, title, description, completed, created_at, updated_at, version`
+	// A keyed create also records its answer ($5: the key, $6: the request's
+	// fingerprint), in the statement that writes: a key used before makes that insert
+	// fail, which undoes the whole statement, and Store.keyed answers instead.
+	sqlCreateTaskKeyed = `WITH slot AS (
+    INSERT INTO task_counts AS c (user_id, tasks) VALUES ($1, 1)
+    ON CONFLICT (user_id) DO UPDATE SET tasks = c.tasks + 1 WHERE c.tasks < $4
     RETURNING user_id
 ), task AS (
-    INSERT INTO tasks (user_id, title, description) SELECT user_id, $4, $5 FROM slot
-    RETURNING ` + task.Columns + `
-)` + rememberAnswer
-	sqlGetTask = `SELECT ` + task.Columns + ` FROM tasks WHERE user_id = $1 AND id = $2`
+    INSERT INTO tasks (user_id, title, description, counted) SELECT user_id, $2, $3, true FROM slot
+    RETURNING id, user_id, title, description, completed, created_at, updated_at, version
+), remembered AS (
+    INSERT INTO idempotency_keys (user_id, key, request, task) SELECT $1, $5, $6, row_to_json(task) FROM task
+)
+SELECT id, user_id, title, description, completed, created_at, updated_at, version FROM task`
+
+	sqlGetTask = `SELECT id, user_id, title, description, completed, created_at, updated_at, version FROM tasks
+WHERE user_id = $1 AND id = $2`
+
 	// One statement, so a concurrent change to a field the patch does not touch is
 	// never overwritten with a stale value. $7 and $8 are the Condition.
 	sqlUpdateTask = `UPDATE tasks SET
     title       = COALESCE($3, title),
     description = CASE WHEN $4 THEN $5 ELSE description END,
-    completed   = COALESCE($6, completed), ` + stamp + `
-WHERE user_id = $1 AND id = $2 AND ($7::bigint[] IS NULL OR version = ANY ($7)) AND version <> ALL (coalesce($8::bigint[], '{}'))
-RETURNING ` + task.Columns
+    completed   = COALESCE($6, completed),
+    updated_at = now(), version = nextval('task_versions'), changed_xid = pg_current_xact_id()
+WHERE user_id = $1 AND id = $2 AND version_allowed(version, $7, $8)
+RETURNING id, user_id, title, description, completed, created_at, updated_at, version`
+
 	// The row lock taken by UPDATE makes two concurrent toggles apply one after the
-	// other, so neither is lost.
-	sqlToggleTask = `WITH task AS (
-    UPDATE tasks SET completed = NOT completed, ` + stamp + `
-    WHERE user_id = $1 AND id = $4 AND ($5::bigint[] IS NULL OR version = ANY ($5)) AND version <> ALL (coalesce($6::bigint[], '{}'))
-    RETURNING ` + task.Columns + `
-)` + rememberAnswer
-	sqlDeleteTask = `DELETE FROM tasks
-WHERE user_id = $1 AND id = $2 AND ($3::bigint[] IS NULL OR version = ANY ($3)) AND version <> ALL (coalesce($4::bigint[], '{}'))
-RETURNING true`
+	// other, so neither is lost. $3 and $4 are the Condition.
+	sqlToggleTask = `UPDATE tasks SET completed = NOT completed,
+    updated_at = now(), version = nextval('task_versions'), changed_xid = pg_current_xact_id()
+WHERE user_id = $1 AND id = $2 AND version_allowed(version, $3, $4)
+RETURNING id, user_id, title, description, completed, created_at, updated_at, version`
+	// A keyed toggle records its answer as a keyed create does.
+	sqlToggleTaskKeyed = `WITH task AS (
+    UPDATE tasks SET completed = NOT completed,
+        updated_at = now(), version = nextval('task_versions'), changed_xid = pg_current_xact_id()
+    WHERE user_id = $1 AND id = $2 AND version_allowed(version, $3, $4)
+    RETURNING id, user_id, title, description, completed, created_at, updated_at, version
+), remembered AS (
+    INSERT INTO idempotency_keys (user_id, key, request, task) SELECT $1, $5, $6, row_to_json(task) FROM task
+)
+SELECT id, user_id, title, description, completed, created_at, updated_at, version FROM task`
+
+	sqlDeleteTask = `DELETE FROM tasks WHERE user_id = $1 AND id = $2 AND version_allowed(version, $3, $4) RETURNING true`
 )
 
 // CreateTask inserts a task owned by userID; the database assigns id and timestamps. A
 // user who already owns maxTasks tasks gets ErrTaskLimit. With a key used before, nothing
 // is written and the first answer's task comes back, replayed.
 func (s *Store) CreateTask(ctx context.Context, userID, title string, description *string, key *IdempotencyKey) (task.Task, bool, error) {
-	k, request := key.args()
-	t, err := s.oneTask(ctx, sqlCreateTask, userID, k, request, title, description, s.maxTasks)
+	var t task.Task
+	var err error
+	if key == nil {
+		t, err = s.write(ctx, sqlCreateTask, userID, title, description, s.maxTasks)
+	} else {
+		t, err = s.write(ctx, sqlCreateTaskKeyed, userID, title, description, s.maxTasks, key.Key, key.Request[:])
+	}
 	if errors.Is(err, ErrNotFound) {
 		err = ErrTaskLimit
 	}
@@ -122,12 +143,14 @@ func (s *Store) CreateTask(ctx context.Context, userID, title string, descriptio
 
 // GetTask returns the user's task id; another user's task is ErrNotFound, like a missing one.
 func (s *Store) GetTask(ctx context.Context, userID string, id int64) (task.Task, error) {
-	return s.oneTask(ctx, sqlGetTask, userID, id)
+	var t task.Task
+	err := s.db.Row(ctx, func(r pgx.Row) error { return task.Scan(r, &t) }, sqlGetTask, userID, id)
+	return t, storeError(err)
 }
 
 // UpdateTask applies p if the task meets cond; fields p leaves nil keep their values.
 func (s *Store) UpdateTask(ctx context.Context, userID string, id int64, p TaskPatch, cond Condition) (task.Task, error) {
-	t, err := s.oneTask(ctx, sqlUpdateTask, userID, id, p.Title, p.SetDescription, p.Description, p.Completed, cond.Match, cond.NoneMatch)
+	t, err := s.write(ctx, sqlUpdateTask, userID, id, p.Title, p.SetDescription, p.Description, p.Completed, cond.Match, cond.none())
 	return t, outcomeUnknown(s.notFoundOrChanged(ctx, userID, id, cond, err))
 }
 
@@ -135,15 +158,28 @@ func (s *Store) UpdateTask(ctx context.Context, userID string, id int64, p TaskP
 // meets cond. With a key used before, nothing is written and the first answer's task
 // comes back, replayed.
 func (s *Store) ToggleTask(ctx context.Context, userID string, id int64, cond Condition, key *IdempotencyKey) (task.Task, bool, error) {
-	k, request := key.args()
-	t, err := s.oneTask(ctx, sqlToggleTask, userID, k, request, id, cond.Match, cond.NoneMatch)
+	var t task.Task
+	var err error
+	if key == nil {
+		t, err = s.write(ctx, sqlToggleTask, userID, id, cond.Match, cond.none())
+	} else {
+		t, err = s.write(ctx, sqlToggleTaskKeyed, userID, id, cond.Match, cond.none(), key.Key, key.Request[:])
+	}
 	return s.keyed(ctx, userID, key, t, s.notFoundOrChanged(ctx, userID, id, cond, err))
 }
 
 // DeleteTask removes the user's task id if it meets cond.
 func (s *Store) DeleteTask(ctx context.Context, userID string, id int64, cond Condition) error {
-	err := storeError(s.db.Row(ctx, func(r pgx.Row) error { return r.Scan(nil) }, sqlDeleteTask, userID, id, cond.Match, cond.NoneMatch))
+	err := storeError(s.db.Write(ctx, func(r pgx.Row) error { return r.Scan(nil) }, sqlDeleteTask, userID, id, cond.Match, cond.none()))
 	return outcomeUnknown(s.notFoundOrChanged(ctx, userID, id, cond, err))
+}
+
+// write runs a statement that writes and returns at most one task, in a transaction
+// shared with the writes of other requests made meanwhile (pg.DB.Write).
+func (s *Store) write(ctx context.Context, sql string, args ...any) (task.Task, error) {
+	var t task.Task
+	err := s.db.Write(ctx, func(r pgx.Row) error { return task.Scan(r, &t) }, sql, args...)
+	return t, storeError(err)
 }
 
 // keyed settles a write that may carry an Idempotency-Key. A key used before gets the
@@ -210,13 +246,6 @@ func outcomeUnknown(err error) error {
 		return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
 	}
 	return err
-}
-
-// oneTask runs a statement that returns at most one task.
-func (s *Store) oneTask(ctx context.Context, sql string, args ...any) (task.Task, error) {
-	var t task.Task
-	err := s.db.Row(ctx, func(r pgx.Row) error { return task.Scan(r, &t) }, sql, args...)
-	return t, storeError(err)
 }
 
 // storeError is err in the store's terms: no row is a task not found, and a statement
