@@ -11,6 +11,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"taskflow/internal/jwks"
+
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -24,12 +26,12 @@ const (
 	maxUserIDBytes = 255
 )
 
-// keyLookup finds the public key for a token signed with an asymmetric algorithm
-// (the JWKS cache in jwks.go); nil when JWT_JWKS_URL is unset. generation changes
+// keyLookup finds the public key for a token signed with an asymmetric algorithm (the
+// frontend's key set, internal/jwks); nil when JWT_JWKS_URL is unset. Generation changes
 // whenever the set of keys does.
 type keyLookup interface {
-	publicKey(kid, alg string) (any, error)
-	generation() uint64
+	PublicKey(kid, alg string) (any, error)
+	Generation() uint64
 }
 
 // Authenticator verifies bearer tokens and yields the user id they were issued for.
@@ -49,7 +51,7 @@ func newAuthenticator(secret []byte, keys keyLookup, issuer, audience string) *A
 		methods = append(methods, jwt.SigningMethodHS256.Alg())
 	}
 	if keys != nil {
-		methods = append(methods, asymmetricAlgs...)
+		methods = append(methods, jwks.Algorithms...)
 	}
 	return &Authenticator{
 		secret: secret,
@@ -84,7 +86,7 @@ func (a *Authenticator) key(t *jwt.Token) (any, error) {
 		return a.secret, nil // the parser only lets HS256 through when a secret is set
 	}
 	kid, _ := t.Header["kid"].(string)
-	return a.keys.publicKey(kid, alg)
+	return a.keys.PublicKey(kid, alg)
 }
 
 var (
@@ -161,7 +163,7 @@ func (a *Authenticator) verify(token string) (caller, error) {
 	}
 	var generation uint64
 	if a.keys != nil {
-		generation = a.keys.generation()
+		generation = a.keys.Generation()
 	}
 	if who, ok := a.cache.get(token, generation); ok {
 		return who, nil
@@ -215,7 +217,7 @@ func tokenErrorDetail(err error) string {
 }
 
 func unverifiableReason(err error) string {
-	var reason keyError
+	var reason jwks.KeyError
 	if errors.As(err, &reason) {
 		return string(reason)
 	}

@@ -44,15 +44,13 @@ func unauthorized(detail string) error {
 
 // The errors decided above the store that need no words from the request.
 var (
-	errNoToken          = &apiError{status: http.StatusUnauthorized, detail: "missing bearer token", challenge: "Bearer"}
-	errForbidden        = &apiError{status: http.StatusForbidden, detail: "the token does not grant access to this user's tasks"}
-	errOriginNotAllowed = &apiError{status: http.StatusForbidden, detail: "origin not allowed"}
-	errNoRoute          = &apiError{status: http.StatusNotFound, detail: "not found"}
-	errMethodNotAllowed = &apiError{status: http.StatusMethodNotAllowed, detail: "method not allowed"}
-	errNotJSON          = &apiError{status: http.StatusUnsupportedMediaType, detail: "Content-Type must be application/json"}
-	errCreateIfMatch    = &apiError{status: http.StatusPreconditionFailed, detail: "If-Match cannot hold on a create: the task does not exist yet"}
-	errTooManyWrites    = &apiError{status: http.StatusTooManyRequests, detail: "too many writes for this user (MAX_WRITES_PER_USER); retry after Retry-After seconds", retryAfter: 1}
-	errInternal         = &apiError{status: http.StatusInternalServerError, detail: "internal server error"}
+	errRefusedOrigin = &apiError{status: http.StatusForbidden, detail: "origin not allowed"}
+	errNoToken       = &apiError{status: http.StatusUnauthorized, detail: "missing bearer token", challenge: "Bearer"}
+	errForbidden     = &apiError{status: http.StatusForbidden, detail: "the token does not grant access to this user's tasks"}
+	errNotJSON       = &apiError{status: http.StatusUnsupportedMediaType, detail: "Content-Type must be application/json"}
+	errCreateIfMatch = &apiError{status: http.StatusPreconditionFailed, detail: "If-Match cannot hold on a create: the task does not exist yet"}
+	errTooManyWrites = &apiError{status: http.StatusTooManyRequests, detail: "too many writes for this user (MAX_WRITES_PER_USER); retry after Retry-After seconds", retryAfter: 1}
+	errInternal      = &apiError{status: http.StatusInternalServerError, detail: "internal server error"}
 )
 
 // The store's errors (test with errors.Is); it wraps the driver's error in them for the log.
@@ -102,7 +100,3 @@ func apiErrorFor(err error) (api *apiError, expected bool) {
 	}
 	return errInternal, false
 }
-
-// statusClientClosed is what the access log records for a request whose client went
-// away before the answer (nginx's convention): not an error of this service's.
-const statusClientClosed = 499

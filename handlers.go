@@ -14,6 +14,7 @@ import (
 	"taskflow/internal/fair"
 	"taskflow/internal/feed"
 	"taskflow/internal/task"
+	"taskflow/internal/web"
 )
 
 // router is the part of *http.ServeMux that addRoutes needs; the OpenAPI test passes a
@@ -57,7 +58,7 @@ const eventsRoute = "GET /api/{user_id}/events"
 func newHandler(log *slog.Logger, s service, corsOrigins []string) http.Handler {
 	mux := http.NewServeMux()
 	addRoutes(mux, s)
-	return withRequestLog(log, withRecover(withCORS(corsOrigins, withJSONErrors(mux))))
+	return web.Log(log, web.Recover(web.CORS(corsOrigins, web.JSONErrors(mux))))
 }
 
 // handlerFunc is a handler that returns its error to one place, writeError, so that no
@@ -81,7 +82,7 @@ func authed(auth *Authenticator, h userHandler) handlerFunc {
 		if err != nil {
 			return err
 		}
-		noteUser(r.Context(), who.userID)
+		web.NoteUser(r.Context(), who.userID)
 		if r.PathValue("user_id") != who.userID {
 			return errForbidden
 		}
@@ -91,7 +92,7 @@ func authed(auth *Authenticator, h userHandler) handlerFunc {
 
 func handleHealthz() handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		web.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 		return nil
 	}
 }
@@ -101,7 +102,7 @@ func handleReadyz(store *Store) handlerFunc {
 		if err := store.db.Ping(r.Context()); err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		web.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 		return nil
 	}
 }
@@ -111,7 +112,7 @@ var openAPIDoc []byte
 
 func handleOpenAPI() handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		writeBody(w, http.StatusOK, openAPIDoc)
+		web.WriteBody(w, http.StatusOK, openAPIDoc)
 		return nil
 	}
 }
@@ -166,23 +167,23 @@ func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler 
 		case !at.Incarnated():
 			f.Incarnate(ctx) //nolint:errcheck // the first reader after a crash makes one; the next tries again
 		}
-		list := jsonStream{w: w, wait: store.db.Timeout}
-		list.begin(http.Header{"Etag": {etag}, "X-Total-Count": {strconv.FormatInt(head.Total, 10)},
+		list := web.NewJSONStream(w, r, store.db.Timeout)
+		list.Begin(http.Header{"Etag": {etag}, "X-Total-Count": {strconv.FormatInt(head.Total, 10)},
 			"X-Cursor": {at.Encode(who.userID)}}, "[")
 		for n := 0; ; {
 			for i := range first {
 				n++
-				if err := list.add(n == 1, func(b []byte) []byte { return task.AppendJSON(b, &first[i]) }); err != nil {
-					return list.end("", err)
+				if err := list.Add(n == 1, func(b []byte) []byte { return task.AppendJSON(b, &first[i]) }); err != nil {
+					return list.End("", err)
 				}
 			}
 			if len(rest) == 0 {
-				return list.end("]\n", nil)
+				return list.End("]\n", nil)
 			}
 			part := rest[:min(len(rest), listPartTasks)]
 			rest, first = rest[len(part):], first[:0]
 			if err := users.Do(ctx, who.userID, func() error { return store.TasksByID(ctx, who.userID, part, &first) }); err != nil {
-				return list.end("", err)
+				return list.End("", err)
 			}
 		}
 	}
@@ -346,24 +347,24 @@ func handleChanges(f *feed.Feed) userHandler {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), waitForTurn)
 		defer cancel()
-		page := jsonStream{w: w, wait: f.Timeout()}
-		page.begin(nil, `{"changes":[`)
+		page := web.NewJSONStream(w, r, f.Timeout())
+		page.Begin(nil, `{"changes":[`)
 		n, next, more := 0, from, true
 		for more && n < limit {
 			part, err := f.Read(ctx, who.userID, next, min(limit-n, listPartTasks))
 			if err != nil {
-				return page.end("", err)
+				return page.End("", err)
 			}
 			for i := range part.Changes {
 				n++
-				if err := page.add(n == 1, func(b []byte) []byte { return feed.AppendChange(b, &part.Changes[i]) }); err != nil {
-					return page.end("", err)
+				if err := page.Add(n == 1, func(b []byte) []byte { return feed.AppendChange(b, &part.Changes[i]) }); err != nil {
+					return page.End("", err)
 				}
 			}
 			next, more = part.Next, part.More
 		}
 		tail := `],"cursor":"` + next.Encode(who.userID) + `","more":` + strconv.FormatBool(more) + "}\n"
-		return page.end(tail, nil)
+		return page.End(tail, nil)
 	}
 }
 
@@ -371,6 +372,11 @@ func handleChanges(f *feed.Feed) userHandler {
 // EventSource sends when it reconnects, else from since=, else from now.
 func handleEvents(events *feed.Streams) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
+		if web.RefusedOrigin(r) {
+			// A browser would not show the answer to the page, but a stream opened for
+			// it would hold a place until the page went away.
+			return errRefusedOrigin
+		}
 		if !time.Now().Before(who.expires) {
 			// Within the clock leeway the token still authenticates, but a stream would
 			// only say it expired: EventSource would reconnect with it again and again.

@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"taskflow/internal/jwks"
 	"taskflow/internal/testkit"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -156,16 +157,16 @@ func (s *jwksServer) setHang(on bool) {
 }
 
 // newTestJWKS returns a key cache on srv that has fetched once, with test-sized intervals.
-func newTestJWKS(t testing.TB, srv *jwksServer) *JWKS {
+func newTestJWKS(t testing.TB, srv *jwksServer) *jwks.Set {
 	t.Helper()
-	j := newJWKS(srv.URL, discardLogger())
-	j.minRefetch = 200 * time.Millisecond
-	j.unknownKidWait = 300 * time.Millisecond
-	j.refreshNow() //nolint:errcheck // some tests start with a set that fails on purpose
+	j := jwks.New(srv.URL, discardLogger())
+	j.MinRefetch = 200 * time.Millisecond
+	j.UnknownKidWait = 300 * time.Millisecond
+	j.Fetch() //nolint:errcheck // some tests start with a set that fails on purpose
 	return j
 }
 
-func verifyWith(j *JWKS, secret []byte) *Authenticator {
+func verifyWith(j *jwks.Set, secret []byte) *Authenticator {
 	if j == nil {
 		return newAuthenticator(secret, nil, "taskflow-web", "taskflow-api")
 	}
@@ -302,13 +303,13 @@ func TestJWKSRotation(t *testing.T) {
 
 	// The frontend rotates: it publishes the new key beside the old one for a grace period.
 	srv.setKeys(oldKey, newKey)
-	time.Sleep(j.minRefetch)
+	time.Sleep(j.MinRefetch)
 	wantAccepted(t, auth, newKey.sign(t, newKey.method, testkit.Claims(me)), me)
 	wantAccepted(t, auth, oldKey.sign(t, oldKey.method, testkit.Claims(me)), me)
 
 	// After the grace the old key is gone from the set; the next refresh forgets it.
 	srv.setKeys(newKey)
-	if err := j.refreshNow(); err != nil {
+	if err := j.Fetch(); err != nil {
 		t.Fatal(err)
 	}
 	wantRejected(t, auth, oldKey.sign(t, oldKey.method, testkit.Claims(me)), "is signed by a retired key")
@@ -319,16 +320,16 @@ func TestJWKSBackgroundRefreshRetiresKeys(t *testing.T) {
 	t.Parallel()
 	oldKey, newKey := newTestKey(t, "a", "EdDSA"), newTestKey(t, "b", "EdDSA")
 	srv := newJWKSServer(t, oldKey, newKey)
-	j := newJWKS(srv.URL, discardLogger())
-	j.refresh = 50 * time.Millisecond
+	j := jwks.New(srv.URL, discardLogger())
+	j.Refresh = 50 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go j.keepFresh(ctx)
+	go j.KeepFresh(ctx)
 	auth := verifyWith(j, nil)
 	me := testkit.NewUserID()
-	testkit.WaitFor(t, "the first fetch", func() bool { return j.size() == 2 })
+	testkit.WaitFor(t, "the first fetch", func() bool { return j.Len() == 2 })
 	srv.setKeys(newKey)
-	testkit.WaitFor(t, "the refresh to drop the retired key", func() bool { return j.size() == 1 })
+	testkit.WaitFor(t, "the refresh to drop the retired key", func() bool { return j.Len() == 1 })
 	wantRejected(t, auth, oldKey.sign(t, oldKey.method, testkit.Claims(me)), "is signed by a retired key")
 }
 
@@ -351,19 +352,19 @@ func TestJWKSDown(t *testing.T) {
 	} {
 		t.Run("with the JWKS server "+outage.name, func(t *testing.T) {
 			outage.start()
-			time.Sleep(j.minRefetch) // let the unknown kid below trigger a fetch
+			time.Sleep(j.MinRefetch) // let the unknown kid below trigger a fetch
 			start := time.Now()
 			wantRejected(t, auth, unknown.sign(t, unknown.method, testkit.Claims(me)), "has an unknown kid")
-			if took := time.Since(start); took > j.unknownKidWait+200*time.Millisecond {
-				t.Errorf("an unknown kid took %v to refuse, want about unknownKidWait (%v)", took, j.unknownKidWait)
+			if took := time.Since(start); took > j.UnknownKidWait+200*time.Millisecond {
+				t.Errorf("an unknown kid took %v to refuse, want about unknownKidWait (%v)", took, j.UnknownKidWait)
 			}
 			start = time.Now()
 			wantAccepted(t, auth, known.sign(t, known.method, testkit.Claims(me)), me)
 			if took := time.Since(start); took > 50*time.Millisecond {
 				t.Errorf("a cached key took %v while the JWKS server is %s", took, outage.name)
 			}
-			if j.size() != 1 {
-				t.Errorf("the cache holds %d keys, want the 1 it had", j.size())
+			if j.Len() != 1 {
+				t.Errorf("the cache holds %d keys, want the 1 it had", j.Len())
 			}
 		})
 	}
@@ -389,10 +390,10 @@ func TestJWKSGarbageNeverReplacesGoodKeys(t *testing.T) {
 		"an encryption key":      `{"keys":[{"kty":"OKP","crv":"Ed25519","use":"enc","kid":"enc","x":"` + b64u(make([]byte, 32)) + `"}]}`,
 		"an alg unfit for a key": `{"keys":[{"kty":"OKP","crv":"Ed25519","alg":"RS256","kid":"mix","x":"` + b64u(make([]byte, 32)) + `"}]}`,
 		"bad base64":             `{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"b64","x":"!!!"}]}`,
-		"more than 1 MiB":        `{"keys":[],"pad":"` + strings.Repeat("x", jwksMaxBytes) + `"}`,
+		"more than 1 MiB":        `{"keys":[],"pad":"` + strings.Repeat("x", 1<<20) + `"}`,
 	} {
 		srv.setBody(http.StatusOK, body)
-		if err := j.refreshNow(); err == nil {
+		if err := j.Fetch(); err == nil {
 			t.Errorf("%s: the fetch succeeded", name)
 		}
 		wantAccepted(t, verifyWith(j, nil), good.sign(t, good.method, testkit.Claims(me)), me)
@@ -400,11 +401,15 @@ func TestJWKSGarbageNeverReplacesGoodKeys(t *testing.T) {
 }
 
 func TestJWKSDuplicateKidIsDropped(t *testing.T) {
+	t.Parallel()
 	a, b, c := newTestKey(t, "same", "EdDSA"), newTestKey(t, "same", "EdDSA"), newTestKey(t, "other", "EdDSA")
-	keys, skipped, err := parseJWKS([]byte(mustJSON(map[string]any{"keys": []any{a.jwk, b.jwk, c.jwk}})))
-	if err != nil || len(keys) != 1 || len(skipped) != 1 {
-		t.Errorf("keys %v skipped %v err %v; want only the unambiguous key", keys, skipped, err)
+	j := newTestJWKS(t, newJWKSServer(t, a, b, c))
+	if j.Len() != 1 {
+		t.Errorf("the cache holds %d keys, want only the unambiguous one", j.Len())
 	}
+	me := testkit.NewUserID()
+	wantRejected(t, verifyWith(j, nil), a.sign(t, a.method, testkit.Claims(me)), "kid")
+	wantAccepted(t, verifyWith(j, nil), c.sign(t, c.method, testkit.Claims(me)), me)
 }
 
 func TestJWKSRefetchIsRateLimited(t *testing.T) {
@@ -412,7 +417,7 @@ func TestJWKSRefetchIsRateLimited(t *testing.T) {
 	known := newTestKey(t, "known", "EdDSA")
 	srv := newJWKSServer(t, known)
 	j := newTestJWKS(t, srv)
-	j.minRefetch = time.Hour
+	j.MinRefetch = time.Hour
 	auth := verifyWith(j, nil)
 	me := testkit.NewUserID()
 	before := srv.fetches.Load()
@@ -447,8 +452,8 @@ func TestJWKSRefetchIsRateLimited(t *testing.T) {
 	}
 
 	j2 := newTestJWKS(t, srv)
-	j2.minRefetch = 200 * time.Millisecond
-	time.Sleep(j2.minRefetch)
+	j2.MinRefetch = 200 * time.Millisecond
+	time.Sleep(j2.MinRefetch)
 	auth2 := verifyWith(j2, nil)
 	before = srv.fetches.Load()
 	srv.setHang(true) // keep the one fetch running while the burst arrives

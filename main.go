@@ -19,7 +19,9 @@ import (
 
 	"taskflow/internal/fair"
 	"taskflow/internal/feed"
+	"taskflow/internal/jwks"
 	"taskflow/internal/pg"
+	"taskflow/internal/web"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -90,12 +92,15 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	go wakeups.Notify(ctx)
 	writes := &writes{limit: newWriteLimiter(cfg.maxWrites), store: store, wakeups: wakeups}
 	srv := newServer(newHandler(log, service{store: store, feed: changes, auth: auth, events: events, writes: writes, users: users}, cfg.corsOrigins), log)
-	countServerRefusals(srv, log)
+	web.Watch(srv, log)
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.host, cfg.port))
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w (set HOST and PORT to a free address)", net.JoinHostPort(cfg.host, cfg.port), err)
 	}
+	// A client that stops reading holds an answer in the kernel for DB_TIMEOUT at most,
+	// as it holds nothing of the database's for longer (internal/web).
+	ln = web.BoundedListener(ln, cfg.dbTimeout)
 	log.Info("taskflow-api started", "version", version, "addr", ln.Addr().String(), "database", dbHost(cfg),
 		"pool_max_conns", cfg.pool.MaxConns, "auth", strings.Join(authModes, ", "),
 		"cors_origins", strings.Join(cfg.corsOrigins, ", "), "db_timeout", cfg.dbTimeout.String())
@@ -156,9 +161,9 @@ func newAuth(ctx context.Context, cfg config, log *slog.Logger) (*Authenticator,
 		modes = append(modes, "HS256")
 	}
 	if cfg.jwksURL != "" {
-		jwks := newJWKS(cfg.jwksURL, log)
-		go jwks.keepFresh(ctx)
-		keys = jwks
+		set := jwks.New(cfg.jwksURL, log)
+		go set.KeepFresh(ctx)
+		keys = set
 		modes = append(modes, "JWKS "+cfg.jwksURL)
 	}
 	return newAuthenticator(cfg.secret, keys, cfg.issuer, cfg.audience), modes

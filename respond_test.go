@@ -9,13 +9,14 @@ import (
 	"strings"
 	"taskflow/internal/pg"
 	"taskflow/internal/task"
+	"taskflow/internal/web"
 	"testing"
 )
 
 func TestUnexpectedErrorIsGeneric500(t *testing.T) {
 	t.Parallel()
 	var logs strings.Builder
-	h := withRequestLog(slogTo(&logs), handlerFunc(func(http.ResponseWriter, *http.Request) error {
+	h := web.Log(slogTo(&logs), handlerFunc(func(http.ResponseWriter, *http.Request) error {
 		return fmt.Errorf(`ERROR: relation "secret_table" does not exist (SQLSTATE 42P01)`)
 	}))
 	r := httptest.NewRequest("GET", "/x", nil)
@@ -45,7 +46,7 @@ func TestStoreErrorsMapToTheirStatus(t *testing.T) {
 		{errors.New("anything else"), http.StatusInternalServerError},
 	} {
 		err := c.err
-		h := withRequestLog(discardLogger(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { writeError(w, r, err) }))
+		h := web.Log(discardLogger(), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { writeError(w, r, err) }))
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, httptest.NewRequest("GET", "/", nil))
 		res := response{w, t}
@@ -59,7 +60,7 @@ func TestStoreErrorsMapToTheirStatus(t *testing.T) {
 func TestAClientThatLeftGetsNothingAndIsLoggedAs499(t *testing.T) {
 	t.Parallel()
 	var logs strings.Builder
-	h := withRequestLog(slogTo(&logs), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := web.Log(slogTo(&logs), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, fmt.Errorf("%w: %w", pg.ErrUnavailable, r.Context().Err()))
 	}))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -79,11 +80,11 @@ func TestAClientThatLeftGetsNothingAndIsLoggedAs499(t *testing.T) {
 func TestAListCutShortKeepsNoListHeaders(t *testing.T) {
 	t.Parallel()
 	w := httptest.NewRecorder()
-	list := jsonStream{w: w}
-	list.begin(http.Header{"Etag": {`"1"`}, "X-Total-Count": {"3"}}, "[")
-	list.add(true, func(b []byte) []byte { return task.AppendJSON(b, &task.Task{ID: 1}) })
+	list := web.NewJSONStream(w, httptest.NewRequest("GET", "/", nil), 0)
+	list.Begin(http.Header{"Etag": {`"1"`}, "X-Total-Count": {"3"}}, "[")
+	list.Add(true, func(b []byte) []byte { return task.AppendJSON(b, &task.Task{ID: 1}) })
 	failure := errors.New("the third row failed")
-	if err := list.end("]", failure); err != failure {
+	if err := list.End("]", failure); err != failure {
 		t.Fatalf("end = %v, want the error back to answer with", err)
 	}
 	if w.Header().Get("ETag") != "" || w.Header().Get("X-Total-Count") != "" || w.Body.Len() != 0 {

@@ -51,15 +51,15 @@ func TestCachedTokenOfARetiredKeyIsRefused(t *testing.T) {
 	token := oldKey.sign(t, oldKey.method, testkit.Claims(me))
 	wantAccepted(t, auth, token, me) // now cached
 
-	if err := j.refreshNow(); err != nil { // the same set again: the cache stays
+	if err := j.Fetch(); err != nil { // the same set again: the cache stays
 		t.Fatal(err)
 	}
-	if _, ok := auth.cache.get(token, j.generation()); !ok {
+	if _, ok := auth.cache.get(token, j.Generation()); !ok {
 		t.Error("an unchanged key set emptied the cache")
 	}
 
 	srv.setKeys(newKey)
-	if err := j.refreshNow(); err != nil {
+	if err := j.Fetch(); err != nil {
 		t.Fatal(err)
 	}
 	wantRejected(t, auth, token, "was cached but its key has been retired")

@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"taskflow/internal/feed"
+	"taskflow/internal/web"
 )
 
 // Whether a request is well-formed: bodies, query parameters, task ids, cursors, and the
@@ -289,7 +290,7 @@ func readIdempotencyKey(r *http.Request, body []byte) (*IdempotencyKey, error) {
 	if len(values) > 1 || len(key) > 255 || key == "" || strings.IndexFunc(key, func(c rune) bool { return c < '!' || c > '~' }) >= 0 {
 		return nil, badRequest("Idempotency-Key must be one value of 1 to 255 visible ASCII characters")
 	}
-	canonical := strings.NewReplacer("{user_id}", url.PathEscape(r.PathValue("user_id")), "{id}", r.PathValue("id")).Replace(route(r.Pattern))
+	canonical := strings.NewReplacer("{user_id}", url.PathEscape(r.PathValue("user_id")), "{id}", r.PathValue("id")).Replace(web.Route(r.Pattern))
 	h := sha256.New()
 	fmt.Fprintf(h, "%s %s\n", r.Method, canonical)
 	h.Write(body)

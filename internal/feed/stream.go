@@ -15,6 +15,7 @@ import (
 	"taskflow/internal/fair"
 	"taskflow/internal/pg"
 	"taskflow/internal/task"
+	"taskflow/internal/web"
 )
 
 // Live updates: Server-Sent Events of a user's feed of changes (feed.go). Each stream
@@ -254,12 +255,12 @@ func (s *stream) send(cur *Cursor, expires time.Time) {
 	graceful := false
 	defer func() {
 		if !graceful {
-			closeAtOnce(s.conn)
+			web.ResetOnClose(s.conn)
 		}
 		s.conn.Close()
 		s.events.unsubscribe(s)
 	}()
-	tuneStream(s.conn, 2*s.events.Heartbeat)
+	web.Bound(s.conn, 2*s.events.Heartbeat) // a client gone without a FIN is noticed at the next heartbeats
 	// The answer said Connection: close, so the client has nothing more to send: its
 	// closing the connection, or any byte it sends anyway, ends the stream, and the read
 	// the stream may be waiting for.
@@ -389,13 +390,4 @@ func appendChangeEvent(b []byte, c *Change, userID string) []byte {
 		b = task.AppendJSON(appendFrameHead(b, c.At.Encode(userID), "task.updated"), &c.Task)
 	}
 	return append(b, "\n\n"...)
-}
-
-// closeAtOnce has the next Close of c reset the connection instead of ending it in
-// order, so that the kernel frees it and its unsent data at once: a stream the server
-// drops must not linger in FIN-WAIT-1 with a full send buffer, counted by no limit.
-func closeAtOnce(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetLinger(0) //nolint:errcheck // best effort: Close still closes
-	}
 }

@@ -1,4 +1,4 @@
-package main
+package web
 
 import (
 	"context"
@@ -11,12 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 )
-
-// The access log: every request gets an id (the client's X-Request-ID when it is a sane
-// token), a logger that carries it, and one line when it ends, with the error behind a
-// 4xx or 5xx. 503s are the exception: during an outage or at a limit they come by the
-// thousand, so the first is logged and the rest counted (refusals). No line holds the
-// token, the body or the query string.
 
 // requestInfo is what the access log learns about a request as it passes through the
 // layers; withRequestLog owns it, inner layers fill it in.
@@ -35,9 +29,9 @@ func infoFrom(ctx context.Context) *requestInfo {
 	return info
 }
 
-// logger returns the request's logger, which tags every line with the request id. Most
+// Logger returns the request's logger, which tags every line with the request id. Most
 // requests log nothing but their access line, so it is made only when asked for.
-func logger(ctx context.Context) *slog.Logger {
+func Logger(ctx context.Context) *slog.Logger {
 	info := infoFrom(ctx)
 	if info == nil {
 		return slog.Default()
@@ -48,14 +42,14 @@ func logger(ctx context.Context) *slog.Logger {
 	return info.log
 }
 
-// noteUser and noteError tell the access line whose request it was and why it failed.
-func noteUser(ctx context.Context, userID string) {
+// NoteUser and NoteError tell the access line whose request it was and why it failed.
+func NoteUser(ctx context.Context, userID string) {
 	if info := infoFrom(ctx); info != nil {
 		info.userID = userID
 	}
 }
 
-func noteError(ctx context.Context, err error) {
+func NoteError(ctx context.Context, err error) {
 	if info := infoFrom(ctx); info != nil {
 		info.err = err
 	}
@@ -87,8 +81,13 @@ func (rw *statusRecorder) Write(b []byte) (int, error) {
 // Unwrap lets http.ResponseController reach the connection to flush or take it over.
 func (rw *statusRecorder) Unwrap() http.ResponseWriter { return rw.ResponseWriter }
 
-func withRequestLog(base *slog.Logger, next http.Handler) http.Handler {
-	refused := &refusals{log: base, what: "requests refused (503)"}
+// Log writes the access log of next; see the package comment.
+func Log(base *slog.Logger, next http.Handler) http.Handler {
+	refused := map[int]*refusals{
+		http.StatusUnauthorized:       {log: base, what: "requests refused for their token (401)"},
+		http.StatusTooManyRequests:    {log: base, what: "requests refused past a limit (429)"},
+		http.StatusServiceUnavailable: {log: base, what: "requests refused (503)"},
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		if c, ok := r.Context().Value(connRequestsKey{}).(*connRequests); ok {
@@ -107,10 +106,10 @@ func withRequestLog(base *slog.Logger, next http.Handler) http.Handler {
 			if r.Context().Err() != nil {
 				// The client went away before the handler was done (the context is
 				// cancelled only then, or once ServeHTTP has returned).
-				status = statusClientClosed
+				status = StatusClientClosed
 			}
-			if status == http.StatusServiceUnavailable {
-				refused.add(route(r.Pattern), info.err)
+			if f := refused[status]; f != nil {
+				f.add(Route(r.Pattern), info.err)
 				return
 			}
 			level := slog.LevelInfo
@@ -118,7 +117,7 @@ func withRequestLog(base *slog.Logger, next http.Handler) http.Handler {
 				level = slog.LevelError
 			}
 			attrs := []slog.Attr{slog.String("request_id", id), slog.String("method", r.Method),
-				slog.String("route", route(r.Pattern)), slog.Int("status", status), slog.Int("bytes", rw.bytes),
+				slog.String("route", Route(r.Pattern)), slog.Int("status", status), slog.Int("bytes", rw.bytes),
 				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000), slog.String("user_id", info.userID)}
 			if info.err != nil && status >= 400 {
 				attrs = append(attrs, slog.String("err", info.err.Error()))
@@ -145,8 +144,8 @@ func saneRequestID(id string) bool {
 	return true
 }
 
-// route is the path of a mux pattern such as "GET /healthz"; "" when no route matched.
-func route(pattern string) string {
+// Route is the path of a mux pattern such as "GET /healthz"; "" when no route matched.
+func Route(pattern string) string {
 	_, path, _ := strings.Cut(pattern, " ")
 	return path
 }
@@ -192,18 +191,19 @@ func errText(err error) string {
 	return err.Error()
 }
 
-// countServerRefusals has srv count the requests it answers by itself, which no handler
+// Watch has srv count the requests it answers by itself, which no handler
 // and so no access line sees: a malformed request (400), headers over MaxHeaderBytes
 // (431), an Expect (417) or Transfer-Encoding (501) it does not support, or one cut off
-// half sent. net/http calls a connection active whenever it reads a request's bytes; a
+// half sent; and lets a handler reach its connection, to reset it when it cuts an
+// answer short (JSONStream). net/http calls a connection active whenever it reads a request's bytes; a
 // connection that read more requests than its handlers served answered the rest itself.
-func countServerRefusals(srv *http.Server, log *slog.Logger) {
+func Watch(srv *http.Server, log *slog.Logger) {
 	refused := &refusals{log: log, what: "requests refused by the HTTP server itself (malformed, too large, unsupported)"}
 	var conns sync.Map // net.Conn → *connRequests
 	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		cr := &connRequests{}
 		conns.Store(c, cr)
-		return context.WithValue(ctx, connRequestsKey{}, cr)
+		return context.WithValue(context.WithValue(ctx, connRequestsKey{}, cr), connKey{}, c)
 	}
 	srv.ConnState = func(c net.Conn, state http.ConnState) {
 		v, ok := conns.Load(c)
@@ -227,3 +227,7 @@ type connRequestsKey struct{}
 
 // connRequests counts a connection's requests: those read, and those a handler served.
 type connRequests struct{ read, served atomic.Int32 }
+
+// StatusClientClosed is what the access log records for a request whose client went
+// away before the answer (nginx's convention): not an error of this service's.
+const StatusClientClosed = 499

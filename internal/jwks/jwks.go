@@ -1,4 +1,15 @@
-package main
+// Package jwks caches the public keys a Better Auth frontend publishes at /api/auth/jwks.
+//
+// Keys are fetched at start and refreshed in the background. A token with an unknown kid
+// (the frontend rotated its key) triggers a refetch, at most one per minRefetch, so a
+// flood of made-up kids costs at most one request to the frontend per interval; the
+// request waits for that fetch at most unknownKidWait. Only one fetch runs at a time. A
+// failed fetch keeps the keys already held: the frontend being down rejects nothing that
+// was verifiable before.
+//
+// It uses the standard library only; the token check (auth.go at the top) asks it for
+// keys through PublicKey and drops the tokens it cached when Generation changes.
+package jwks
 
 import (
 	"bytes"
@@ -22,21 +33,14 @@ import (
 	"time"
 )
 
-// JWKS caches the public keys a Better Auth frontend publishes at /api/auth/jwks.
-//
-// Keys are fetched at start and refreshed in the background. A token with an unknown kid
-// (the frontend rotated its key) triggers a refetch, at most one per minRefetch, so a
-// flood of made-up kids costs at most one request to the frontend per interval; the
-// request waits for that fetch at most unknownKidWait. Only one fetch runs at a time. A
-// failed fetch keeps the keys already held: the frontend being down rejects nothing that
-// was verifiable before.
-type JWKS struct {
+// Set is the frontend's key set, cached; see the package comment.
+type Set struct {
 	url            string
 	client         *http.Client
 	log            *slog.Logger
-	refresh        time.Duration // background refresh period
-	minRefetch     time.Duration // least time between two fetches caused by unknown kids
-	unknownKidWait time.Duration // how long a token with an unknown kid waits for a refetch
+	Refresh        time.Duration // background refresh period
+	MinRefetch     time.Duration // least time between two fetches caused by unknown kids
+	UnknownKidWait time.Duration // how long a token with an unknown kid waits for a refetch
 
 	mu   sync.RWMutex
 	keys map[string]jwk
@@ -56,14 +60,14 @@ type jwk struct {
 	alg  string   // the JWK's own "alg", "" when absent
 }
 
-// The token algorithms each supported key type verifies, and all of them together: the
-// parser's allow-list when JWT_JWKS_URL is set.
+// The token algorithms each supported key type verifies, and all of them together
+// (Algorithms): the parser's allow-list when JWT_JWKS_URL is set.
 var (
-	algsEd25519    = []string{"EdDSA"}
-	algsP256       = []string{"ES256"}
-	algsP521       = []string{"ES512"}
-	algsRSA        = []string{"RS256", "PS256"}
-	asymmetricAlgs = slices.Concat(algsEd25519, algsP256, algsP521, algsRSA)
+	algsEd25519 = []string{"EdDSA"}
+	algsP256    = []string{"ES256"}
+	algsP521    = []string{"ES512"}
+	algsRSA     = []string{"RS256", "PS256"}
+	Algorithms  = slices.Concat(algsEd25519, algsP256, algsP521, algsRSA)
 )
 
 const (
@@ -72,33 +76,34 @@ const (
 	minRSABits       = 2048
 )
 
-// keyError is a key lookup failure whose text is safe to show the client.
-type keyError string
+// KeyError is a key lookup failure whose text is safe to show the client.
+type KeyError string
 
-func (e keyError) Error() string { return string(e) }
+func (e KeyError) Error() string { return string(e) }
 
-func newJWKS(url string, log *slog.Logger) *JWKS {
-	return &JWKS{
+// New is the key set at url, empty until KeepFresh or a token fetches it.
+func New(url string, log *slog.Logger) *Set {
+	return &Set{
 		url:            url,
 		client:         &http.Client{Timeout: jwksFetchTimeout},
 		log:            log,
-		refresh:        5 * time.Minute,
-		minRefetch:     10 * time.Second,
-		unknownKidWait: time.Second,
+		Refresh:        5 * time.Minute,
+		MinRefetch:     10 * time.Second,
+		UnknownKidWait: time.Second,
 		keys:           map[string]jwk{},
 	}
 }
 
-// keepFresh keeps the key set fresh until ctx ends. Until the first fetch succeeds it retries
+// KeepFresh keeps the key set fresh until ctx ends. Until the first fetch succeeds it retries
 // every few seconds, so a frontend that starts after this service is picked up quickly.
-func (j *JWKS) keepFresh(ctx context.Context) {
+func (j *Set) KeepFresh(ctx context.Context) {
 	for {
-		wait := j.refresh
-		if err := j.refreshNow(); err != nil {
+		wait := j.Refresh
+		if err := j.Fetch(); err != nil {
 			// Retry sooner than the period, soonest while no key at all is held.
-			wait = min(j.refresh, 30*time.Second)
-			if j.size() == 0 {
-				wait = min(j.refresh, 5*time.Second)
+			wait = min(j.Refresh, 30*time.Second)
+			if j.Len() == 0 {
+				wait = min(j.Refresh, 5*time.Second)
 			}
 		}
 		select {
@@ -109,42 +114,44 @@ func (j *JWKS) keepFresh(ctx context.Context) {
 	}
 }
 
-func (j *JWKS) size() int {
+// Len is how many usable keys the set holds.
+func (j *Set) Len() int {
 	j.mu.RLock()
 	defer j.mu.RUnlock()
 	return len(j.keys)
 }
 
-func (j *JWKS) lookup(kid string) (jwk, bool) {
+func (j *Set) lookup(kid string) (jwk, bool) {
 	j.mu.RLock()
 	defer j.mu.RUnlock()
 	k, ok := j.keys[kid]
 	return k, ok
 }
 
-// publicKey implements keyLookup: the key for kid, if it may verify a token signed with alg.
-func (j *JWKS) publicKey(kid, alg string) (any, error) {
+// PublicKey is the key for kid, if it may verify a token signed with alg; a KeyError
+// says why not.
+func (j *Set) PublicKey(kid, alg string) (any, error) {
 	if kid == "" {
-		return nil, keyError("the token has no kid")
+		return nil, KeyError("the token has no kid")
 	}
 	k, ok := j.lookup(kid)
 	if !ok {
 		j.refetchForUnknownKid()
 		if k, ok = j.lookup(kid); !ok {
-			return nil, keyError("no key with the token's kid")
+			return nil, KeyError("no key with the token's kid")
 		}
 	}
 	if k.alg != "" && k.alg != alg {
-		return nil, keyError("the token's alg differs from its key's alg")
+		return nil, KeyError("the token's alg differs from its key's alg")
 	}
 	if !slices.Contains(k.algs, alg) {
-		return nil, keyError("the token's alg does not fit its key's type")
+		return nil, KeyError("the token's alg does not fit its key's type")
 	}
 	return k.key, nil
 }
 
-// refreshNow fetches the set, or joins the fetch under way, and says how it ended.
-func (j *JWKS) refreshNow() error {
+// Fetch fetches the set, or joins the fetch under way, and says how it ended.
+func (j *Set) Fetch() error {
 	j.fetchMu.Lock()
 	done := j.startFetchLocked()
 	j.fetchMu.Unlock()
@@ -156,11 +163,11 @@ func (j *JWKS) refreshNow() error {
 
 // refetchForUnknownKid joins the running fetch, or starts one unless the last started
 // within minRefetch, and waits for it at most unknownKidWait.
-func (j *JWKS) refetchForUnknownKid() {
+func (j *Set) refetchForUnknownKid() {
 	j.fetchMu.Lock()
 	done := j.inflight
 	if done == nil {
-		if time.Since(j.lastFetch) < j.minRefetch {
+		if time.Since(j.lastFetch) < j.MinRefetch {
 			j.fetchMu.Unlock()
 			return
 		}
@@ -169,13 +176,13 @@ func (j *JWKS) refetchForUnknownKid() {
 	j.fetchMu.Unlock()
 	select {
 	case <-done:
-	case <-time.After(j.unknownKidWait):
+	case <-time.After(j.UnknownKidWait):
 	}
 }
 
 // startFetchLocked starts a fetch unless one is running and returns the channel closed
 // when it ends. The caller holds fetchMu.
-func (j *JWKS) startFetchLocked() chan struct{} {
+func (j *Set) startFetchLocked() chan struct{} {
 	if j.inflight != nil {
 		return j.inflight
 	}
@@ -186,7 +193,7 @@ func (j *JWKS) startFetchLocked() chan struct{} {
 		if err != nil {
 			// keys_held 0 means tokens signed by the frontend's keys are refused until a
 			// fetch succeeds; otherwise the keys already held go on verifying.
-			j.log.Warn("JWKS fetch failed", "url", j.url, "keys_held", j.size(), "err", err)
+			j.log.Warn("JWKS fetch failed", "url", j.url, "keys_held", j.Len(), "err", err)
 		}
 		j.fetchMu.Lock()
 		j.inflight, j.lastErr = nil, err
@@ -198,7 +205,7 @@ func (j *JWKS) startFetchLocked() chan struct{} {
 
 // fetch downloads and parses the set and, if it holds at least one usable key, replaces
 // the cached keys with it, so keys the frontend has retired stop verifying.
-func (j *JWKS) fetch() error {
+func (j *Set) fetch() error {
 	ctx, cancel := context.WithTimeout(context.Background(), jwksFetchTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, j.url, nil)
@@ -237,7 +244,8 @@ func (j *JWKS) fetch() error {
 	return nil
 }
 
-func (j *JWKS) generation() uint64 { return j.gen.Load() }
+// Generation changes whenever the set of keys does.
+func (j *Set) Generation() uint64 { return j.gen.Load() }
 
 // parseJWKS returns the usable keys of a JWK Set by kid, and why the others were skipped.
 // A set without a single usable key is an error, so that it never replaces a good one.

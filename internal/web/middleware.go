@@ -1,6 +1,8 @@
-package main
+package web
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"path"
@@ -8,12 +10,9 @@ import (
 	"strings"
 )
 
-// The layers every request passes before its route (the access log is reqlog.go's):
-// panic recovery, CORS, and the mux's own 404 and 405 as the contract's JSON.
-
-// withRecover turns a panic into a logged 500 so one bad request cannot take the
+// Recover turns a panic into a logged 500 so one bad request cannot take the
 // process down. http.ErrAbortHandler is net/http's own way to abort and passes through.
-func withRecover(next http.Handler) http.Handler {
+func Recover(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
 			v := recover()
@@ -23,11 +22,11 @@ func withRecover(next http.Handler) http.Handler {
 			if v == http.ErrAbortHandler {
 				panic(v)
 			}
-			logger(r.Context()).Error("panic", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			Logger(r.Context()).Error("panic", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 			if rw, ok := w.(*statusRecorder); ok && rw.status != 0 {
 				panic(http.ErrAbortHandler) // the response is under way; cut it off visibly
 			}
-			writeError(w, r, errInternal)
+			WriteError(w, r, fmt.Errorf("panic: %v", v), http.StatusInternalServerError, "internal server error")
 		}()
 		next.ServeHTTP(w, r)
 	})
@@ -40,10 +39,10 @@ const (
 	corsMaxAge        = "600"
 )
 
-// withCORS implements CORS for an exact allow-list of origins with credentials. It sits
+// CORS implements CORS for an exact allow-list of origins with credentials. It sits
 // outside the mux because the mux would answer a preflight (OPTIONS) with 405, and
 // outside authentication because browsers send preflights without the token.
-func withCORS(origins []string, next http.Handler) http.Handler {
+func CORS(origins []string, next http.Handler) http.Handler {
 	allowed := make(map[string]bool, len(origins))
 	for _, o := range origins {
 		allowed[o] = true
@@ -64,12 +63,12 @@ func withCORS(origins []string, next http.Handler) http.Handler {
 			h.Set("Cache-Control", "no-store")
 		}
 		if origin == "" || !allowed[origin] {
-			// A browser would not show the answer to the page, but a stream opened for
-			// it would still hold a place until the page went away: the events route
-			// (the only path that ends so) is refused like a preflight.
-			if preflight || origin != "" && strings.HasSuffix(r.URL.Path, "/events") {
-				writeError(w, r, errOriginNotAllowed)
+			if preflight {
+				WriteError(w, r, errOriginRefused, http.StatusForbidden, "origin not allowed")
 				return
+			}
+			if origin != "" {
+				r = r.WithContext(context.WithValue(r.Context(), refusedOriginKey{}, true))
 			}
 			next.ServeHTTP(w, r)
 			return
@@ -88,14 +87,27 @@ func withCORS(origins []string, next http.Handler) http.Handler {
 	})
 }
 
-// withJSONErrors serves the mux, but gives the contract's JSON errors where the mux
+// errOriginRefused is why a preflight from an origin not listed was refused.
+var errOriginRefused = errors.New("origin not allowed")
+
+type refusedOriginKey struct{}
+
+// RefusedOrigin reports whether the request came from a browser page of an origin that
+// CORS refused: the page cannot read the answer. A handler whose answer would hold
+// something until the page goes away (an event stream) refuses it outright.
+func RefusedOrigin(r *http.Request) bool {
+	refused, _ := r.Context().Value(refusedOriginKey{}).(bool)
+	return refused
+}
+
+// JSONErrors serves the mux, but gives the contract's JSON errors where the mux
 // would answer by itself in plain text: 404 when no route matches, 405 (with the mux's
 // Allow) when one matches another method. A path not in its clean form, which the mux
 // would redirect with an HTML body, is a 404: every resource has exactly one URL.
-func withJSONErrors(mux *http.ServeMux) http.Handler {
+func JSONErrors(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !cleanPath(r.URL.EscapedPath()) {
-			writeError(w, r, errNoRoute)
+			WriteError(w, r, errNoRoute, http.StatusNotFound, "not found")
 			return
 		}
 		mux.ServeHTTP(&muxErrorWriter{ResponseWriter: w, r: r}, r)
@@ -110,6 +122,11 @@ func cleanPath(p string) bool {
 	}
 	return c == p
 }
+
+var (
+	errNoRoute  = errors.New("no route")
+	errNoMethod = errors.New("method not allowed")
+)
 
 // muxErrorWriter replaces the body the mux writes when no route matched (r.Pattern is
 // then empty) with the contract's error; handlers write through it untouched.
@@ -126,10 +143,10 @@ func (m *muxErrorWriter) WriteHeader(status int) {
 	}
 	m.replaced = true
 	if status == http.StatusMethodNotAllowed {
-		writeError(m.ResponseWriter, m.r, errMethodNotAllowed)
+		WriteError(m.ResponseWriter, m.r, errNoMethod, http.StatusMethodNotAllowed, "method not allowed")
 		return
 	}
-	writeError(m.ResponseWriter, m.r, errNoRoute)
+	WriteError(m.ResponseWriter, m.r, errNoRoute, http.StatusNotFound, "not found")
 }
 
 func (m *muxErrorWriter) Write(b []byte) (int, error) {
