@@ -1,10 +1,8 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	_ "embed"
-	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -132,21 +130,22 @@ func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler 
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), waitForTurn)
 		defer cancel()
+		// The incarnation before the statement's snapshot: a crash between them makes
+		// the cursor one of an older incarnation, which is read with care, never the
+		// other way round (internal/feed).
+		incarnation, err := f.Incarnation(ctx)
+		if err != nil {
+			return err
+		}
 		var (
 			head  ListHead
-			etag  string
 			first []task.Task
 			rest  []int64
 			size  int
 		)
 		err = users.Do(ctx, who.userID, func() error {
-			return store.ListTasks(ctx, who.userID, q, func(h ListHead) error {
-				head, etag = h, listETag(h, q)
-				if match, err := noneMatch(r, etag); match || err != nil {
-					return cmp.Or(err, errNotModified) // the client has it: no need to read on
-				}
-				return nil
-			}, func(t *task.Task) error {
+			var err error
+			head, err = store.ListTasks(ctx, who.userID, q, func(t *task.Task) error {
 				if size < listPart {
 					first, size = append(first, *t), size+encodedSize(t)
 				} else {
@@ -154,18 +153,21 @@ func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler 
 				}
 				return nil
 			})
-		})
-		at, atErr := feed.CursorAt(head.Snapshot, head.Incarnation)
-		switch {
-		case errors.Is(err, errNotModified):
-			writeNotModified(w, etag)
-			return nil
-		case err != nil:
 			return err
-		case atErr != nil:
-			return atErr
-		case !at.Incarnated():
-			f.Incarnate(ctx) //nolint:errcheck // the first reader after a crash makes one; the next tries again
+		})
+		if err != nil {
+			return err
+		}
+		etag := listETag(head, q)
+		if match, err := noneMatch(r, etag); match || err != nil {
+			if err == nil {
+				writeNotModified(w, etag)
+			}
+			return err
+		}
+		at, err := feed.CursorAt(head.Snapshot, incarnation)
+		if err != nil {
+			return err
 		}
 		list := web.NewJSONStream(w, r, store.db.Timeout)
 		list.Begin(http.Header{"Etag": {etag}, "X-Total-Count": {strconv.FormatInt(head.Total, 10)},
@@ -207,9 +209,6 @@ func encodedSize(t *task.Task) int {
 	}
 	return n
 }
-
-// errNotModified stops a list whose head shows the client has it already.
-var errNotModified = errors.New("not modified")
 
 func handleCreateTask(store *Store, writes *writes) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {

@@ -220,7 +220,7 @@ func printDevToken(getenv func(string) string, userID string, stdout io.Writer) 
 func statements() map[string]string {
 	return map[string]string{"create": sqlCreateTask, "create-keyed": sqlCreateTaskKeyed, "get": sqlGetTask,
 		"update": sqlUpdateTask, "toggle": sqlToggleTask, "toggle-keyed": sqlToggleTaskKeyed, "delete": sqlDeleteTask,
-		"list": listSQL[ListQuery{Status: "all", Sort: "created", Desc: true}], "changes": feed.SQLRead}
+		"list": listSQL[ListQuery{Status: "all", Sort: "created", Desc: true}][0], "changes": feed.SQLRead}
 }
 
 // prune forgets expired idempotency keys and tombstones, at start and then every ten

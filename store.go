@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 
-	"taskflow/internal/feed"
 	"taskflow/internal/pg"
 	"taskflow/internal/task"
 
@@ -272,82 +271,94 @@ type ListQuery struct {
 	Offset int64
 }
 
-// ListHead is what the list endpoint must know before its first task.
+// ListHead is what a list's headers say of it.
 type ListHead struct {
 	Total int64 // tasks matching the filter, ignoring limit and offset
 	// Digest is the XOR of a 64-bit hash of each matching task's version. Versions are
 	// unique, so any change among the tasks changes it (but for a 2^-64 chance), in
 	// whatever order the changes commit; the newest version alone would not.
-	Digest int64
-	// The list's place in the feed, for its X-Cursor (feed.CursorAt).
-	Snapshot, Incarnation string
+	Digest   int64
+	Snapshot string // the statement's pg_snapshot: the list's place in the feed (feed.CursorAt)
 }
-
-// versionDigest is ListHead.Digest as an aggregate.
-const versionDigest = `bit_xor(hashint8extended(version, 0))`
 
 // statusFilter is the WHERE clause fragment of each list status.
 var statusFilter = map[string]string{"all": "", "pending": " AND NOT completed", "completed": " AND completed"}
 
-// listSQL holds one statement per (status, sort, order), built from fixed fragments only,
-// never from request input; each gets its own prepared statement and plan.
-var listSQL = func() map[ListQuery]string {
+// listSQL holds two statements per (status, sort, order), built from fixed fragments
+// only, never from request input; each gets its own prepared statement and plan. A whole
+// list (no limit, no offset) is the user's rows alone, as a plain SELECT reads them, and
+// its head is counted as they arrive; the snapshot's join makes an empty list one row of
+// the snapshot alone, task id 0. A page's head counts the rows it skips too: the window
+// aggregates are computed before LIMIT and OFFSET, and an empty page is one row of the
+// head alone, read in the same snapshot (its aggregate runs only then).
+var listSQL = func() map[ListQuery][2]string {
 	sortBy := map[string]string{"created": "created_at", "updated": "updated_at", "title": "title"}
-	m := make(map[ListQuery]string)
+	m := make(map[ListQuery][2]string)
 	for status, where := range statusFilter {
 		for sort, col := range sortBy {
 			for dir, desc := range map[string]bool{"ASC": false, "DESC": true} {
-				// The window aggregates are computed before LIMIT and OFFSET, so the
-				// list's head comes with the first row of the page. An empty page is one
-				// row of the head alone, task id 0, read in the same snapshot (its
-				// aggregate runs only then).
-				m[ListQuery{Status: status, Sort: sort, Desc: desc}] = `WITH page AS (
-    SELECT ` + task.Columns + `, count(*) OVER (), ` + versionDigest + ` OVER () FROM tasks WHERE user_id = $1` + where + `
-    ORDER BY ` + col + ` ` + dir + `, id ` + dir + ` LIMIT $2 OFFSET $3
-), head AS (SELECT pg_current_snapshot()::text AS snapshot, ` + feed.SQLIncarnation + ` AS incarnation)
-SELECT page.*, head.* FROM page, head
+				order := ` ORDER BY ` + col + ` ` + dir + `, id ` + dir
+				m[ListQuery{Status: status, Sort: sort, Desc: desc}] = [2]string{
+					`SELECT coalesce(id, 0), coalesce(user_id::text, ''), coalesce(title::text, ''), description, coalesce(completed, false),
+    coalesce(created_at, 'epoch'), coalesce(updated_at, 'epoch'), coalesce(version, 0), snapshot
+FROM (SELECT pg_current_snapshot()::text AS snapshot) AS head LEFT JOIN tasks ON user_id = $1` + where + order,
+					`WITH page AS (
+    SELECT ` + task.Columns + `, count(*) OVER (), bit_xor(hashint8extended(version, 0)) OVER () FROM tasks WHERE user_id = $1` + where + order + `
+    LIMIT $2 OFFSET $3
+), head AS (SELECT pg_current_snapshot()::text AS snapshot)
+SELECT page.*, head.snapshot FROM page, head
 UNION ALL
-SELECT 0, '', '', NULL, false, 'epoch', 'epoch', 0, total, digest, head.*
-FROM (SELECT count(*) AS total, coalesce(` + versionDigest + `, 0) AS digest FROM tasks WHERE user_id = $1` + where + `) AS whole, head
-WHERE NOT EXISTS (SELECT FROM page)`
+SELECT 0, '', '', NULL, false, 'epoch', 'epoch', 0, total, digest, head.snapshot
+FROM (SELECT count(*) AS total, coalesce(bit_xor(hashint8extended(version, 0)), 0) AS digest FROM tasks WHERE user_id = $1` + where + `) AS whole, head
+WHERE NOT EXISTS (SELECT FROM page)`}
 			}
 		}
 	}
 	return m
 }()
 
-// ListTasks reads one page of the user's tasks and hands it on as it arrives: head once,
-// before any task, then each for every task in order. An error from head or each stops
-// the query and is returned as it is.
-func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, head func(ListHead) error, each func(*task.Task) error) error {
-	query, ok := listSQL[ListQuery{Status: q.Status, Sort: q.Sort, Desc: q.Desc}]
+// ListTasks reads one page of the user's tasks, handing each to each in order as it
+// arrives, and returns the list's head. An error from each stops the query and is
+// returned as it is.
+func (s *Store) ListTasks(ctx context.Context, userID string, q ListQuery, each func(*task.Task) error) (ListHead, error) {
+	statements, ok := listSQL[ListQuery{Status: q.Status, Sort: q.Sort, Desc: q.Desc}]
 	if !ok {
-		return fmt.Errorf("list query %+v was not validated", q)
+		return ListHead{}, fmt.Errorf("list query %+v was not validated", q)
+	}
+	var (
+		t task.Task
+		h ListHead
+	)
+	if q.Limit == 0 && q.Offset == 0 {
+		err := s.db.Query(ctx, func(rows pgx.Rows) error {
+			if err := task.Scan(rows, &t, &h.Snapshot); err != nil || t.ID == 0 { // an error, or an empty list
+				return err
+			}
+			h.Total, h.Digest = h.Total+1, h.Digest^versionHash(t.Version)
+			return each(&t)
+		}, statements[0], userID)
+		return h, err
 	}
 	var limit *int
 	if q.Limit > 0 {
 		limit = &q.Limit
 	}
-	var (
-		t      task.Task
-		h      ListHead
-		headed bool
-	)
-	return s.db.Query(ctx, func(rows pgx.Rows) error {
-		if err := task.Scan(rows, &t, &h.Total, &h.Digest, &h.Snapshot, &h.Incarnation); err != nil {
+	err := s.db.Query(ctx, func(rows pgx.Rows) error {
+		if err := task.Scan(rows, &t, &h.Total, &h.Digest, &h.Snapshot); err != nil || t.ID == 0 { // an error, or an empty page
 			return err
 		}
-		if !headed {
-			headed = true
-			if err := head(h); err != nil {
-				return err
-			}
-		}
-		if t.ID == 0 { // an empty page
-			return nil
-		}
 		return each(&t)
-	}, query, userID, limit, q.Offset)
+	}, statements[1], userID, limit, q.Offset)
+	return h, err
+}
+
+// versionHash mixes a version's bits (SplitMix64's finalizer), so that the XOR of many
+// is unlikely to stay the same when some of them change.
+func versionHash(v int64) int64 {
+	x := uint64(v)
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return int64(x ^ x>>31)
 }
 
 // TasksByID appends to into the user's tasks of ids, in the order of ids; those not

@@ -22,12 +22,8 @@ func ptr[T any](v T) *T { return &v }
 
 // listTasks collects what Store.ListTasks streams.
 func listTasks(s *Store, ctx context.Context, userID string, q ListQuery) ([]task.Task, int64, error) {
-	var (
-		tasks []task.Task
-		head  ListHead
-	)
-	err := s.ListTasks(ctx, userID, q, func(h ListHead) error { head = h; return nil },
-		func(t *task.Task) error { tasks = append(tasks, *t); return nil })
+	var tasks []task.Task
+	head, err := s.ListTasks(ctx, userID, q, func(t *task.Task) error { tasks = append(tasks, *t); return nil })
 	return tasks, head.Total, err
 }
 
@@ -429,9 +425,7 @@ func TestTheListDigestSeesChangesInAnyCommitOrder(t *testing.T) {
 	s, ctx, me := testStore(t), context.Background(), testkit.NewUserID()
 	a, b := mustCreate(t, s, me, "a", nil), mustCreate(t, s, me, "b", nil)
 	head := func() ListHead {
-		var h ListHead
-		err := s.ListTasks(ctx, me, ListQuery{Status: "all", Sort: "created", Desc: true}, func(got ListHead) error { h = got; return nil },
-			func(*task.Task) error { return nil })
+		h, err := s.ListTasks(ctx, me, ListQuery{Status: "all", Sort: "created", Desc: true}, func(*task.Task) error { return nil })
 		if err != nil {
 			t.Fatal(err)
 		}

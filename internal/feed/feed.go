@@ -36,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"taskflow/internal/fair"
@@ -59,6 +60,7 @@ type Feed struct {
 	db        *pg.DB
 	retention time.Duration // CHANGES_RETENTION
 	reader    *reader
+	known     atomic.Pointer[string] // the incarnation the last read saw, as SQLIncarnation has it
 }
 
 // New is the feed of the database db, which keeps tombstones and cursors for retention
@@ -108,16 +110,36 @@ func (f *Feed) Now(ctx context.Context) (Cursor, error) {
 // until Incarnate makes one.
 const SQLIncarnation = `(SELECT database || '/' || coalesce((SELECT token FROM changes_incarnation), '') || '/' || xid FROM changes_durable)`
 
-// sqlMarkDurable, in a statement that commits, moves the id known on disk on to its own.
-const sqlMarkDurable = `UPDATE changes_durable SET xid = greatest(xid, pg_current_xact_id())`
+// Incarnation is the incarnation as the feed's last read, or Incarnate, saw it: what a
+// list takes before its statement, to make its cursor with the statement's snapshot.
+// Taken before, it may be older than the snapshot (a crash in between), which makes a
+// cursor that is read with care; never newer.
+func (f *Feed) Incarnation(ctx context.Context) (string, error) {
+	if known := f.known.Load(); known != nil {
+		return *known, nil
+	}
+	_, err := f.Now(ctx)
+	if known := f.known.Load(); known != nil && err == nil {
+		return *known, nil
+	}
+	return "", err
+}
 
 // Incarnate gives the database an incarnation if it has none, and moves the id known on
 // disk on. The first reader after a crash does it; a cursor made before then has none,
 // which the reader never trusts.
 func (f *Feed) Incarnate(ctx context.Context) error {
-	return f.db.Row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
-		`WITH made AS (INSERT INTO changes_incarnation (token) VALUES (md5(random()::text || clock_timestamp()::text))
-    ON CONFLICT DO NOTHING RETURNING 1), marked AS (`+sqlMarkDurable+`) SELECT count(*) FROM made`)
+	var known string
+	err := f.db.Row(ctx, func(r pgx.Row) error { return r.Scan(&known) }, `WITH made AS (
+    INSERT INTO changes_incarnation (token) VALUES (md5(random()::text || clock_timestamp()::text)) ON CONFLICT DO NOTHING RETURNING token
+), marked AS (
+    UPDATE changes_durable SET xid = greatest(xid, pg_current_xact_id()) RETURNING database, xid
+)
+SELECT database || '/' || coalesce((SELECT token FROM made), (SELECT token FROM changes_incarnation), '') || '/' || xid FROM marked`)
+	if err == nil {
+		f.known.Store(&known)
+	}
+	return err
 }
 
 // PruneTombstones forgets the tombstones older than the retention, moving the feed's

@@ -223,6 +223,9 @@ func (r *reader) run(batch []*read) {
 		if err := task.Scan(rows, &c.Task, &c.Deleted, &c.Created, &h.upto, &h.since, &h.tasks, &h.now, &h.horizon, &h.incarnation, &n); err != nil {
 			return err
 		}
+		if n == 1 {
+			r.feed.known.Store(&h.incarnation)
+		}
 		pages[n-1].add(c, &h)
 		return nil
 	}, sqlRead, users, since, upto, afterCreated, afterID, incarnation, durable, limit)
