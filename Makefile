@@ -36,9 +36,11 @@ soak:
 abuse:
 	@. scripts/lib.sh && use_testdb && go test -tags abuse -run '^TestAbuse' -count=1 -timeout 20m -v ./load | grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok '
 
-# The service against pgbench running the same statements; prints tables (docs/performance.md).
+# The ceiling (pgbench), the Node peer and the service in one run, in one table; DB_LATENCY=500us
+# puts a network between each and PostgreSQL, STREAMS=200 measures the service again with
+# 200 users following (docs/performance.md). About 15 minutes.
 bench:
-	@scripts/bench.sh
+	@scripts/compare.sh
 
 # Live updates' cost on one instance: 10,000 idle streams, delivery delays, resumption (docs/performance.md).
 bench-live:

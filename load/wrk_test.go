@@ -169,3 +169,29 @@ func summarize(lats []time.Duration, over time.Duration) measurement {
 		p99: testkit.Percentile(lats, 99),
 	}
 }
+
+// median takes the median of each figure on its own, and sums the failures.
+func median(runs []measurement) measurement {
+	mid := func(f func(measurement) float64) float64 {
+		v := make([]float64, len(runs))
+		for i, m := range runs {
+			v[i] = f(m)
+		}
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	m := measurement{
+		rps:         mid(func(m measurement) float64 { return m.rps }),
+		bytesPerReq: mid(func(m measurement) float64 { return m.bytesPerReq }),
+		p50:         time.Duration(mid(func(m measurement) float64 { return float64(m.p50) })),
+		p99:         time.Duration(mid(func(m measurement) float64 { return float64(m.p99) })),
+	}
+	for _, r := range runs {
+		m.non2xx += r.non2xx
+		m.sockErrs += r.sockErrs
+	}
+	return m
+}

@@ -1,11 +1,7 @@
 #!/usr/bin/env bash
-# make bench: seeds a fresh database, then measures pgbench (the ceiling: the service's own
-# statements, nothing else) and the service under wrk, pinned to separate cores, and prints
-# the tables (docs/performance.md). Knobs: BENCH_DURATION (15s), BENCH_WARMUP (3s),
-# BENCH_CONC (16,64), BENCH_OPS (list,list-304,get,toggle,create,create-key), BENCH_AUTH
-# (HS256 or EdDSA), BENCH_REPEAT (1), BENCH_NOTIFY_AB=1 (the service also with its
-# notification trigger off), BENCH_COMPARE (name=binary,... measured beside this tree's
-# service in the same run). make bench-live runs TestBenchLive instead (BENCH_RUN).
+# make bench-live and make bench-capture: the Go harnesses in load/ that measure what live
+# updates cost an instance and what recording a change costs a write (BENCH_RUN names
+# which; docs/performance.md). make bench is scripts/compare.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh

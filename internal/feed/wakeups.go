@@ -97,8 +97,11 @@ func (w *Wakeups) send(ctx context.Context) {
 	users := w.pending
 	w.pending = map[string]bool{}
 	w.mu.Unlock()
-	err := w.db.Row(ctx, func(r pgx.Row) error { return r.Scan(nil) },
-		`SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) p`,
+	// A wake-up need not be durable: lost, it delays a change to the next poll, and after
+	// a crash every listener reconnects and wakes all its streams. So its commit does not
+	// wait for the WAL to reach disk, which also frees the notify lock at once.
+	err := w.db.Row(ctx, func(r pgx.Row) error { return r.Scan(nil, nil) },
+		`SELECT set_config('synchronous_commit', 'off', true), count(pg_notify($1, p)) FROM unnest($2::text[]) p`,
 		wakeupChannel, wakeupPayloads(w.instance, users))
 	if err != nil && ctx.Err() == nil {
 		// Sent again with the next ones, a second from now at the latest.
