@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -218,9 +220,20 @@ func TestChangesRefusesWhatItCannotServe(t *testing.T) {
 		{"?limit=1001", http.StatusBadRequest},
 		{"?limit=1&limit=2", http.StatusBadRequest},
 		{"?since=" + future, http.StatusGone},
+		{"?since=" + malformedCursor(me.id, "\xff\xfe"), http.StatusBadRequest},
+		{"?since=" + malformedCursor(me.id, "\x00"), http.StatusBadRequest},
 	} {
 		me.do(t, "GET", "/api/{me}/changes"+c.query, "").wantStatus(c.want).detail()
 	}
+}
+
+// malformedCursor is userID's cursor in the API's format but for an incarnation that
+// begins with junk (bytes that are not UTF-8, or a NUL), which the database would refuse.
+func malformedCursor(userID, junk string) string {
+	incarnation := junk + strings.Repeat("a", 32-len(junk))
+	tag := sha256.Sum256([]byte(userID))
+	text := fmt.Sprintf("2|%x|%s/%s/3|3:3:|0:0:|0|0", tag[:4], strings.Repeat("0", 32), incarnation)
+	return base64.RawURLEncoding.EncodeToString([]byte(text))
 }
 
 // TestAnExpiredCursorIs410 prunes every tombstone older than a millisecond in the run's

@@ -315,6 +315,49 @@ func TestAnExpiredPlaceIsAResync(t *testing.T) {
 	}
 }
 
+// TestAMalformedCursorOpensNoStream: a cursor the database would refuse is a 400 before
+// any stream opens, whether it comes as Last-Event-ID or since=: an EventSource given a
+// 200 and then an end would retry it forever.
+func TestAMalformedCursorOpensNoStream(t *testing.T) {
+	t.Parallel()
+	es := newEventsServer(t, "", nil)
+	me := es.api.newUser(t)
+	for _, junk := range []string{"\xff\xfe", "\x00"} {
+		bad := malformedCursor(me.id, junk)
+		if _, status := tryEvents(t, es.url+"/api/"+me.id+"/events", map[string]string{"Authorization": "Bearer " + me.token, "Last-Event-ID": bad}); status != http.StatusBadRequest {
+			t.Errorf("Last-Event-ID with an incarnation of %q: %d, want 400", junk, status)
+		}
+		if _, status := tryEvents(t, es.url+"/api/"+me.id+"/events?since="+bad, map[string]string{"Authorization": "Bearer " + me.token}); status != http.StatusBadRequest {
+			t.Errorf("since= with an incarnation of %q: %d, want 400", junk, status)
+		}
+	}
+}
+
+// TestACreateThenAnUpdateIsCreated: a task made after the stream's place arrives as
+// task.created, even when it was changed again before the stream read it (contract
+// v3.1), however the writes and the reads fall.
+func TestACreateThenAnUpdateIsCreated(t *testing.T) {
+	t.Parallel()
+	es := newEventsServer(t, "", nil)
+	me := es.api.newUser(t)
+	stream := es.stream(t, me)
+	for i := range 100 {
+		created := me.create(t, fmt.Sprint("made ", i))
+		me.do(t, "PUT", fmt.Sprintf("/api/{me}/tasks/%d", created.ID), `{"title":"and renamed"}`).wantStatus(http.StatusOK)
+		// The first event of the task: created, whether the update was read with it or not.
+		ev := stream.next(t)
+		var got taskJSON
+		if err := json.Unmarshal([]byte(ev.Data), &got); err != nil || got.ID != created.ID || ev.Name != "task.created" {
+			t.Fatalf("trial %d: the task's first event is %+v, want task.created", i, ev)
+		}
+		if got.Title != "and renamed" {
+			if ev := stream.next(t); ev.Name != "task.updated" {
+				t.Fatalf("trial %d: after the create, %+v, want task.updated", i, ev)
+			}
+		}
+	}
+}
+
 func TestEventsReachEveryInstance(t *testing.T) {
 	t.Parallel()
 	a, stopA := startRun(t, nil)

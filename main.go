@@ -109,10 +109,10 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	return serve(ctx, srv, ln, cfg.shutdownGrace, log)
 }
 
-// newUsers shares the database between users (package fair): each may spend a tenth of
-// a second of its time a second, half a second at once, in two statements at a time.
-// What that allows a user, and costs the others, is in docs/operations.md.
-func newUsers() *fair.Users { return fair.New(100*time.Millisecond, 500*time.Millisecond, 2) }
+// newUsers shares the database between users (package fair): each may spend a quarter
+// of a second of its time a second, a second at once, in two statements at a time. What
+// that allows a user, and costs the others, is in docs/operations.md.
+func newUsers() *fair.Users { return fair.New(250*time.Millisecond, time.Second, 2) }
 
 // newServer is the HTTP server with its timeouts.
 func newServer(h http.Handler, log *slog.Logger) *http.Server {

@@ -212,6 +212,44 @@ func TestShutdownLetsRequestsInFlightFinish(t *testing.T) {
 	}
 }
 
+// TestAUsersRequestsInFlightAtShutdownAllFinish: a user's lists and creates in flight
+// when the server is told to stop, many at once, each get their 2xx: none is refused for
+// being one of many, and the writes queued for the next commit are sent.
+func TestAUsersRequestsInFlightAtShutdownAllFinish(t *testing.T) {
+	t.Parallel()
+	base, stop := startRun(t, nil)
+	me := testkit.NewUserID()
+	token := testkit.Token(t, me)
+	insertBigTasks(t, me, 1000) // 4 MB: each list takes a while to send
+	statuses := make(chan int, 20)
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			method, body := "GET", ""
+			if i%2 == 1 {
+				method, body = "POST", `{"title":"at shutdown"}`
+			}
+			res, _ := httpDo(t, method, base+"/api/"+me+"/tasks", token, body)
+			statuses <- res.StatusCode
+		}()
+	}
+	time.Sleep(20 * time.Millisecond) // all sent, most in flight
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		if s != http.StatusOK && s != http.StatusCreated {
+			t.Errorf("a request in flight at shutdown ended with %d, want its 2xx", s)
+		}
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("run: %v", err)
+	}
+}
+
 // lockedTask creates a task for userID through the server at base and holds its row
 // lock in a transaction until the test commits it or ends, so that requests on it wait.
 func lockedTask(t *testing.T, store *Store, base, userID string) (int64, pgx.Tx) {
