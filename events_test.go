@@ -315,6 +315,31 @@ func TestAnExpiredPlaceIsAResync(t *testing.T) {
 	}
 }
 
+// TestACatchUpOfManyPagesComesOnce: a catch-up longer than a stream's page (32 KiB of
+// events: five of the largest tasks) brings each change once, in order, then ready.
+func TestACatchUpOfManyPagesComesOnce(t *testing.T) {
+	t.Parallel()
+	es := newEventsServer(t, "", nil)
+	me := es.api.newUser(t)
+	from := me.do(t, "GET", "/api/{me}/tasks", "").wantStatus(http.StatusOK).Header().Get("X-Cursor")
+	var created []int64
+	for range 30 {
+		created = append(created, me.do(t, "POST", "/api/{me}/tasks", testkit.LargestTaskBody()).wantStatus(http.StatusCreated).task().ID)
+	}
+	stream, _ := tryEvents(t, es.url+"/api/"+me.id+"/events?since="+url.QueryEscape(from), map[string]string{"Authorization": "Bearer " + me.token})
+	var seen []int64
+	for ev := stream.next(t); ev.Name != "ready"; ev = stream.next(t) {
+		var got taskJSON
+		if err := json.Unmarshal([]byte(ev.Data), &got); err != nil || ev.Name != "task.created" {
+			t.Fatalf("%+v: %v", ev, err)
+		}
+		seen = append(seen, got.ID)
+	}
+	if !reflect.DeepEqual(seen, created) {
+		t.Errorf("the catch-up brought %v, want %v", seen, created)
+	}
+}
+
 // TestAMalformedCursorOpensNoStream: a cursor the database would refuse is a 400 before
 // any stream opens, whether it comes as Last-Event-ID or since=: an EventSource given a
 // 200 and then an end would retry it forever.

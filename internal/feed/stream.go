@@ -327,7 +327,8 @@ func (s *stream) sendChanges(ctx context.Context, cur *Cursor) (Cursor, error) {
 		if err != nil {
 			return page.Next, err
 		}
-		next, more := page.Next, page.More
+		var more bool
+		next, more = page.Next, page.More
 		buf := buffers.Get().(*[]byte)
 		for i := range page.Changes {
 			c := &page.Changes[i]
