@@ -237,7 +237,7 @@ interface Store {
   shared: boolean;
   writes(): Promise<Write[]>;
   add(w: Write): Promise<void>;
-  settle(seq: number, fix: (rest: Write[]) => Write[]): Promise<void>; // drops seq, puts what fix returns
+  settle(seq: number, fix: (rest: Write[]) => Write[]): Promise<void>; // drops seq, puts what fix returns (once)
   view(): Promise<{ tasks: Task[]; cursor: string } | undefined>;
   keep(changes: (Task | number)[], cursor: string, whole: boolean): void; // a task to put, an id to delete
 }
@@ -250,6 +250,7 @@ function memoryStore(): Store {
     writes: async () => queue.slice(),
     add: async (w) => void queue.push({ ...w, seq: ++seq }),
     async settle(s, fix) {
+      if (!queue.some((w) => w.seq === s)) return;
       queue = queue.filter((w) => w.seq !== s);
       const fixed = new Map(fix(queue.slice()).map((w) => [w.seq, w]));
       queue = queue.map((w) => fixed.get(w.seq) ?? w);
@@ -288,9 +289,14 @@ async function indexedStore(name: string): Promise<Store | undefined> {
     add: (w) => run(["writes"], "readwrite", (s) => s.add(w)),
     settle: (seq, fix) =>
       run(["writes"], "readwrite", (s) => {
-        s.delete(seq);
-        const all = s.getAll();
-        all.onsuccess = () => fix(all.result as Write[]).forEach((w) => s.put(w));
+        // Settled already (by another tab that led for a moment): nothing to fix twice.
+        const got = s.get(seq);
+        got.onsuccess = () => {
+          if (!got.result) return;
+          s.delete(seq);
+          const all = s.getAll();
+          all.onsuccess = () => fix(all.result as Write[]).forEach((w) => s.put(w));
+        };
       }),
     async view() {
       const [tasks, cursor] = await Promise.all([run<Task[]>(["tasks"], "readonly", (s) => s.getAll()), run<string>(["cursor"], "readonly", (s) => s.get(0))]);
@@ -406,7 +412,8 @@ function follow(
   }
   async function relist() {
     const asLeader = leading;
-    const { tasks: list, cursor: at } = await api.list();
+    // One try: a leader tries again itself, and says meanwhile that it is offline.
+    const { tasks: list, cursor: at } = await api.list({}, { retries: 0 });
     if (stopped) return;
     if (leading) {
       // A list asked for before this tab led may come after the one it asked for since,
