@@ -67,20 +67,21 @@ export async function stopDuringTokenScenario({ openApp, apiURL, proxy }) {
   const first = await browser.page();
   const user = await freshUser(first, "defect3");
   const t0 = Date.now();
-  await first.evaluate(() => { tf.tokenDelay = 400; tf.follow(); });
-  // The third token() is the stream's (after this tab's list and the leader's): stop() during it.
-  const pending = await until(() => first.evaluate(() => tf.tokenCalls >= 3 && tf.tokenPending > 0), 5000, 10);
+  await first.evaluate(() => { tf.tokenDelay = 400; tf.before = tf.tokenCalls; tf.follow(); });
+  // follow()'s third token() is the stream's (after this tab's list and the leader's): stop() during it.
+  const pending = await until(() => first.evaluate(() => tf.tokenCalls - tf.before >= 3 && tf.tokenPending > 0), 5000, 10);
   await first.evaluate(() => tf.stop());
   await sleep(2500);
   const opened = proxy.exchanges.filter((e) => browserOf(e) === tag && isEventStream(e) && e.startedAt >= t0);
   check("stop() came while token() was pending", pending);
   eq("after stop(), no event stream was opened", opened.length, 0);
   const second = await browser.page();
+  const t1 = Date.now();
   await second.evaluate((id) => tf.init(id) && tf.follow(), user.id);
-  const led = await until(() => liveStreams(proxy, tag).length === 1, 5000);
+  const led = await until(() => liveStreams(proxy, tag).filter((e) => e.startedAt >= t1).length === 1, 5000);
   const { task } = await nodeClient(apiURL, user.id, user.token).create({ title: "shown by the second tab" });
   const shown = await until(() => second.evaluate((id) => tf.view.has(id), task.id), 5000);
-  check("a second tab then takes the lock, follows, and shows a new task", led && shown);
+  check("a second tab then takes the lock, opens a stream of its own, and shows a new task", led && shown);
   await browser.context.close();
 }
 
