@@ -338,7 +338,8 @@ function follow(
   let wake = () => {};
   const released = new AbortController();
   const channel = typeof BroadcastChannel === "function" ? new BroadcastChannel(`taskflow:${o.userId}`) : undefined;
-  const tell = (m: Message) => channel?.postMessage(m);
+  // A closed channel throws: after stop(), what is still on its way tells no one.
+  const tell = (m: Message) => !stopped && channel?.postMessage(m);
   const ES = o.EventSource ?? globalThis.EventSource;
   const offline = () => globalThis.navigator?.onLine === false;
   let store: Store = memoryStore();
@@ -637,7 +638,7 @@ function follow(
   });
 
   // Without Web Locks (a plain-http origin), the tabs elect a leader on the channel: the
-  // leader says so every second; a tab that has heard none for 3 s claims the lead, and
+  // leader says so twice a second; a tab that has heard none for 3 s claims the lead, and
   // takes it if no tab with a smaller id claims or leads within 300 ms; of two leaders, the
   // one with the larger id steps down.
   let elected: ((m: { kind: "leader" | "claim" | "bye"; from: string }) => void) | undefined;

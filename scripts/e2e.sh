@@ -26,7 +26,7 @@ node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.ex
 (cd client && npm ci --no-audit --no-fund --loglevel=error && npm run --silent check && npm run --silent build)
 mkdir -p e2e/.data && rm -f e2e/.data/taskflow-client-*.tgz
 (cd client && npm pack --silent --pack-destination ../e2e/.data >/dev/null)
-echo "e2e: the client is $(cd client && npx --no esbuild dist/taskflow.js --minify --log-level=warning | wc -c) bytes minified, $(cd client && npm run --silent size) gzipped (esbuild --minify | gzip -9)" >&2
+echo "e2e: the client is $(cd client && npx --no esbuild dist/taskflow.js --bundle --format=esm --minify --log-level=warning | wc -c) bytes minified, $(cd client && npm run --silent size) gzipped (esbuild --bundle --format=esm --minify | gzip -9)" >&2
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
 # A Next.js page that installs the packed client as a user would, built by next build
 # (a static export that e2e/server.mjs serves under /next).
