@@ -35,6 +35,9 @@ export async function firstListScenario({ openApp, api, apiURL }) {
   check("a page opened while the API is down shows every task once it is back (its list is tried again)", equal,
     `${(await page.evaluate(() => tf.tasks())).length} of ${db.length} tasks shown`);
   eq("while the API is down, follow() says offline", during, "offline");
+  const states = (await page.evaluate(() => tf.statuses.map((x) => x.state))).filter((x, i, all) => x !== all[i - 1]);
+  check("onStatus told connecting, then offline, and live at the end, as the leader",
+    states[0] === "connecting" && states.includes("offline") && states.at(-1) === "live" && (await page.evaluate(() => tf.status.leader)), states.join(","));
   await browser.context.close();
 }
 

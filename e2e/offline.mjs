@@ -95,12 +95,15 @@ export async function offlineWritesScenario({ openApp, apiURL, proxy }) {
 
   // Back online: one tab sends the queue.
   const from = proxy.exchanges.length;
+  const sentBefore = await Promise.all([a, b].map((p) => p.evaluate(() => tf.writesSent)));
   const t0 = Date.now();
   unblock();
   await browser.context.setOffline(false);
   const drained = await until(async () => (await Promise.all([a, b].map((p) => p.evaluate(() => tf.status?.pending)))).every((n) => n === 0), 60_000, 100);
   const took = Date.now() - t0;
   check("back online, the queue empties", drained);
+  const sentBy = (await Promise.all([a, b].map((p) => p.evaluate(() => tf.writesSent)))).map((n, i) => n - sentBefore[i]);
+  check("one tab sent the queue for the browser (writes sent by each tab)", sentBy.filter((n) => n > 0).length === 1 && sentBy.some((n) => n >= 130), sentBy.join("/"));
   const db = (await node.list()).tasks;
   await until(async () => (await Promise.all([a, b].map(async (p) => differing(await p.evaluate(() => tf.tasks()), db).length))).every((n) => n === 0), 10_000, 100);
 
