@@ -100,8 +100,11 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 // Exponential, from 250 ms to 10 s, with full jitter: clients cut off together come back apart.
 const backoff = (attempt: number) => Math.random() * Math.min(10_000, 250 * 2 ** attempt);
 
-// crypto.randomUUID exists only in a secure context (https, localhost); getRandomValues everywhere.
-function uuid(): string {
+/**
+ * A new Idempotency-Key: a random UUID. crypto.randomUUID exists only in a secure context
+ * (https, localhost); getRandomValues everywhere.
+ */
+export function newKey(): string {
   if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
   const b = crypto.getRandomValues(new Uint8Array(16));
   b[6] = (b[6]! & 0x0f) | 0x40;
@@ -185,7 +188,7 @@ export function createClient(o: Options) {
      */
     async create(task: TaskCreate, key: string | Precondition = {}) {
       const p = typeof key === "string" ? { key } : key;
-      const res = await call("POST", "/tasks", { body: task, headers: { "Idempotency-Key": p.key ?? uuid() }, ...pass(p) });
+      const res = await call("POST", "/tasks", { body: task, headers: { "Idempotency-Key": p.key ?? newKey() }, ...pass(p) });
       return { task: (await res.json()) as Task, url: new URL(res.headers.get("Location") ?? "", new URL(base, globalThis.location?.href)).href, replayed: res.headers.has("Idempotent-Replayed") };
     },
     /** Changes the fields given; with ifMatch, only if nobody changed the task since (else Conflict). */
@@ -200,7 +203,7 @@ export function createClient(o: Options) {
       }
     },
     /** Flips completed once, however often it must be sent. */
-    toggle: (id: number, p: Precondition = {}, key: string = p.key ?? uuid()) =>
+    toggle: (id: number, p: Precondition = {}, key: string = p.key ?? newKey()) =>
       json<Task>(call("PATCH", `/tasks/${id}/complete`, { headers: { ...etag(p), "Idempotency-Key": key }, ...pass(p) })),
     /** Deletes a task; deleting one already gone (a retry whose first try landed) is no error. */
     async remove(id: number, p: Precondition = {}) {
@@ -596,7 +599,7 @@ function follow(
       was = { id, user_id: o.userId, title: title.trim(), description, completed: false, created_at: now, updated_at: now, version: 0 };
     } else was = shown().get(id);
     if (!was) throw new ApiError(404, `task ${id} is not among the tasks shown`);
-    const w: Write = { op, id, key: uuid(), was };
+    const w: Write = { op, id, key: newKey(), was };
     if (fields) w.fields = fields;
     if (queue.some((q) => q.id === id)) w.after = true;
     else if (op !== "create") w.base = was.version;
@@ -643,7 +646,7 @@ function follow(
   // one with the larger id steps down.
   let elected: ((m: { kind: "leader" | "claim" | "bye"; from: string }) => void) | undefined;
   function elect() {
-    const me = uuid();
+    const me = newKey();
     let heard = Date.now() - 2500; // a new tab waits half a second for a leader to answer its hello
     let claiming = false;
     elected = (m) => {

@@ -232,7 +232,7 @@ export async function createAgainScenario({ openApp }) {
     };
     const api = tf.createClient({ baseUrl: tf.api, userId, token: tf.getToken, fetch: lossy, retries: 1 });
     const title = "Buy milk";
-    const save = new Function("api", "title", `${recipe}\nreturn save;`)(api, title);
+    const save = new Function("api", "title", "newKey", `${recipe}\nreturn save;`)(api, title, tf.newKey);
     let first;
     try { await save(); first = "made"; } catch (err) { first = String(err); }
     losing = false;
