@@ -29,6 +29,8 @@ export function startProxy({ port = 8000, upstreamPort = 8001, bodyLimit = 4 << 
   const open = new Set(); // event streams in flight: from the request until either side closes
   const watchers = new Set();
   const gates = [];
+  const blocks = new Set(); // predicates: a matching request is dropped at once (the network is away)
+  const stalls = new Set(); // {match, held}: a matching request is never answered until release()
 
   // SSE parsing, as a browser does it (fields, blank line dispatches): each event is kept
   // as {event, id?, data}; id only when the event's own lines carried one.
@@ -72,6 +74,15 @@ export function startProxy({ port = 8000, upstreamPort = 8001, bodyLimit = 4 << 
     };
     if (ex.query.access_token) ex.query.access_token = "(token)"; // kept out of the record, as the API keeps it out of its log
     exchanges.push(ex);
+    if ([...blocks].some((match) => match(ex))) {
+      ex.error = "blocked by the harness";
+      return req.socket.destroy();
+    }
+    const stall = [...stalls].find((s) => s.match(ex));
+    if (stall) {
+      ex.error = "stalled by the harness";
+      return stall.held.push(req);
+    }
     const stream = isEventStream(ex);
     if (stream) {
       open.add(ex);
@@ -84,6 +95,8 @@ export function startProxy({ port = 8000, upstreamPort = 8001, bodyLimit = 4 << 
     for (const g of gates) if (g.match(ex) && ++g.seen === g.nth) gated[g.at] = g;
     let up;
     ex.cutNow = () => { ex.cut = true; up?.destroy(); res.destroy(); closeStream(ex); };
+    // What the API sends when a stream's token expires; the API's own stream is dropped.
+    ex.expireNow = () => { ex.cut = true; up?.destroy(); res.end("event: expired\ndata: {}\n\n"); closeStream(ex); };
     const record = (chunk) => {
       if (ex.sse) parseEvents(ex, ex.sse.decoder.decode(chunk, { stream: true }));
       else if (ex.bodyBytes + chunk.length <= bodyLimit) ex.body.push(chunk);
@@ -163,6 +176,23 @@ export function startProxy({ port = 8000, upstreamPort = 8001, bodyLimit = 4 << 
         const cut = [...open].filter(match);
         for (const ex of cut) ex.cutNow();
         return cut.length;
+      },
+      /** Ends every open event stream that matches with `event: expired`, as the API does when its token expires. */
+      expireStreams(match = () => true) {
+        const ended = [...open].filter(match);
+        for (const ex of ended) ex.expireNow();
+        return ended.length;
+      },
+      /** Drops every request that matches, from now until the returned function is called. */
+      block(match) {
+        blocks.add(match);
+        return () => blocks.delete(match);
+      },
+      /** Accepts every request that matches and never answers it, until the returned function drops them. */
+      stall(match) {
+        const s = { match, held: [] };
+        stalls.add(s);
+        return () => { stalls.delete(s); for (const req of s.held) req.socket.destroy(); };
       },
       /** Tracks the most event streams open at once that match, from now until stop(). */
       watchStreams(match) {

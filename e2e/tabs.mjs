@@ -167,22 +167,30 @@ export async function conflictScenario({ openApp, alice }) {
   await browserA.context.close();
 }
 
-/** A page of another origin (not in CORS_ORIGINS) follows alice's tasks: no stream opens. */
+/**
+ * A page of another origin (not in CORS_ORIGINS) follows alice's tasks, and opens an
+ * EventSource of its own (follow() opens none while its first list is refused): no stream opens.
+ */
 export async function refusedOriginScenario({ openApp, alice, proxy }) {
   section("an EventSource from an origin outside CORS_ORIGINS");
   const tag = "refused-origin";
   const other = await openApp(tag, "http://127.0.0.1:3000");
   const page = await other.page();
   eq("the refused page is served from its own origin", await page.evaluate(() => location.origin), "http://127.0.0.1:3000");
-  await page.evaluate(([id, token]) => tf.init(id, token) && tf.follow(), [alice.userId, alice.token]);
+  await page.evaluate(([id, token]) => {
+    tf.init(id, token) && tf.follow();
+    tf.source = new EventSource(`${tf.api}/api/${encodeURIComponent(id)}/events?access_token=${encodeURIComponent(token)}`);
+  }, [alice.userId, alice.token]);
   const refused = await until(() => proxy.exchanges.some((e) => browserOf(e) === tag && isEventStream(e) && e.status !== undefined), 5000);
   await sleep(1500);
-  await page.evaluate(() => tf.stop());
+  const state = await page.evaluate(() => tf.status?.state);
+  await page.evaluate(() => { tf.stop(); tf.source.close(); });
   const asked = proxy.exchanges.filter((e) => browserOf(e) === tag && isEventStream(e));
   check("the refused origin's EventSource is answered 403", refused && asked.length > 0 && asked.every((e) => e.status === 403),
     JSON.stringify(asked.map((e) => e.status)));
   check("no stream opened for it (no 200, no event)", asked.every((e) => e.status !== 200 && !e.events), "");
   eq("the page shows nothing of alice's", await page.evaluate(() => tf.publishes), 0);
+  eq("follow() there says it cannot reach the API", state, "offline");
   figure(`refused origin: ${asked.length} EventSource requests, all 403; the client's follow() kept trying (${await page.evaluate(() => tf.errors.length)} errors reported) until stop()`);
   await other.context.close();
 }

@@ -21,9 +21,19 @@ node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.ex
   { echo "e2e: Redocly CLI and playwright-core need Node.js 20.19 or later, found $(node --version)" >&2; exit 1; }
 
 # The client as it ships: its own pinned toolchain; check regenerates the types from
-# openapi.json and fails on any difference, then runs tsc --strict (CI's check of them).
+# openapi.json and fails on any difference, then runs tsc --strict (CI's check of them);
+# then packed as npm would publish it, and its size measured (minified, then gzipped).
 (cd client && npm ci --no-audit --no-fund --loglevel=error && npm run --silent check && npm run --silent build)
+mkdir -p e2e/.data && rm -f e2e/.data/taskflow-client-*.tgz
+(cd client && npm pack --silent --pack-destination ../e2e/.data >/dev/null)
+echo "e2e: the client is $(cd client && npx --no esbuild dist/taskflow.js --bundle --format=esm --minify --log-level=warning | wc -c) bytes minified, $(cd client && npm run --silent size) gzipped (esbuild --bundle --format=esm --minify | gzip -9)" >&2
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
+# A Next.js page that installs the packed client as a user would, built by next build
+# (a static export that e2e/server.mjs serves under /next).
+(cd e2e/next && npm ci --no-audit --no-fund --loglevel=error &&
+  npm install --no-save --no-audit --no-fund --loglevel=error ../.data/taskflow-client-*.tgz &&
+  NEXT_TELEMETRY_DISABLED=1 npx --no next build >../.data/next-build.log 2>&1 ||
+  { cat ../.data/next-build.log >&2; exit 1; })
 use_devdb
 # TASKFLOW_API_BIN=path runs another build of the API (another worktree's, say) instead of
 # building this tree's.
