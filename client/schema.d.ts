@@ -16,7 +16,7 @@ export interface paths {
         };
         /**
          * The user's tasks
-         * @description The whole list, or a page of it, in a total order (ties broken by id), streamed as rows arrive. Unknown query parameters are ignored; an unknown value of a known one, or one given twice, is a 400.
+         * @description The whole list, or a page of it, in a total order (ties broken by id). It is read from one snapshot of the database, then sent; past its first 32 KiB its tasks are read again as the client takes them, each in its state then (one deleted meanwhile is left out; the feed after X-Cursor has the change). Unknown query parameters are ignored; an unknown value of a known one, or one given twice, is a 400.
          */
         get: operations["listTasks"];
         put?: never;
@@ -115,7 +115,7 @@ export interface paths {
         };
         /**
          * The user's changes since a cursor
-         * @description One page of the user's feed of changes: every task changed or deleted since `since`, in task id order, each at most once, in its latest state. Without `since`: every current task (a full sync). Streamed as the changes arrive.
+         * @description One page of the user's feed of changes: every task changed or deleted since `since`, in the order the tasks were made, each at most once, in its latest state. Without `since`: every current task (a full sync). Read and sent a hundred changes at a time.
          */
         get: operations["listChanges"];
         put?: never;
@@ -316,13 +316,13 @@ export interface components {
         };
         Change: components["schemas"]["UpsertChange"] | components["schemas"]["DeleteChange"];
         ChangesPage: {
-            /** @description In task id order; a task at most once, in its latest state. */
+            /** @description In the order the tasks were made; a task at most once, in its latest state. */
             changes: components["schemas"]["Change"][];
             cursor: components["schemas"]["Cursor"];
             /** @description More is waiting already: ask again from cursor at once. */
             more: boolean;
         };
-        /** @description A task as the REST API shows it, after a change committed; its id is the cursor after it. Treat created and updated alike, as an upsert. */
+        /** @description A task as the REST API shows it, after a change committed; its id is the cursor after it. task.created when the task was made after the place the stream reads from (even if changed again since), task.updated otherwise. Treat both alike, as an upsert. */
         TaskEvent: {
             /** @enum {string} */
             event: "task.created" | "task.updated";
@@ -616,7 +616,7 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description The database is unreachable (the server recovers by itself when it is back), or, for an event stream, the instance holds MAX_STREAMS streams or is shutting down. */
+        /** @description The database is unreachable (the server recovers by itself when it is back); a list or page of changes that waited 10 s for its user's turn (the user's requests are using all the database time they may); or, for an event stream, the instance holds MAX_STREAMS streams or is shutting down. */
         Unavailable: {
             headers: {
                 "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -758,25 +758,6 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description This user has 4 lists and pages of changes in progress on this instance already (each holds a database connection while its client takes it): retry after Retry-After. */
-        TooManyReads: {
-            headers: {
-                "X-Request-ID": components["headers"]["X-Request-ID"];
-                Vary: components["headers"]["Vary"];
-                /** @description Only for an origin in CORS_ORIGINS: that origin, never `*`. */
-                "Access-Control-Allow-Origin"?: string;
-                /** @description Only for an origin in CORS_ORIGINS. */
-                "Access-Control-Allow-Credentials"?: "true";
-                /** @description Only for an origin in CORS_ORIGINS: the headers a page may read. */
-                "Access-Control-Expose-Headers"?: "Location, X-Total-Count, X-Request-ID, ETag, Idempotent-Replayed, X-Cursor, Retry-After";
-                "Cache-Control": components["headers"]["Cache-Control"];
-                "Retry-After": components["headers"]["Retry-After"];
-                [name: string]: unknown;
-            };
-            content: {
-                "application/json": components["schemas"]["Error"];
-            };
-        };
     };
     parameters: {
         /** @description The user's id: the token's `sub`, percent-encoded as a path segment. */
@@ -880,7 +861,6 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             405: components["responses"]["MethodNotAllowed"];
-            429: components["responses"]["TooManyReads"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
         };
@@ -1028,7 +1008,6 @@ export interface operations {
             403: components["responses"]["Forbidden"];
             404: components["responses"]["NotFound"];
             405: components["responses"]["MethodNotAllowed"];
-            429: components["responses"]["TooManyReads"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
         };
@@ -1396,7 +1375,6 @@ export interface operations {
             404: components["responses"]["NotFound"];
             405: components["responses"]["MethodNotAllowed"];
             410: components["responses"]["Gone"];
-            429: components["responses"]["TooManyReads"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
         };
@@ -1476,7 +1454,6 @@ export interface operations {
             404: components["responses"]["NotFound"];
             405: components["responses"]["MethodNotAllowed"];
             410: components["responses"]["Gone"];
-            429: components["responses"]["TooManyReads"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
         };
