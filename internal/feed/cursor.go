@@ -4,11 +4,21 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+)
+
+// The feed's errors (test with errors.Is).
+var (
+	// ErrCursorExpired: the cursor is older than the feed keeps (CHANGES_RETENTION), or
+	// not from this database's history.
+	ErrCursorExpired = errors.New("the cursor is older than the feed keeps")
+	// ErrBadCursor: the cursor is not one this API gave to this user.
+	ErrBadCursor = errors.New("the cursor is not one this API gave to this user")
 )
 
 // A snapshot is a pg_snapshot: it shows the transactions below xmin, and those below xmax

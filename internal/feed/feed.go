@@ -46,15 +46,6 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// The feed's errors (test with errors.Is).
-var (
-	// ErrCursorExpired: the cursor is older than the feed keeps (CHANGES_RETENTION), or
-	// not from this database's history.
-	ErrCursorExpired = errors.New("the cursor is older than the feed keeps")
-	// ErrBadCursor: the cursor is not one this API gave to this user.
-	ErrBadCursor = errors.New("the cursor is not one this API gave to this user")
-)
-
 // Feed reads the feed of changes, and forgets its tombstones after the retention.
 type Feed struct {
 	db        *pg.DB
@@ -67,28 +58,12 @@ type Feed struct {
 // and charges each user's reads to users.
 func New(db *pg.DB, retention time.Duration, users *fair.Users) *Feed {
 	f := &Feed{db: db, retention: retention}
-	f.reader = newReader(f, users)
+	f.reader = newReader(db, users, &f.known, f.Incarnate)
 	return f
 }
 
 // Timeout is the deadline of the feed's statements.
 func (f *Feed) Timeout() time.Duration { return f.db.Timeout }
-
-// A Change is one task's latest state in the feed, or its deletion.
-type Change struct {
-	Task    task.Task // for a deletion, only ID, UserID and Version are set
-	Deleted bool
-	Created bool   // the task was made after the place read from
-	At      Cursor // where the feed goes on after this change
-}
-
-// A Page is what one read of the feed found: its changes, in order, where the feed goes
-// on after them, and whether more is waiting already.
-type Page struct {
-	Changes []Change
-	Next    Cursor
-	More    bool
-}
 
 // Read reads userID's feed after from: at most limit changes, each task once, in its
 // latest state. A cursor older than the feed keeps is ErrCursorExpired, returned with a

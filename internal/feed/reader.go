@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"taskflow/internal/fair"
+	"taskflow/internal/pg"
 	"taskflow/internal/task"
 
 	"github.com/jackc/pgx/v5"
@@ -73,13 +74,33 @@ const (
 	maxReads = 64
 	// markEvery is how often the reader moves the id known on disk on (Incarnate).
 	markEvery = time.Minute
+	// readShare is the most of the database's time the reads of one instance take.
+	readShare = 0.1
 )
+
+// A Change is one task's latest state in the feed, or its deletion.
+type Change struct {
+	Task    task.Task // for a deletion, only ID, UserID and Version are set
+	Deleted bool
+	Created bool   // the task was made after the place read from
+	At      Cursor // where the feed goes on after this change
+}
+
+// A Page is what one read of the feed found: its changes, in order, where the feed goes
+// on after them, and whether more is waiting already.
+type Page struct {
+	Changes []Change
+	Next    Cursor
+	More    bool
+}
 
 // reader runs the reads of the feed: those waiting when a statement is free go together,
 // one per cursor, and only those whose user's budget is not spent.
 type reader struct {
-	feed  *Feed
-	users *fair.Users
+	db        *pg.DB
+	users     *fair.Users
+	known     *atomic.Pointer[string]     // the incarnation the last read saw (Feed.Incarnation)
+	incarnate func(context.Context) error // Feed.Incarnate
 
 	mu      sync.Mutex
 	waiting map[readKey]*read
@@ -103,8 +124,8 @@ type read struct {
 	err     error
 }
 
-func newReader(f *Feed, users *fair.Users) *reader {
-	r := &reader{feed: f, users: users, waiting: map[readKey]*read{}, kick: make(chan struct{}, 1)}
+func newReader(db *pg.DB, users *fair.Users, known *atomic.Pointer[string], incarnate func(context.Context) error) *reader {
+	r := &reader{db: db, users: users, known: known, incarnate: incarnate, waiting: map[readKey]*read{}, kick: make(chan struct{}, 1)}
 	go r.loop()
 	return r
 }
@@ -156,7 +177,13 @@ func (r *reader) loop() {
 				}
 				break
 			}
+			start := time.Now()
 			r.run(batch)
+			// The feed's reads take at most readShare of the database's time, however
+			// many users follow: under load, the reads of many users come together, less
+			// often, and a change reaches its streams a little later, while writes keep
+			// their speed (docs/performance.md, "Writes while users follow").
+			time.Sleep(time.Duration(float64(time.Since(start)) * (1/readShare - 1)))
 		}
 	}
 }
@@ -214,7 +241,7 @@ func (r *reader) run(batch []*read) {
 	}
 	r.statements.Add(1)
 	start := time.Now()
-	err := r.feed.db.Query(context.Background(), func(rows pgx.Rows) error {
+	err := r.db.Query(context.Background(), func(rows pgx.Rows) error {
 		var (
 			c Change
 			h pageHead
@@ -224,7 +251,7 @@ func (r *reader) run(batch []*read) {
 			return err
 		}
 		if n == 1 {
-			r.feed.known.Store(&h.incarnation)
+			r.known.Store(&h.incarnation)
 		}
 		pages[n-1].add(c, &h)
 		return nil
@@ -252,7 +279,7 @@ func (r *reader) run(batch []*read) {
 	if err == nil && (crashed || time.Since(r.marked) >= markEvery) {
 		// The first reader after a crash makes the new incarnation; the pages just
 		// read have none, which the next read does not trust.
-		if r.feed.Incarnate(context.Background()) == nil {
+		if r.incarnate(context.Background()) == nil {
 			r.marked = time.Now()
 		}
 	}
