@@ -169,15 +169,15 @@ func (s *Store) ToggleTask(ctx context.Context, userID string, id int64, cond Co
 
 // DeleteTask removes the user's task id if it meets cond.
 func (s *Store) DeleteTask(ctx context.Context, userID string, id int64, cond Condition) error {
-	err := storeError(s.db.Write(ctx, func(r pgx.Row) error { return r.Scan(nil) }, sqlDeleteTask, userID, id, cond.Match, cond.none()))
+	err := storeError(s.db.Write(ctx, userID, func(r pgx.Row) error { return r.Scan(nil) }, sqlDeleteTask, userID, id, cond.Match, cond.none()))
 	return outcomeUnknown(s.notFoundOrChanged(ctx, userID, id, cond, err))
 }
 
-// write runs a statement that writes and returns at most one task, in a transaction
-// shared with the writes of other requests made meanwhile (pg.DB.Write).
-func (s *Store) write(ctx context.Context, sql string, args ...any) (task.Task, error) {
+// write runs a statement of userID's ($1) that writes and returns at most one task, in a
+// transaction shared with the writes of other requests made meanwhile (pg.DB.Write).
+func (s *Store) write(ctx context.Context, sql, userID string, args ...any) (task.Task, error) {
 	var t task.Task
-	err := s.db.Write(ctx, func(r pgx.Row) error { return task.Scan(r, &t) }, sql, args...)
+	err := s.db.Write(ctx, userID, func(r pgx.Row) error { return task.Scan(r, &t) }, sql, append([]any{userID}, args...)...)
 	return t, storeError(err)
 }
 

@@ -68,7 +68,7 @@ var made sync.Once
 
 // insert inserts v through Write and returns the transaction that committed it.
 func insert(d *DB, v string) (xid string, err error) {
-	err = d.Write(context.Background(), func(r pgx.Row) error { return r.Scan(&xid) },
+	err = d.Write(context.Background(), v, func(r pgx.Row) error { return r.Scan(&xid) },
 		`INSERT INTO written (v) VALUES ($1) RETURNING pg_current_xact_id()::text`, v)
 	return xid, err
 }
