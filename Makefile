@@ -25,8 +25,8 @@ build:
 # Each fuzz target for FUZZTIME; the seed corpora already run in make test.
 FUZZTIME ?= 60s
 fuzz:
-	@. scripts/lib.sh && use_testdb && for f in FuzzDecodeTaskBody FuzzAppendJSONString FuzzVerifyToken; do \
-		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) . || exit 1; done
+	@. scripts/lib.sh && use_testdb && for f in FuzzDecodeTaskBody:./internal/task FuzzAppendString:./internal/task FuzzVerifyToken:.; do \
+		go test -run '^$$' -fuzz "^$${f%%:*}\$$" -fuzztime $(FUZZTIME) "$${f#*:}" || exit 1; done
 
 # Mixed load on loopback for SOAK_DURATION (30s) with PostgreSQL crash-restarted once.
 soak:

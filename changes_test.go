@@ -76,7 +76,7 @@ func TestTheFeedNeverSkipsALateCommit(t *testing.T) {
 WHERE id = $1 RETURNING changed_xid::text::bigint`, a.ID).Scan(&lateXID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.UpdateTask(ctx, me, b.ID, TaskPatch{Title: ptr("early")}, Condition{}); err != nil {
+	if _, err := s.UpdateTask(ctx, me, b.ID, task.Patch{Title: ptr("early")}, Condition{}); err != nil {
 		t.Fatal(err)
 	}
 	s.db.Pool().QueryRow(ctx, `SELECT changed_xid::text::bigint FROM tasks WHERE id = $1`, b.ID).Scan(&earlyXID)
@@ -168,7 +168,7 @@ func TestAFullSyncThenFollow(t *testing.T) {
 	if got := titles(pages); !reflect.DeepEqual(got, []string{"kept"}) {
 		t.Errorf("a full sync: %v, want [kept]", got)
 	}
-	s.UpdateTask(ctx, me, kept.ID, TaskPatch{Title: ptr("changed")}, Condition{})
+	s.UpdateTask(ctx, me, kept.ID, task.Patch{Title: ptr("changed")}, Condition{})
 	if pages, _ := readFeed(t, s, me, cur, 1000); !reflect.DeepEqual(titles(pages), []string{"changed"}) {
 		t.Errorf("after the full sync: %v, want [changed]", titles(pages))
 	}

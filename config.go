@@ -144,7 +144,7 @@ func parsePositive(name, s string, into any) error {
 // with its password masked, which alters what the operator typed.
 func parseDatabaseURL(name, databaseURL string, timeout time.Duration) (*pgxpool.Config, error) {
 	if scheme, _, ok := strings.Cut(databaseURL, "://"); ok && scheme != "postgres" && scheme != "postgresql" {
-		return nil, fmt.Errorf("%s must start with postgres:// or postgresql://, not %s://", name, truncate(scheme, 20))
+		return nil, fmt.Errorf("%s must start with postgres:// or postgresql://, not %s://", name, scheme[:min(len(scheme), 20)])
 	}
 	cfg, err := pg.ParseConfig(databaseURL, timeout)
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"taskflow/internal/fair"
 	"taskflow/internal/feed"
 	"taskflow/internal/pg"
+	"taskflow/internal/task"
+	"taskflow/internal/web"
 )
 
 // Every error a client can receive is here, with its status: the store's sentinels and
@@ -90,8 +92,19 @@ var storeErrors = []struct {
 // apiErrorFor is what the client learns of err: its apiError, the table's entry, or,
 // for anything unexpected, a generic 500 (expected reports false: log the cause).
 func apiErrorFor(err error) (api *apiError, expected bool) {
-	if errors.As(err, &api) {
+	var (
+		body   *task.BodyError
+		header *web.BadHeader
+	)
+	switch {
+	case errors.As(err, &api):
 		return api, true
+	case errors.As(err, &body) && body.Invalid:
+		return &apiError{status: http.StatusUnprocessableEntity, detail: body.Detail}, true
+	case errors.As(err, &body):
+		return &apiError{status: http.StatusBadRequest, detail: body.Detail}, true
+	case errors.As(err, &header):
+		return &apiError{status: http.StatusBadRequest, detail: header.Detail}, true
 	}
 	for _, e := range storeErrors {
 		if errors.Is(err, e.err) {

@@ -139,7 +139,7 @@ func newEventsServer(t *testing.T, listenURL string, tweak func(*feed.Streams, *
 	logs := &testkit.SyncBuffer{}
 	svc := newTestService(store, slogTo(logs))
 	w := feed.NewWakeups(svc.events, store.db, cfg, slogTo(logs))
-	svc.writes.wakeups = w
+	svc.wakeups = w
 	if tweak != nil {
 		tweak(svc.events, w)
 	}

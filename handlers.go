@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -23,12 +24,13 @@ type router interface {
 
 // service is what the handlers are made of.
 type service struct {
-	store  *Store
-	feed   *feed.Feed
-	auth   *Authenticator
-	events *feed.Streams
-	writes *writes
-	users  *fair.Users
+	store     *Store
+	feed      *feed.Feed
+	auth      *Authenticator
+	events    *feed.Streams
+	users     *fair.Users // each user's turns and database budget
+	writeRate *fair.Rate  // MAX_WRITES_PER_USER
+	wakeups   *feed.Wakeups
 }
 
 // addRoutes is the whole API at a glance.
@@ -38,11 +40,11 @@ func addRoutes(mux router, s service) {
 	mux.Handle("GET /openapi.json", handleOpenAPI())
 
 	mux.Handle("GET /api/{user_id}/tasks", authed(s.auth, handleListTasks(s.store, s.feed, s.users)))
-	mux.Handle("POST /api/{user_id}/tasks", authed(s.auth, handleCreateTask(s.store, s.writes)))
+	mux.Handle("POST /api/{user_id}/tasks", authed(s.auth, handleCreateTask(s.store, s.writeRate, s.wakeups)))
 	mux.Handle("GET /api/{user_id}/tasks/{id}", authed(s.auth, handleGetTask(s.store)))
-	mux.Handle("PUT /api/{user_id}/tasks/{id}", authed(s.auth, handleUpdateTask(s.store, s.writes)))
-	mux.Handle("DELETE /api/{user_id}/tasks/{id}", authed(s.auth, handleDeleteTask(s.store, s.writes)))
-	mux.Handle("PATCH /api/{user_id}/tasks/{id}/complete", authed(s.auth, handleToggleTask(s.store, s.writes)))
+	mux.Handle("PUT /api/{user_id}/tasks/{id}", authed(s.auth, handleUpdateTask(s.store, s.writeRate, s.wakeups)))
+	mux.Handle("DELETE /api/{user_id}/tasks/{id}", authed(s.auth, handleDeleteTask(s.store, s.writeRate, s.wakeups)))
+	mux.Handle("PATCH /api/{user_id}/tasks/{id}/complete", authed(s.auth, handleToggleTask(s.store, s.writeRate, s.wakeups)))
 	mux.Handle("GET /api/{user_id}/changes", authed(s.auth, handleChanges(s.feed)))
 	mux.Handle(eventsRoute, authed(s.auth, handleEvents(s.events)))
 }
@@ -117,7 +119,7 @@ func handleOpenAPI() handlerFunc {
 
 // handleListTasks reads a list from the database in one of its user's turns (package
 // fair), then sends it: a client that reads slowly, or not at all, holds no connection
-// and no turn. Past its first listPart bytes, only the tasks' ids are kept from the list's
+// and no turn. Past its first part (web.PartSize bytes), only the tasks' ids are kept from the list's
 // statement; their rows are read again a part at a time, each in a turn, as the client
 // takes the answer, so that memory stays bounded however long the list. The headers and
 // the order come from the statement's snapshot; a task read again shows its state then,
@@ -137,29 +139,32 @@ func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler 
 		if err != nil {
 			return err
 		}
-		var (
-			head  ListHead
-			first []task.Task
-			rest  []int64
-			size  int
-		)
+		// The first part is encoded as the rows come; past it, only the ids are kept.
+		buf, rest := web.GetBuffer(), []int64(nil)
+		*buf = append(*buf, '[')
+		var head ListHead
 		err = users.Do(ctx, who.userID, func() error {
 			var err error
 			head, err = store.ListTasks(ctx, who.userID, q, func(t *task.Task) error {
-				if size < listPart {
-					first, size = append(first, *t), size+encodedSize(t)
-				} else {
+				switch {
+				case len(*buf) >= web.PartSize:
 					rest = append(rest, t.ID)
+					return nil
+				case len(*buf) > 1:
+					*buf = append(*buf, ',')
 				}
+				*buf = task.AppendJSON(*buf, t)
 				return nil
 			})
 			return err
 		})
 		if err != nil {
+			web.PutBuffer(buf)
 			return err
 		}
 		etag := listETag(head, q)
-		if match, err := noneMatch(r, etag); match || err != nil {
+		if match, err := web.NoneMatch(r, etag); match || err != nil {
+			web.PutBuffer(buf)
 			if err == nil {
 				writeNotModified(w, etag)
 			}
@@ -167,50 +172,57 @@ func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler 
 		}
 		at, err := feed.CursorAt(head.Snapshot, incarnation)
 		if err != nil {
+			web.PutBuffer(buf)
 			return err
 		}
 		list := web.NewJSONStream(w, r, store.db.Timeout)
 		list.Begin(http.Header{"Etag": {etag}, "X-Total-Count": {strconv.FormatInt(head.Total, 10)},
-			"X-Cursor": {at.Encode(who.userID)}}, "[")
-		for n := 0; ; {
-			for i := range first {
-				n++
-				if err := list.Add(n == 1, func(b []byte) []byte { return task.AppendJSON(b, &first[i]) }); err != nil {
+			"X-Cursor": {at.Encode(who.userID)}}, buf)
+		// Any rest follows a full first part, so each of its tasks comes after a comma.
+		var part []task.Task
+		for len(rest) > 0 {
+			ids := rest[:min(len(rest), listPartTasks)]
+			rest, part = rest[len(ids):], part[:0]
+			if err := users.Do(ctx, who.userID, func() error { return store.TasksByID(ctx, who.userID, ids, &part) }); err != nil {
+				return list.End("", err)
+			}
+			for i := range part {
+				if err := list.Add(false, func(b []byte) []byte { return task.AppendJSON(b, &part[i]) }); err != nil {
 					return list.End("", err)
 				}
 			}
-			if len(rest) == 0 {
-				return list.End("]\n", nil)
-			}
-			part := rest[:min(len(rest), listPartTasks)]
-			rest, first = rest[len(part):], first[:0]
-			if err := users.Do(ctx, who.userID, func() error { return store.TasksByID(ctx, who.userID, part, &first) }); err != nil {
-				return list.End("", err)
-			}
 		}
+		return list.End("]\n", nil)
 	}
 }
 
 const (
-	// listPart is about how much of a list is read whole with its statement; the rest is
-	// read again, listPartTasks at a time.
-	listPart      = 32 << 10
+	// listPartTasks is how many tasks past a list's first part are read again at once.
 	listPartTasks = 100
 	// waitForTurn bounds how long a request waits for its user's turn (package fair)
 	// before it is a 503: a user whose own requests keep the database that busy.
 	waitForTurn = 10 * time.Second
 )
 
-// encodedSize is about how long a task's JSON is.
-func encodedSize(t *task.Task) int {
-	n := 200 + len(t.Title) + len(t.UserID)
-	if t.Description != nil {
-		n += len(*t.Description)
+// admit lets a write of the user's through within MAX_WRITES_PER_USER. Past it, the
+// write is refused with a 429, unless it is a keyed retry of a write already made: that
+// one is a replay, which writes nothing, and goes through to get its first answer.
+// (Finding out costs a read by primary key, as a GET does; reads have no rate.)
+func admit(ctx context.Context, rate *fair.Rate, store *Store, userID string, key *IdempotencyKey) error {
+	if rate.Allow(userID, time.Now()) {
+		return nil
 	}
-	return n
+	if key == nil {
+		return errTooManyWrites
+	}
+	_, err := store.Replay(ctx, userID, key)
+	if errors.Is(err, ErrNotFound) {
+		return errTooManyWrites
+	}
+	return err // nil for a replay; else a key reused for another request, or no database
 }
 
-func handleCreateTask(store *Store, writes *writes) userHandler {
+func handleCreateTask(store *Store, rate *fair.Rate, wakeups *feed.Wakeups) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		if err := readCreateCondition(r); err != nil {
 			return err
@@ -223,14 +235,16 @@ func handleCreateTask(store *Store, writes *writes) userHandler {
 		if err != nil {
 			return err
 		}
-		if err := writes.admit(r.Context(), who.userID, key); err != nil {
+		if err := admit(r.Context(), rate, store, who.userID, key); err != nil {
 			return err
 		}
 		t, replayed, err := store.CreateTask(r.Context(), who.userID, *in.Title, in.Description, key)
 		if err != nil {
 			return err
 		}
-		writes.made(who.userID, replayed)
+		if !replayed {
+			wakeups.Changed(who.userID)
+		}
 		// A path, not an absolute URL (RFC 9110 10.2.2 allows either): a client resolves
 		// it against its request's URL, so a proxy in front need rewrite nothing.
 		w.Header().Set("Location", taskPath(who.userID, t.ID))
@@ -250,7 +264,7 @@ func handleGetTask(store *Store) userHandler {
 			return err
 		}
 		etag := taskETag(t.Version)
-		if match, err := noneMatch(r, etag); match || err != nil {
+		if match, err := web.NoneMatch(r, etag); match || err != nil {
 			if err == nil {
 				writeNotModified(w, etag)
 			}
@@ -271,7 +285,7 @@ func readTarget(r *http.Request) (int64, Condition, error) {
 	return id, cond, err
 }
 
-func handleUpdateTask(store *Store, writes *writes) userHandler {
+func handleUpdateTask(store *Store, rate *fair.Rate, wakeups *feed.Wakeups) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		id, cond, err := readTarget(r)
 		if err != nil {
@@ -281,38 +295,38 @@ func handleUpdateTask(store *Store, writes *writes) userHandler {
 		if err != nil {
 			return err
 		}
-		if err := writes.admit(r.Context(), who.userID, nil); err != nil {
+		if err := admit(r.Context(), rate, store, who.userID, nil); err != nil {
 			return err
 		}
 		t, err := store.UpdateTask(r.Context(), who.userID, id, patch, cond)
 		if err != nil {
 			return err
 		}
-		writes.made(who.userID, false)
+		wakeups.Changed(who.userID)
 		writeTask(w, http.StatusOK, t, false)
 		return nil
 	}
 }
 
-func handleDeleteTask(store *Store, writes *writes) userHandler {
+func handleDeleteTask(store *Store, rate *fair.Rate, wakeups *feed.Wakeups) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		id, cond, err := readTarget(r)
 		if err != nil {
 			return err
 		}
-		if err := writes.admit(r.Context(), who.userID, nil); err != nil {
+		if err := admit(r.Context(), rate, store, who.userID, nil); err != nil {
 			return err
 		}
 		if err := store.DeleteTask(r.Context(), who.userID, id, cond); err != nil {
 			return err
 		}
-		writes.made(who.userID, false)
+		wakeups.Changed(who.userID)
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
 }
 
-func handleToggleTask(store *Store, writes *writes) userHandler {
+func handleToggleTask(store *Store, rate *fair.Rate, wakeups *feed.Wakeups) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		id, cond, err := readTarget(r)
 		if err != nil {
@@ -322,14 +336,16 @@ func handleToggleTask(store *Store, writes *writes) userHandler {
 		if err != nil {
 			return err
 		}
-		if err := writes.admit(r.Context(), who.userID, key); err != nil {
+		if err := admit(r.Context(), rate, store, who.userID, key); err != nil {
 			return err
 		}
 		t, replayed, err := store.ToggleTask(r.Context(), who.userID, id, cond, key)
 		if err != nil {
 			return err
 		}
-		writes.made(who.userID, replayed)
+		if !replayed {
+			wakeups.Changed(who.userID)
+		}
 		writeTask(w, http.StatusOK, t, replayed)
 		return nil
 	}
@@ -346,8 +362,9 @@ func handleChanges(f *feed.Feed) userHandler {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), waitForTurn)
 		defer cancel()
-		page := web.NewJSONStream(w, r, f.Timeout())
-		page.Begin(nil, `{"changes":[`)
+		page, buf := web.NewJSONStream(w, r, f.Timeout()), web.GetBuffer()
+		*buf = append(*buf, `{"changes":[`...)
+		page.Begin(nil, buf)
 		n, next, more := 0, from, true
 		for more && n < limit {
 			part, err := f.Read(ctx, who.userID, next, min(limit-n, listPartTasks))

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"taskflow/internal/fair"
 	"taskflow/internal/feed"
 	"taskflow/internal/pg"
 	"taskflow/internal/testkit"
@@ -132,12 +133,13 @@ func newTestService(s *Store, log *slog.Logger) service {
 	events := feed.NewStreams(changes, log, 16, 10000)
 	wakeups := feed.NewWakeups(events, s.db, nil, log)
 	return service{
-		store:  s,
-		feed:   changes,
-		auth:   newAuthenticator([]byte(testkit.Secret), nil, "taskflow-web", "taskflow-api"),
-		events: events,
-		writes: &writes{limit: newWriteLimiter(1 << 20), store: s, wakeups: wakeups},
-		users:  newUsers(),
+		store:     s,
+		feed:      changes,
+		auth:      newAuthenticator([]byte(testkit.Secret), nil, "taskflow-web", "taskflow-api"),
+		events:    events,
+		users:     newUsers(),
+		writeRate: fair.NewRate(1 << 20),
+		wakeups:   wakeups,
 	}
 }
 

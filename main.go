@@ -101,8 +101,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	wakeups := feed.NewWakeups(events, db, cfg.listen.ConnConfig, log)
 	go wakeups.Listen(ctx)
 	go wakeups.Notify(ctx)
-	writes := &writes{limit: newWriteLimiter(cfg.maxWrites), store: store, wakeups: wakeups}
-	srv := newServer(newHandler(log, service{store: store, feed: changes, auth: auth, events: events, writes: writes, users: users}, cfg.corsOrigins), log)
+	srv := newServer(newHandler(log, service{store: store, feed: changes, auth: auth, events: events, users: users, writeRate: fair.NewRate(cfg.maxWrites), wakeups: wakeups}, cfg.corsOrigins), log)
 	web.Watch(srv, log)
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.host, cfg.port))

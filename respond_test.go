@@ -81,7 +81,9 @@ func TestAListCutShortKeepsNoListHeaders(t *testing.T) {
 	t.Parallel()
 	w := httptest.NewRecorder()
 	list := web.NewJSONStream(w, httptest.NewRequest("GET", "/", nil), 0)
-	list.Begin(http.Header{"Etag": {`"1"`}, "X-Total-Count": {"3"}}, "[")
+	buf := web.GetBuffer()
+	*buf = append(*buf, '[')
+	list.Begin(http.Header{"Etag": {`"1"`}, "X-Total-Count": {"3"}}, buf)
 	list.Add(true, func(b []byte) []byte { return task.AppendJSON(b, &task.Task{ID: 1}) })
 	failure := errors.New("the third row failed")
 	if err := list.End("]", failure); err != failure {

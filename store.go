@@ -26,15 +26,6 @@ type Store struct {
 	maxTasks int // MAX_TASKS_PER_USER
 }
 
-// TaskPatch holds the fields of a PUT; a nil pointer means "keep the stored value".
-// SetDescription distinguishes an absent description (keep) from an explicit null (clear).
-type TaskPatch struct {
-	Title          *string
-	SetDescription bool
-	Description    *string
-	Completed      *bool
-}
-
 // Condition is a write's If-Match and If-None-Match, as versions. Match nil allows any
 // version; otherwise the task must be in one of Match, which If-None-Match: * leaves
 // empty (no existing task passes it). The task must be in none of NoneMatch.
@@ -148,7 +139,7 @@ func (s *Store) GetTask(ctx context.Context, userID string, id int64) (task.Task
 }
 
 // UpdateTask applies p if the task meets cond; fields p leaves nil keep their values.
-func (s *Store) UpdateTask(ctx context.Context, userID string, id int64, p TaskPatch, cond Condition) (task.Task, error) {
+func (s *Store) UpdateTask(ctx context.Context, userID string, id int64, p task.Patch, cond Condition) (task.Task, error) {
 	t, err := s.write(ctx, sqlUpdateTask, userID, id, p.Title, p.SetDescription, p.Description, p.Completed, cond.Match, cond.none())
 	return t, outcomeUnknown(s.notFoundOrChanged(ctx, userID, id, cond, err))
 }

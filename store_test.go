@@ -71,7 +71,7 @@ func TestStoreScopesEveryStatementByUser(t *testing.T) {
 	if _, err := s.GetTask(ctx, other, tk.ID); !errors.Is(err, ErrNotFound) {
 		t.Errorf("GetTask by another user: %v, want ErrNotFound", err)
 	}
-	if _, err := s.UpdateTask(ctx, other, tk.ID, TaskPatch{Title: ptr("Hijacked")}, Condition{}); !errors.Is(err, ErrNotFound) {
+	if _, err := s.UpdateTask(ctx, other, tk.ID, task.Patch{Title: ptr("Hijacked")}, Condition{}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("UpdateTask by another user: %v, want ErrNotFound", err)
 	}
 	if _, _, err := s.ToggleTask(ctx, other, tk.ID, Condition{}, nil); !errors.Is(err, ErrNotFound) {
@@ -97,28 +97,28 @@ func TestStoreUpdateChangesOnlyTheGivenFields(t *testing.T) {
 
 	tests := []struct {
 		name  string
-		patch TaskPatch
+		patch task.Patch
 		want  func(task.Task) string // "" when right
 	}{
-		{"a title alone keeps the description and state", TaskPatch{Title: ptr("Renamed")}, func(t task.Task) string {
+		{"a title alone keeps the description and state", task.Patch{Title: ptr("Renamed")}, func(t task.Task) string {
 			if t.Title != "Renamed" || t.Description == nil || *t.Description != "keep me" || t.Completed {
 				return "title not applied alone"
 			}
 			return ""
 		}},
-		{"completed alone keeps title and description", TaskPatch{Completed: ptr(true)}, func(t task.Task) string {
+		{"completed alone keeps title and description", task.Patch{Completed: ptr(true)}, func(t task.Task) string {
 			if !t.Completed || t.Title != "Renamed" || *t.Description != "keep me" {
 				return "completed not applied alone"
 			}
 			return ""
 		}},
-		{"a new description replaces the old", TaskPatch{SetDescription: true, Description: ptr("new")}, func(t task.Task) string {
+		{"a new description replaces the old", task.Patch{SetDescription: true, Description: ptr("new")}, func(t task.Task) string {
 			if t.Description == nil || *t.Description != "new" || t.Title != "Renamed" {
 				return "description not replaced"
 			}
 			return ""
 		}},
-		{"a null description clears it", TaskPatch{SetDescription: true}, func(t task.Task) string {
+		{"a null description clears it", task.Patch{SetDescription: true}, func(t task.Task) string {
 			if t.Description != nil || t.Title != "Renamed" || !t.Completed {
 				return "description not cleared"
 			}

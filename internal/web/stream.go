@@ -30,11 +30,11 @@ func NewJSONStream(w http.ResponseWriter, r *http.Request, wait time.Duration) *
 	return &JSONStream{w: w, r: r, wait: wait}
 }
 
-// Begin starts the document with open; its 200 goes with header when its first bytes
-// do, so an error before then is answered without them.
-func (j *JSONStream) Begin(header http.Header, open string) {
-	j.header, j.buf = header, GetBuffer()
-	*j.buf = append(*j.buf, open...)
+// Begin starts the document with what buf (from GetBuffer) holds, and takes buf. Its
+// 200 goes with header when its first bytes do, so an error before then is answered
+// without them.
+func (j *JSONStream) Begin(header http.Header, buf *[]byte) {
+	j.header, j.buf = header, buf
 }
 
 // Add appends a part with enc, after a comma unless first; an error means the client

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,48 +11,38 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"taskflow/internal/feed"
+	"taskflow/internal/task"
 	"taskflow/internal/web"
 )
 
-// Whether a request is well-formed: bodies, query parameters, task ids, cursors, and the
-// headers a write may carry. The schema's CHECKs mirror the body rules as the database's
-// own guard.
+// What a request may ask: its body (whose rules are internal/task's), its query, its
+// task id, its Idempotency-Key and its conditions. Anything else is a 400 or a 422.
 
 const (
-	maxBodyBytes   = 64 << 10
-	maxTitle       = 200
-	maxDescription = 1000
-	maxListLimit   = 1000
+	maxBodyBytes = 64 << 10
+	maxListLimit = 1000
 )
 
 // readNewTask reads a create's body, which it also returns as sent: a title, and a
 // description or none. completed is not taken: the server decides the initial state.
-func readNewTask(w http.ResponseWriter, r *http.Request) (TaskPatch, []byte, error) {
+func readNewTask(w http.ResponseWriter, r *http.Request) (task.Patch, []byte, error) {
 	body, err := readJSONBody(w, r)
 	if err != nil {
-		return TaskPatch{}, nil, err
+		return task.Patch{}, nil, err
 	}
-	p, err := decodeTask(body, false)
-	if err == nil && p.Title == nil {
-		err = unprocessable("title is required")
-	}
+	p, err := task.DecodeNew(body)
 	return p, body, err
 }
 
 // readPatch reads an update's body: at least one of title, description, completed.
-func readPatch(w http.ResponseWriter, r *http.Request) (TaskPatch, error) {
+func readPatch(w http.ResponseWriter, r *http.Request) (task.Patch, error) {
 	body, err := readJSONBody(w, r)
 	if err != nil {
-		return TaskPatch{}, err
+		return task.Patch{}, err
 	}
-	p, err := decodeTask(body, true)
-	if err == nil && p == (TaskPatch{}) {
-		err = unprocessable("the body must set at least one of title, description, completed")
-	}
-	return p, err
+	return task.DecodePatch(body)
 }
 
 // readJSONBody reads a body sent as JSON, within the size limit.
@@ -74,92 +62,6 @@ func readJSONBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		return nil, badRequest("could not read the request body")
 	}
 	return body, nil
-}
-
-// decodeTask validates a task body: 400 for anything that is not well-formed UTF-8 JSON
-// (trailing data included), 422 for JSON that is not a valid task object. Keys match
-// exactly: encoding/json alone would take "Title" for "title".
-func decodeTask(body []byte, allowCompleted bool) (TaskPatch, error) {
-	var p TaskPatch
-	// encoding/json silently turns invalid UTF-8 into U+FFFD; a client that sent it would
-	// get back text it never wrote.
-	if !utf8.Valid(body) {
-		return p, badRequest("request body is not valid UTF-8")
-	}
-	if len(bytes.TrimSpace(body)) == 0 {
-		return p, badRequest("request body is empty; expected a JSON object")
-	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(body, &fields); err != nil || fields == nil {
-		var syntaxErr *json.SyntaxError
-		if errors.As(err, &syntaxErr) {
-			return p, badRequest("request body is not valid JSON: %s", strings.TrimPrefix(syntaxErr.Error(), "json: "))
-		}
-		return p, unprocessable("request body must be a JSON object")
-	}
-	for name, raw := range fields {
-		switch {
-		case name == "title":
-			s, err := decodeString(name, raw, false)
-			if err != nil {
-				return p, err
-			}
-			title := strings.TrimSpace(*s)
-			if n := utf8.RuneCountInString(title); n < 1 || n > maxTitle {
-				return p, unprocessable("title must be 1 to %d characters after trimming white space, got %d", maxTitle, n)
-			}
-			p.Title = &title
-		case name == "description":
-			s, err := decodeString(name, raw, true)
-			if err != nil {
-				return p, err
-			}
-			if s != nil && utf8.RuneCountInString(*s) > maxDescription {
-				return p, unprocessable("description must be at most %d characters", maxDescription)
-			}
-			p.SetDescription, p.Description = true, s
-		case name == "completed" && allowCompleted:
-			var b bool
-			if string(raw) == "null" || json.Unmarshal(raw, &b) != nil {
-				return p, unprocessable("completed must be a boolean")
-			}
-			p.Completed = &b
-		default:
-			return p, unprocessable("unknown field %q", truncate(name, 64))
-		}
-	}
-	return p, nil
-}
-
-// decodeString decodes a JSON string member, or null when nullable.
-func decodeString(name string, raw json.RawMessage, nullable bool) (*string, error) {
-	if string(raw) == "null" && nullable {
-		return nil, nil
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		if nullable {
-			return nil, unprocessable("%s must be a string or null", name)
-		}
-		return nil, unprocessable("%s must be a string", name)
-	}
-	if strings.IndexByte(s, 0) >= 0 {
-		return nil, unprocessable("%s must not contain NUL characters", name)
-	}
-	// An unpaired surrogate escape (\ud800) also becomes U+FFFD; the body is valid UTF-8,
-	// so a U+FFFD that the text does not spell, raw or as \ufffd, is one of those.
-	if n := strings.Count(s, "\uFFFD"); n > 0 && n > strings.Count(string(raw), "\uFFFD")+strings.Count(strings.ToLower(string(raw)), `\ufffd`) {
-		return nil, badRequest("%s has an unpaired UTF-16 surrogate escape", name)
-	}
-	return &s, nil
-}
-
-// truncate shortens client-supplied text before it is echoed in an error detail.
-func truncate(s string, n int) string {
-	if utf8.RuneCountInString(s) <= n {
-		return s
-	}
-	return string([]rune(s)[:n]) + "…"
 }
 
 // queryValues reads the known parameters of a query string. Unknown ones are ignored, as
@@ -199,20 +101,20 @@ func parseListQuery(rawQuery string) (ListQuery, error) {
 	} {
 		if s, ok := v[p.name]; ok {
 			if !strings.Contains(" "+p.allowed+" ", " "+s+" ") {
-				return q, badRequest("query parameter %s must be one of %s, got %q", p.name, strings.ReplaceAll(p.allowed, " ", ", "), truncate(s, 64))
+				return q, badRequest("query parameter %s must be one of %s, got %q", p.name, strings.ReplaceAll(p.allowed, " ", ", "), task.Truncate(s, 64))
 			}
 			p.set(s)
 		}
 	}
 	if s, ok := v["limit"]; ok {
 		if q.Limit, ok = decimal(s, 1, maxListLimit); !ok {
-			return q, badRequest("query parameter limit must be an integer from 1 to %d, got %q", maxListLimit, truncate(s, 64))
+			return q, badRequest("query parameter limit must be an integer from 1 to %d, got %q", maxListLimit, task.Truncate(s, 64))
 		}
 	}
 	if s, ok := v["offset"]; ok {
 		n, ok := decimal(s, 0, math.MaxInt64)
 		if !ok {
-			return q, badRequest("query parameter offset must be a non-negative integer, got %q", truncate(s, 64))
+			return q, badRequest("query parameter offset must be a non-negative integer, got %q", task.Truncate(s, 64))
 		}
 		q.Offset = int64(n)
 	}
@@ -233,7 +135,7 @@ func parseChangesQuery(rawQuery, userID string) (from feed.Cursor, limit int, er
 	limit = maxListLimit
 	if s, ok := v["limit"]; ok {
 		if limit, ok = decimal(s, 1, maxListLimit); !ok {
-			return from, 0, badRequest("query parameter limit must be an integer from 1 to %d, got %q", maxListLimit, truncate(s, 64))
+			return from, 0, badRequest("query parameter limit must be an integer from 1 to %d, got %q", maxListLimit, task.Truncate(s, 64))
 		}
 	}
 	return from, limit, nil
@@ -273,7 +175,7 @@ func taskID(r *http.Request) (int64, error) {
 	id, ok := decimal(s, 1, math.MaxInt64)
 	spelled := strings.HasSuffix(strings.TrimSuffix(r.URL.EscapedPath(), "/complete"), "/tasks/"+s)
 	if !ok || s[0] == '0' || !spelled {
-		return 0, badRequest("task id must be a positive integer in decimal, got %q", truncate(s, 64))
+		return 0, badRequest("task id must be a positive integer in decimal, got %q", task.Truncate(s, 64))
 	}
 	return int64(id), nil
 }
@@ -305,7 +207,7 @@ func readIdempotencyKey(r *http.Request, body []byte) (*IdempotencyKey, error) {
 // allows any existing task, in If-None-Match none.
 func readCondition(r *http.Request) (Condition, error) {
 	var c Condition
-	match, err := entityTags(r, "If-Match")
+	match, err := web.EntityTags(r, "If-Match")
 	if err != nil {
 		return c, err
 	}
@@ -317,7 +219,7 @@ func readCondition(r *http.Request) (Condition, error) {
 			}
 		}
 	}
-	none, err := entityTags(r, "If-None-Match")
+	none, err := web.EntityTags(r, "If-None-Match")
 	for _, tag := range none {
 		if tag == "*" {
 			c.Match = []int64{}
@@ -342,35 +244,4 @@ func readCreateCondition(r *http.Request) error {
 func tagVersion(tag string) (int64, bool) {
 	v, err := strconv.ParseInt(strings.Trim(tag, `"`), 10, 64)
 	return v, err == nil && taskETag(v) == tag
-}
-
-// noneMatch reports whether a GET's If-None-Match names etag, or is "*" (RFC 9110
-// 13.1.2: compared weakly, so W/"1" names "1").
-func noneMatch(r *http.Request, etag string) (bool, error) {
-	tags, err := entityTags(r, "If-None-Match")
-	for _, tag := range tags {
-		if tag == "*" || strings.TrimPrefix(tag, "W/") == etag {
-			return true, nil
-		}
-	}
-	return false, err
-}
-
-// entityTags splits a conditional header into its entity tags, "*" included; nil when
-// absent. A header that is not "*" or a list of entity tags is a 400.
-func entityTags(r *http.Request, header string) ([]string, error) {
-	values := r.Header.Values(header)
-	var tags []string
-	for _, v := range values {
-		for _, tag := range strings.Split(v, ",") {
-			tag = strings.TrimSpace(tag)
-			opaque := strings.TrimPrefix(tag, "W/")
-			quoted := len(opaque) >= 2 && opaque[0] == '"' && opaque[len(opaque)-1] == '"' && !strings.ContainsAny(opaque[1:len(opaque)-1], `" `)
-			if !quoted && (tag != "*" || len(values) > 1 || strings.TrimSpace(v) != "*") {
-				return nil, badRequest(`%s must be * or a list of entity tags such as "123", got %q`, header, truncate(v, 64))
-			}
-			tags = append(tags, tag)
-		}
-	}
-	return tags, nil
 }
