@@ -256,6 +256,42 @@ func TestReadsOfOneCursorAreShared(t *testing.T) {
 	}
 }
 
+// TestASlowReadHoldsTheFeedBackASecondAtMost: after each read the reader pauses in
+// proportion to it, to keep its share of the database; a read slowed by something else
+// (PostgreSQL coming back from a restart, here a lock) must not stop every stream for
+// many times as long. A 2 s read used to pause the reader 18 s.
+func TestASlowReadHoldsTheFeedBackASecondAtMost(t *testing.T) {
+	f, ctx, me := testFeed(t), context.Background(), testkit.NewUserID()
+	from, err := f.Now(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock, err := testDB.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(ctx)
+	if _, err := lock.Exec(ctx, `LOCK TABLE changes_durable IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	slow := make(chan error)
+	go func() { _, err := f.Now(ctx); slow <- err }()
+	time.Sleep(2 * time.Second)
+	lock.Rollback(ctx)
+	if err := <-slow; err != nil {
+		t.Fatal(err)
+	}
+	create(t, me, "after")
+	start := time.Now()
+	page, err := f.Read(ctx, me, from, 10)
+	if err != nil || len(page.Changes) != 1 {
+		t.Fatalf("%v, %+v", err, page)
+	}
+	if took := time.Since(start); took > 1500*time.Millisecond {
+		t.Errorf("the next read waited %v; want a second at most", took)
+	}
+}
+
 // TestAUserWhoseBudgetIsSpentWaitsAlone: reads of a user whose database time is spent
 // wait for it to refill; other users' reads do not wait for them.
 func TestAUserWhoseBudgetIsSpentWaitsAlone(t *testing.T) {

@@ -76,6 +76,9 @@ const (
 	markEvery = time.Minute
 	// readShare is the most of the database's time the reads of one instance take.
 	readShare = 0.1
+	// maxPause bounds the pause after a read: a slow statement, as PostgreSQL comes back
+	// from a restart, must not hold every stream back for many seconds.
+	maxPause = time.Second
 )
 
 // A Change is one task's latest state in the feed, or its deletion.
@@ -177,13 +180,14 @@ func (r *reader) loop() {
 				}
 				break
 			}
-			start := time.Now()
-			r.run(batch)
 			// The feed's reads take at most readShare of the database's time, however
 			// many users follow: under load, the reads of many users come together, less
 			// often, and a change reaches its streams a little later, while writes keep
-			// their speed (docs/performance.md, "Writes while users follow").
-			time.Sleep(time.Duration(float64(time.Since(start)) * (1/readShare - 1)))
+			// their speed (docs/performance.md, "Writes while users follow"). A read that
+			// failed cost the database nothing to share.
+			if took := r.run(batch); took > 0 {
+				time.Sleep(min(time.Duration(float64(took)*(1/readShare-1)), maxPause))
+			}
 		}
 	}
 }
@@ -213,8 +217,9 @@ func (r *reader) take() ([]*read, time.Duration) {
 }
 
 // run reads a batch, hands each read its page, and charges each user's budget with
-// their share of the time it took, by how many tasks each read looked at.
-func (r *reader) run(batch []*read) {
+// their share of the time it took, by how many tasks each read looked at. It returns the
+// time the statement took, or 0 if it failed.
+func (r *reader) run(batch []*read) time.Duration {
 	var (
 		users, since, upto, incarnation, durable []*string
 		afterCreated                             []time.Time
@@ -283,6 +288,10 @@ func (r *reader) run(batch []*read) {
 			r.marked = time.Now()
 		}
 	}
+	if err != nil {
+		return 0
+	}
+	return took
 }
 
 // pageHead is what every row of a read tells of the database and of the read's batch.
