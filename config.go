@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"taskflow/internal/pg"
+	"taskflow/internal/web"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -63,9 +64,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if n, err := strconv.Atoi(c.port); err != nil || n < 0 || n > 65535 {
 		return c, fmt.Errorf("PORT must be a port number, got %q", c.port)
 	}
-	origins, err := parseOrigins(env("CORS_ORIGINS", "http://localhost:3000"))
+	origins, err := web.ParseOrigins(env("CORS_ORIGINS", "http://localhost:3000"))
 	if err != nil {
-		return c, err
+		return c, fmt.Errorf("CORS_ORIGINS %w", err)
 	}
 	c.corsOrigins = origins
 	for _, v := range []struct {
@@ -97,30 +98,6 @@ func loadConfig(getenv func(string) string) (config, error) {
 	return c, err
 }
 
-// parseOrigins reads CORS_ORIGINS. Browsers send Origin as scheme://host[:port], so an
-// entry of any other shape could never match and is reported instead of ignored.
-func parseOrigins(list string) ([]string, error) {
-	var origins []string
-	for _, o := range strings.Split(list, ",") {
-		o = strings.TrimSuffix(strings.TrimSpace(o), "/")
-		if o == "" {
-			continue
-		}
-		if o == "*" {
-			return nil, errors.New("CORS_ORIGINS cannot be *: credentials are allowed, so origins must be listed exactly")
-		}
-		u, err := url.Parse(o)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil {
-			return nil, fmt.Errorf("CORS_ORIGINS entry %q must look like https://app.example.com or http://localhost:3000", o)
-		}
-		origins = append(origins, strings.ToLower(o))
-	}
-	if len(origins) == 0 {
-		return nil, errors.New("CORS_ORIGINS lists no origin")
-	}
-	return origins, nil
-}
-
 // parsePositive sets *into from s: a duration above 0, or a count of at least 1.
 func parsePositive(name, s string, into any) error {
 	switch into := into.(type) {
@@ -140,19 +117,11 @@ func parsePositive(name, s string, into any) error {
 	return nil
 }
 
-// parseDatabaseURL parses a database URL without quoting it back: pgx's errors quote it
-// with its password masked, which alters what the operator typed.
+// parseDatabaseURL parses the database URL in variable name.
 func parseDatabaseURL(name, databaseURL string, timeout time.Duration) (*pgxpool.Config, error) {
-	if scheme, _, ok := strings.Cut(databaseURL, "://"); ok && scheme != "postgres" && scheme != "postgresql" {
-		return nil, fmt.Errorf("%s must start with postgres:// or postgresql://, not %s://", name, scheme[:min(len(scheme), 20)])
-	}
 	cfg, err := pg.ParseConfig(databaseURL, timeout)
 	if err != nil {
-		msg := err.Error()
-		if i := strings.LastIndex(msg, ": "); i >= 0 && strings.Contains(msg, "cannot parse") {
-			msg = msg[i+2:]
-		}
-		return nil, fmt.Errorf("%s is not a valid PostgreSQL URL (postgres://user:password@host:5432/database): %s", name, msg)
+		return nil, fmt.Errorf("%s %w", name, err)
 	}
 	return cfg, nil
 }

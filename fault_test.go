@@ -397,7 +397,7 @@ func TestTheBreakerHearsOfConnectsThatHang(t *testing.T) {
 }
 
 // TestAStreamOpenedInAnOutageWaitsForTheDatabase: a stream from now finds where now is with
-// its first read (events.go, send), so while the database is down it opens and waits, and
+// its first read (internal/feed/stream.go), so while the database is down it opens and waits, and
 // once the database is back it says ready and goes on live.
 func TestAStreamOpenedInAnOutageWaitsForTheDatabase(t *testing.T) {
 	t.Parallel()

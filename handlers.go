@@ -384,8 +384,8 @@ func handleChanges(f *feed.Feed) userHandler {
 	}
 }
 
-// handleEvents opens a stream of the user's feed (events.go): from the Last-Event-ID an
-// EventSource sends when it reconnects, else from since=, else from now.
+// handleEvents opens a stream of the user's feed (internal/feed/stream.go): from the
+// Last-Event-ID an EventSource sends when it reconnects, else from since=, else from now.
 func handleEvents(events *feed.Streams) userHandler {
 	return func(w http.ResponseWriter, r *http.Request, who caller) error {
 		if web.RefusedOrigin(r) {

@@ -25,7 +25,6 @@ import (
 	"taskflow/internal/web"
 
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // version is set at build time: go build -ldflags "-X main.version=...".
@@ -89,7 +88,7 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	log := newLogger(cfg.logFormat, stdout)
 	db, err := pg.Open(ctx, cfg.pool, cfg.dbTimeout, log, schemaSQL)
 	if err != nil {
-		return databaseError(cfg, err)
+		return fmt.Errorf("%w (check DATABASE_URL)", err)
 	}
 	defer db.Close()
 	users := newUsers()
@@ -111,12 +110,12 @@ func run(ctx context.Context, getenv func(string) string, stdout io.Writer) erro
 	// A client that stops reading holds an answer in the kernel for DB_TIMEOUT at most,
 	// as it holds nothing of the database's for longer (internal/web).
 	ln = web.BoundedListener(ln, cfg.dbTimeout)
-	log.Info("taskflow-api started", "version", version, "addr", ln.Addr().String(), "database", dbHost(cfg),
+	log.Info("taskflow-api started", "version", version, "addr", ln.Addr().String(), "database", pg.Where(cfg.pool),
 		"pool_max_conns", cfg.pool.MaxConns, "auth", strings.Join(authModes, ", "),
 		"cors_origins", strings.Join(cfg.corsOrigins, ", "), "db_timeout", cfg.dbTimeout.String())
 	// Event streams have taken their connections over, so Shutdown would not end them.
 	srv.RegisterOnShutdown(events.Close)
-	return serve(ctx, srv, ln, cfg.shutdownGrace, log)
+	return web.Serve(ctx, srv, ln, cfg.shutdownGrace, log)
 }
 
 // newUsers shares the database between users (package fair): each may spend a quarter
@@ -139,29 +138,6 @@ func newServer(h http.Handler, log *slog.Logger) *http.Server {
 	}
 }
 
-// serve serves until ctx ends, then lets the requests in flight finish within grace.
-func serve(ctx context.Context, srv *http.Server, ln net.Listener, grace time.Duration, log *slog.Logger) error {
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	select {
-	case err := <-serveErr:
-		return err
-	case <-ctx.Done():
-	}
-	log.Info("shutting down: finishing requests in flight", "grace", grace.String())
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), grace)
-	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		srv.Close()
-		return fmt.Errorf("requests still running after SHUTDOWN_GRACE=%s were cut off", grace)
-	}
-	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	log.Info("stopped")
-	return nil
-}
-
 // newAuth is the token check configured: HS256, the frontend's JWKS (kept fresh until ctx
 // ends), or both.
 func newAuth(ctx context.Context, cfg config, log *slog.Logger) (*Authenticator, []string) {
@@ -177,23 +153,6 @@ func newAuth(ctx context.Context, cfg config, log *slog.Logger) (*Authenticator,
 		modes = append(modes, "JWKS "+cfg.jwksURL)
 	}
 	return newAuthenticator(cfg.secret, keys, cfg.issuer, cfg.audience), modes
-}
-
-func dbHost(cfg config) string {
-	cc := cfg.pool.ConnConfig
-	return fmt.Sprintf("%s:%d/%s", cc.Host, cc.Port, cc.Database)
-}
-
-// databaseError says why the database could not be opened, and what to check.
-func databaseError(cfg config, err error) error {
-	var pgErr *pgconn.PgError
-	switch {
-	case errors.As(err, &pgErr) && pgErr.Code == "3D000": // invalid_catalog_name
-		return fmt.Errorf("database %s: it does not exist: create it, or fix DATABASE_URL", dbHost(cfg))
-	case errors.As(err, &pgErr):
-		return fmt.Errorf("database %s: %w (check DATABASE_URL)", dbHost(cfg), err)
-	}
-	return fmt.Errorf("database %s: %w (is PostgreSQL running there? check DATABASE_URL)", dbHost(cfg), err)
 }
 
 // mintToken signs an HS256 token the way a frontend sharing BETTER_AUTH_SECRET does.

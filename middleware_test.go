@@ -109,7 +109,7 @@ func TestCORSDisallowedOriginGetsNoCORSHeaders(t *testing.T) {
 
 func TestCORSEveryConfiguredOriginAndNeverAWildcard(t *testing.T) {
 	t.Parallel()
-	origins, err := parseOrigins(" https://app.example.com/ , http://localhost:3000")
+	origins, err := web.ParseOrigins(" https://app.example.com/ , http://localhost:3000")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestCORSEveryConfiguredOriginAndNeverAWildcard(t *testing.T) {
 			t.Errorf("origin %s: Allow-Origin %q", origin, got)
 		}
 	}
-	if _, err := parseOrigins("*"); err == nil {
+	if _, err := web.ParseOrigins("*"); err == nil {
 		t.Error("CORS_ORIGINS=* accepted alongside credentials")
 	}
 }

@@ -15,7 +15,7 @@ import (
 
 // The tasks' SQL: one statement per create, get, update, toggle and delete, with its
 // conditions and Idempotency-Key checked in the statement that writes; the lists. The
-// feed of changes reads these rows in changes.go.
+// feed of changes reads these rows in internal/feed.
 
 //go:embed schema.sql
 var schemaSQL string

@@ -131,7 +131,7 @@ func TestSoak(t *testing.T) {
 	outageEnd := time.Now()
 	wg.Wait()
 
-	// The breaker spaces its connection attempts by up to half a second (breaker.go's
+	// The breaker spaces its connection attempts by up to half a second (internal/pg's
 	// maxBackoff), so requests may be refused that long after PostgreSQL is back; a 503
 	// later than that is a defect.
 	healBy := outageEnd.Add(600 * time.Millisecond)

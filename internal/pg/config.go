@@ -2,6 +2,7 @@ package pg
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"strings"
 	"time"
@@ -22,11 +23,19 @@ const (
 
 // ParseConfig parses databaseURL with pgx's own parser, so pgx's URL parameters
 // (pool_max_conns, default_query_exec_mode, sslmode, ...) keep working, then fills in
-// the defaults the URL left open, and the liveness peek.
+// the defaults the URL left open, and the liveness peek. Its errors never quote the URL:
+// pgx's quote it with the password masked, which alters what the operator typed.
 func ParseConfig(databaseURL string, timeout time.Duration) (*pgxpool.Config, error) {
+	if scheme, _, ok := strings.Cut(databaseURL, "://"); ok && scheme != "postgres" && scheme != "postgresql" {
+		return nil, fmt.Errorf("must start with postgres:// or postgresql://, not %s://", scheme[:min(len(scheme), 20)])
+	}
 	cfg, err := pgxpool.ParseConfig(databaseURL)
 	if err != nil {
-		return nil, err
+		msg := err.Error()
+		if i := strings.LastIndex(msg, ": "); i >= 0 && strings.Contains(msg, "cannot parse") {
+			msg = msg[i+2:]
+		}
+		return nil, fmt.Errorf("is not a valid PostgreSQL URL (postgres://user:password@host:5432/database): %s", msg)
 	}
 	set := func(param string) bool { return hasConnParam(databaseURL, param) }
 	if !set("pool_max_conns") {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // The errors statements fail with (test with errors.Is).
@@ -22,6 +23,24 @@ var (
 	// refused, or the attempt failed. The breaker logs those, counted.
 	ErrDown = errors.New("database unreachable")
 )
+
+// Where names the database cfg points at, host:port/database, without credentials.
+func Where(cfg *pgxpool.Config) string {
+	cc := cfg.ConnConfig
+	return fmt.Sprintf("%s:%d/%s", cc.Host, cc.Port, cc.Database)
+}
+
+// openError says why the database could not be opened, and what to check.
+func openError(cfg *pgxpool.Config, err error) error {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr) && pgErr.Code == "3D000": // invalid_catalog_name
+		return fmt.Errorf("database %s does not exist: create it", Where(cfg))
+	case errors.As(err, &pgErr):
+		return fmt.Errorf("database %s: %w", Where(cfg), err)
+	}
+	return fmt.Errorf("database %s: %w (is PostgreSQL running there?)", Where(cfg), err)
+}
 
 // Violates reports whether err is a unique violation of the named constraint.
 func Violates(err error, constraint string) bool {

@@ -57,7 +57,7 @@ func Open(ctx context.Context, cfg *pgxpool.Config, timeout time.Duration, log *
 	// Until it opens, a failure is the start's own error, not an outage to log.
 	d, err := New(cfg, timeout, slog.New(slog.DiscardHandler))
 	if err != nil {
-		return nil, err
+		return nil, openError(cfg, err)
 	}
 	defer d.SetLogger(log)
 	// Neon may need a few seconds to wake a suspended compute, so the start gets more
@@ -66,11 +66,11 @@ func Open(ctx context.Context, cfg *pgxpool.Config, timeout time.Duration, log *
 	defer cancel()
 	if err := d.pool.Ping(startCtx); err != nil {
 		d.Close()
-		return nil, fmt.Errorf("ping: %w", err)
+		return nil, openError(cfg, err)
 	}
 	if _, err := d.pool.Exec(startCtx, schema); err != nil {
 		d.Close()
-		return nil, fmt.Errorf("apply the schema: %w", err)
+		return nil, openError(cfg, fmt.Errorf("apply the schema: %w", err))
 	}
 	return d, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"path"
 	"runtime/debug"
 	"strings"
@@ -91,6 +92,31 @@ func CORS(origins []string, next http.Handler) http.Handler {
 var errOriginRefused = errors.New("origin not allowed")
 
 type refusedOriginKey struct{}
+
+// ParseOrigins reads a comma-separated list of origins for CORS. Browsers send Origin as
+// scheme://host[:port], so an entry of any other shape could never match and is reported
+// instead of ignored.
+func ParseOrigins(list string) ([]string, error) {
+	var origins []string
+	for _, o := range strings.Split(list, ",") {
+		o = strings.TrimSuffix(strings.TrimSpace(o), "/")
+		if o == "" {
+			continue
+		}
+		if o == "*" {
+			return nil, errors.New("cannot be *: credentials are allowed, so origins must be listed exactly")
+		}
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.User != nil {
+			return nil, fmt.Errorf("entry %q must look like https://app.example.com or http://localhost:3000", o)
+		}
+		origins = append(origins, strings.ToLower(o))
+	}
+	if len(origins) == 0 {
+		return nil, errors.New("lists no origin")
+	}
+	return origins, nil
+}
 
 // RefusedOrigin reports whether the request came from a browser page of an origin that
 // CORS refused: the page cannot read the answer. A handler whose answer would hold
