@@ -12,9 +12,9 @@ import (
 )
 
 // Pool defaults suited to Neon; each applies only when the URL does not set it. Across a
-// network each read holds its connection for a round trip: 15 connections served gets at
-// 64 at once 0.65 as fast as 30 through 0.5 ms each way, and no faster on loopback
-// (docs/performance.md).
+// network each read holds its connection for a round trip, so 30 connections serve many
+// more reads at once than 15 did there, and no fewer on loopback (docs/performance.md,
+// "The pool").
 const (
 	defaultMaxConns          = 30
 	defaultMaxConnIdleTime   = 60 * time.Second // well before Neon suspends an idle compute (5 min)

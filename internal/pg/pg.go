@@ -11,8 +11,8 @@
 //     second of the database's return.
 //   - A pooled connection the server has closed is never used: a write sent on it could
 //     not be retried (peek_linux.go).
-//   - Writes of concurrent requests share one transaction and one commit (Write,
-//     batch.go); each still gets its own outcome, as if it had run alone.
+//   - Writes of concurrent requests share one transaction and one commit (Write); each
+//     still gets its own outcome, as if it had run alone.
 //   - Errors keep the driver's cause in their chain for the log; a client is told only
 //     the class (ErrNoRow, ErrUnavailable, ErrRejected).
 package pg
@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -212,12 +213,24 @@ func (d *DB) Prune(ctx context.Context, sql string, args ...any) (int64, error) 
 // batch that fails for want of the database fails each of its writes so (the outcome
 // unknown, as for a single statement). Statements must therefore be safe to run again
 // after being undone, which any single statement is.
+//
+// A write waits to be sent at most Timeout, as a statement does for its answer: behind a
+// write of its key that hangs, say. Past it, it is not sent, and fails as unavailable.
 func (d *DB) Write(ctx context.Context, key string, scan func(pgx.Row) error, sql string, args ...any) error {
 	w := &write{key: key, sql: sql, args: args, scan: scan, done: make(chan struct{})}
 	if !d.writes.add(w) {
 		return d.Row(ctx, scan, sql, args...) // shutting down: nothing to share with
 	}
-	<-w.done
+	queued := time.NewTimer(d.Timeout)
+	defer queued.Stop()
+	select {
+	case <-w.done:
+	case <-queued.C:
+		if d.writes.withdraw(w) {
+			return fmt.Errorf("%w: the write waited %s to be sent", ErrUnavailable, d.Timeout)
+		}
+		<-w.done // sent meanwhile: its outcome comes within its batch's deadline
+	}
 	return w.err
 }
 
@@ -226,12 +239,11 @@ const (
 	maxBatch = 64
 	// How many batches go at once depends on how far the database is. Near it (the
 	// fastest recent batch came back within far), a batch waits for the one before it,
-	// which makes batches big: two at once served toggles at 16 connections 0.77 as fast
-	// as one on loopback. Far from it (Neon, across a network), where a commit costs the
-	// database little next to the round trip, writes go at once, up to maxInFlight
-	// batches: one at a time served 0.70 of the Node peer through 0.5 ms each way
-	// (docs/performance.md). A batch out longer than stuck (waiting for a lock, say)
-	// holds the others up no longer.
+	// which makes batches big: two at once served fewer toggles on loopback. Far from it
+	// (Neon, across a network), where a commit costs the database little next to the
+	// round trip, writes go at once, up to maxInFlight batches, as one at a time left
+	// them behind the Node peer (docs/performance.md, "Writes share a commit"). A batch
+	// out longer than stuck (waiting for a lock, say) holds the others up no longer.
 	far         = time.Millisecond
 	stuck       = 5 * time.Millisecond
 	maxInFlight = 8
@@ -278,6 +290,19 @@ func (b *batcher) add(w *write) bool {
 	b.next = append(b.next, w)
 	b.poke()
 	return true
+}
+
+// withdraw takes w out of the queue, if it has not been sent.
+func (b *batcher) withdraw(w *write) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, q := range b.next {
+		if q == w {
+			b.next = append(b.next[:i], b.next[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 func (b *batcher) poke() {
@@ -404,7 +429,8 @@ func (d *DB) sendWrites(batch []*write) {
 // runBatch runs the writes in one transaction. When it committed, failed is -1 and each
 // write's err is its own (nil or ErrNoRow). Otherwise nothing was committed: failed is
 // the statement that failed (a deadlock's, say), or 0 when the commit did; or, when the
-// connection was lost and the outcome is unknown, lost says why.
+// connection was lost or a row could not be read, and the outcome is unknown, lost says
+// why.
 func (d *DB) runBatch(batch []*write) (failed int, lost error) {
 	ctx, cancel := context.WithTimeout(context.Background(), d.Timeout)
 	defer cancel()
@@ -423,18 +449,34 @@ func (d *DB) runBatch(batch []*write) (failed int, lost error) {
 	}
 	results := conn.SendBatch(context.Background(), queued)
 	failed = -1
+	var why error // of the failed statement
 	for i, w := range batch {
-		// After a failed statement PostgreSQL skips the rest, and each scan gets the
-		// same error.
-		if w.err = translate(ctx, w.scan(results.QueryRow())); w.err != nil && !errors.Is(w.err, ErrNoRow) && failed < 0 {
-			failed, err = i, w.err
+		raw := w.scan(results.QueryRow())
+		w.err = translate(ctx, raw)
+		var refused *pgconn.PgError
+		switch {
+		case raw == nil || errors.Is(raw, pgx.ErrNoRows) || failed >= 0 || lost != nil:
+		case errors.As(raw, &refused):
+			failed, why = i, w.err // PostgreSQL skips the statements after it, and undoes the batch
+		default:
+			// The connection was lost, or a row could not be read, after which pgx
+			// reads no further result: whether the batch committed is unknown.
+			lost = w.err
+			if !errors.Is(lost, ErrUnavailable) {
+				lost = fmt.Errorf("%w: a row of its batch could not be read: %w", ErrUnavailable, w.err)
+			}
 		}
 	}
-	if closeErr := translate(ctx, results.Close()); err == nil && closeErr != nil {
-		failed, err = 0, closeErr // the commit itself failed
+	var refused *pgconn.PgError
+	switch closeErr := results.Close(); {
+	case failed >= 0 || lost != nil || closeErr == nil:
+	case errors.As(closeErr, &refused):
+		failed, why = 0, translate(ctx, closeErr) // the commit itself failed
+	default:
+		lost = translate(ctx, closeErr)
 	}
-	if err != nil && conn.Conn().IsClosed() {
-		return -1, err
+	if failed >= 0 && conn.Conn().IsClosed() {
+		return -1, why // the connection went with it (a server shutting down): unknown
 	}
-	return failed, nil
+	return failed, lost
 }

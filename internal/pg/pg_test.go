@@ -140,6 +140,90 @@ func TestAFailingWriteUndoesOnlyItself(t *testing.T) {
 	}
 }
 
+// TestAWriteWhoseRowCannotBeReadIsMadeOnce: a scan that fails in the client leaves its
+// statement made, and pgx reads no result after it, so the batch's outcome is unknown to
+// its writes; sending it again would make every write of it twice (here, a unique
+// violation for each).
+func TestAWriteWhoseRowCannotBeReadIsMadeOnce(t *testing.T) {
+	t.Parallel()
+	d := testDB(t)
+	prefix := testkit.NewUserID()
+	for round := range 20 {
+		var wg sync.WaitGroup
+		errs := make([]error, 10)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				v := fmt.Sprint(prefix, round, "-", i)
+				if i != 5 {
+					_, errs[i] = insert(d, v)
+					return
+				}
+				var n int // a text into an int: the client cannot read it
+				errs[i] = d.Write(context.Background(), v, func(r pgx.Row) error { return r.Scan(&n) },
+					`INSERT INTO written (v) VALUES ($1) RETURNING v`, v)
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if i == 5 && err == nil || err != nil && i != 5 && !errors.Is(err, ErrUnavailable) {
+				t.Fatalf("round %d, write %d: %v", round, i, err)
+			}
+		}
+	}
+	var n int
+	d.Pool().QueryRow(context.Background(), `SELECT count(*) FROM written WHERE v LIKE $1 || '%'`, prefix).Scan(&n)
+	if n != 20*10 {
+		t.Errorf("%d rows, want %d", n, 20*10)
+	}
+}
+
+// TestAWriteWaitsToBeSentNoLongerThanTimeout: while the database hangs (a lock, here),
+// maxInFlight batches of maxBatch writes hang with it and the other writes queue. Each
+// gives up in the queue within the deadline, so none takes more than twice it, instead
+// of waiting for one generation of hung batches after another.
+func TestAWriteWaitsToBeSentNoLongerThanTimeout(t *testing.T) {
+	t.Parallel()
+	testDB(t) // the table
+	const timeout = 500 * time.Millisecond
+	cfg, err := ParseConfig(testURL, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(cfg, timeout, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	prefix := testkit.NewUserID()
+	lock, err := d.Pool().Begin(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(context.Background())
+	if _, err := lock.Exec(context.Background(), `LOCK TABLE written IN SHARE MODE`); err != nil { // inserts wait
+		t.Fatal(err)
+	}
+	n := 3 * maxInFlight * maxBatch
+	took := make(chan time.Duration, n)
+	for i := range n {
+		go func() {
+			start := time.Now()
+			insert(d, fmt.Sprint(prefix, i)) //nolint:errcheck // each fails; how long it takes is the point
+			took <- time.Since(start)
+		}()
+	}
+	time.AfterFunc(4*timeout, func() { lock.Rollback(context.Background()) })
+	var longest time.Duration
+	for range n {
+		longest = max(longest, <-took)
+	}
+	if longest > 2*timeout+timeout/2 {
+		t.Errorf("a write took %v; want at most twice the %v deadline", longest, timeout)
+	}
+}
+
 // TestWritesWithNoDatabaseFailQuickly: a write that cannot reach the database is
 // ErrUnavailable within the deadline, batched or not.
 func TestWritesWithNoDatabaseFailQuickly(t *testing.T) {
