@@ -94,11 +94,16 @@ type Cursor struct {
 }
 
 // A place orders the changes of a batch as the (user_id, created_at, id) index does, so
-// that each page starts where the last ended: catching up costs what it sends.
+// that each page starts where the last ended: catching up reads each row once, however
+// many pages it takes.
 type place struct {
 	created int64 // microseconds since 1970, PostgreSQL's precision
 	id      int64
 }
+
+// earliestPlace is PostgreSQL's earliest timestamptz (4713 BC) in microseconds since
+// 1970: a place before it would fail the statement that reads it.
+const earliestPlace = -210866803200000000
 
 func placeOf(created time.Time, id int64) place { return place{created.UnixMicro(), id} }
 
@@ -182,7 +187,8 @@ func DecodeCursor(userID, text string) (Cursor, error) {
 			return Cursor{}, ErrBadCursor
 		}
 	}
-	if !usable(c.since) || !usable(c.upto) || c.after.id < 0 || c.upto.zero() != (c.after == place{}) {
+	if !usable(c.since) || !usable(c.upto) || c.after.id < 0 || c.after.created < earliestPlace ||
+		c.upto.zero() != (c.after == place{}) {
 		return Cursor{}, ErrBadCursor
 	}
 	return c, nil

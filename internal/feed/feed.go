@@ -12,7 +12,8 @@
 //     reading statement's does. A transaction that took its id early and commits late is
 //     invisible in one snapshot and visible in a later one, so it is never skipped.
 //   - A batch (since, upto] is read in pages in the order of the (user_id, created_at, id)
-//     index, each from where the last ended: catching up costs what it sends.
+//     index, each from where the last ended: catching up reads each row once, so its
+//     cost grows with the user's tasks and changes, never with their square.
 //   - Crashes. After one, PostgreSQL may hand out again the ids of transactions whose end
 //     it had not written to disk, so a cursor from before must not be trusted to tell
 //     them apart. An unlogged row (changes_incarnation) is emptied by crash recovery, and

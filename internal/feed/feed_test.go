@@ -146,6 +146,8 @@ func TestCursorsAreOpaqueAndBelongToTheirUser(t *testing.T) {
 		"an incarnation with a NUL": Cursor{database: db, incarnation: "\x00" + inc[1:]}.Encode("bob"),
 		"a database not hex":        Cursor{database: "zz" + db[2:]}.Encode("bob"),
 		"an unknown format":         b64(fmt.Sprintf("3|%x|%s/%s/99|1:1:|1:1:|0|0", userTag("bob"), db, inc)),
+		"placed before 4713 BC": Cursor{database: db, incarnation: inc, since: snapshot{xmin: 5, xmax: 5},
+			upto: snapshot{xmin: 6, xmax: 6}, after: place{created: -9e18, id: 1}}.Encode("bob"),
 	} {
 		if _, err := DecodeCursor("bob", bad); !errors.Is(err, ErrBadCursor) {
 			t.Errorf("%s cursor %q: %v, want ErrBadCursor", name, bad, err)
@@ -289,6 +291,49 @@ func TestASlowReadHoldsTheFeedBackASecondAtMost(t *testing.T) {
 	}
 	if took := time.Since(start); took > 1500*time.Millisecond {
 		t.Errorf("the next read waited %v; want a second at most", took)
+	}
+}
+
+// TestAReadTheDatabaseRefusesFailsAlone: reads waiting together run as one statement;
+// one that the database refuses (here a place PostgreSQL cannot hold, which
+// DecodeCursor would not let through) must not fail another user's read beside it.
+func TestAReadTheDatabaseRefusesFailsAlone(t *testing.T) {
+	f, ctx, me, other := testFeed(t), context.Background(), testkit.NewUserID(), testkit.NewUserID()
+	from, err := f.Now(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	create(t, me, "mine")
+	bad := from.within(from.since, place{created: -9e18, id: 1})
+	lock, err := testDB.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Rollback(ctx)
+	if _, err := lock.Exec(ctx, `LOCK TABLE changes_durable IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan error)
+	go func() { _, err := f.Now(ctx); held <- err }() // keeps the reader busy while the two queue
+	testkit.WaitFor(t, "the reader to be busy", func() bool { return f.reader.statements.Load() == 2 })
+	badErr := make(chan error)
+	go func() { _, err := f.Read(ctx, other, bad, 10); badErr <- err }()
+	good := make(chan Page)
+	go func() { p, _ := f.Read(ctx, me, from, 10); good <- p }()
+	testkit.WaitFor(t, "the reads to queue", func() bool {
+		f.reader.mu.Lock()
+		defer f.reader.mu.Unlock()
+		return len(f.reader.waiting) == 2
+	})
+	lock.Rollback(ctx)
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	if p := <-good; len(p.Changes) != 1 {
+		t.Errorf("the read beside a refused one: %+v", p)
+	}
+	if err := <-badErr; err == nil {
+		t.Error("a place before 4713 BC was read")
 	}
 }
 

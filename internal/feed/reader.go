@@ -217,32 +217,12 @@ func (r *reader) take() ([]*read, time.Duration) {
 }
 
 // run reads a batch, hands each read its page, and charges each user's budget with
-// their share of the time it took, by how many tasks each read looked at. It returns the
-// time the statement took, or 0 if it failed.
+// their share of the time it took, by how many tasks each user has (what a read of
+// theirs may look through). It returns the time the statement took, or 0 if it failed.
 func (r *reader) run(batch []*read) time.Duration {
-	var (
-		users, since, upto, incarnation, durable []*string
-		afterCreated                             []time.Time
-		afterID                                  []int64
-		limit                                    []int32
-	)
 	pages := make([]pageReader, len(batch))
 	for i, rd := range batch {
-		c, user := rd.from, rd.key.userID
-		var dur *string
-		if c.durable != 0 {
-			d := strconv.FormatUint(c.durable, 10)
-			dur = &d
-		}
-		users, since, upto = append(users, &user), append(since, c.since.arg()), append(upto, c.upto.arg())
-		afterCreated, afterID = append(afterCreated, c.after.time()), append(afterID, c.after.id)
-		incarnation, durable = append(incarnation, &c.incarnation), append(durable, dur)
-		lim := int32(0)
-		if rd.key.limit > 0 {
-			lim = int32(rd.key.limit + 1) // one more says whether more is waiting
-		}
-		limit = append(limit, lim)
-		pages[i] = pageReader{from: c, limit: rd.key.limit}
+		pages[i] = pageReader{from: rd.from, limit: rd.key.limit}
 	}
 	r.statements.Add(1)
 	start := time.Now()
@@ -260,8 +240,17 @@ func (r *reader) run(batch []*read) time.Duration {
 		}
 		pages[n-1].add(c, &h)
 		return nil
-	}, sqlRead, users, since, upto, afterCreated, afterID, incarnation, durable, limit)
+	}, sqlRead, readArgs(batch)...)
 	took := time.Since(start)
+	if err != nil && len(batch) > 1 && !errors.Is(err, pg.ErrUnavailable) {
+		// A read the database refused must not fail the others it was batched with:
+		// each goes again alone.
+		took = 0
+		for _, rd := range batch {
+			took += r.run([]*read{rd})
+		}
+		return took
+	}
 	var weight int64
 	crashed := false
 	for i := range pages {
@@ -292,6 +281,33 @@ func (r *reader) run(batch []*read) time.Duration {
 		return 0
 	}
 	return took
+}
+
+// readArgs are sqlRead's arguments for batch: an array of each of a read's parts.
+func readArgs(batch []*read) []any {
+	var (
+		users, since, upto, incarnation, durable []*string
+		afterCreated                             []time.Time
+		afterID                                  []int64
+		limit                                    []int32
+	)
+	for _, rd := range batch {
+		c, user := rd.from, rd.key.userID
+		var dur *string
+		if c.durable != 0 {
+			d := strconv.FormatUint(c.durable, 10)
+			dur = &d
+		}
+		users, since, upto = append(users, &user), append(since, c.since.arg()), append(upto, c.upto.arg())
+		afterCreated, afterID = append(afterCreated, c.after.time()), append(afterID, c.after.id)
+		incarnation, durable = append(incarnation, &c.incarnation), append(durable, dur)
+		lim := int32(0)
+		if rd.key.limit > 0 {
+			lim = int32(rd.key.limit + 1) // one more says whether more is waiting
+		}
+		limit = append(limit, lim)
+	}
+	return []any{users, since, upto, afterCreated, afterID, incarnation, durable, limit}
 }
 
 // pageHead is what every row of a read tells of the database and of the read's batch.

@@ -21,14 +21,14 @@ import (
 // Live updates: Server-Sent Events of a user's feed of changes (feed.go). Each stream
 // reads the feed itself, from its own cursor: when it opens (catching up from
 // Last-Event-ID or since=), whenever a write of its user wakes it (wakeups.go), and every
-// pollEvery in case a wake-up was lost. So a stream has no queue to fall behind on: a
+// PollEvery in case a wake-up was lost. So a stream has no queue to fall behind on: a
 // wake-up not acted on yet is one flag, and what it has not sent is in the database. A
 // reconnect, on this instance or another, resumes from the last event's id exactly.
 //
 // The path of a change, from write to browser: the handler's statement stamps the row
 // (store.go) and, once it has committed, Wakeups.Changed wakes this instance's streams of
 // the user and has the others woken by a NOTIFY; each woken stream reads its feed from
-// its cursor (Feed.Changes) and writes one event per change, whose id is the cursor
+// its cursor (Feed.Read) and writes one event per change, whose id is the cursor
 // after it.
 
 // Why a stream is not opened (test with errors.Is).
@@ -37,10 +37,6 @@ var (
 	ErrStreamsFull    = errors.New("this server holds all the event streams it may (MAX_STREAMS)")
 	ErrTooManyStreams = errors.New("too many open event streams for this user (MAX_STREAMS_PER_USER)")
 )
-
-// buffers recycle the pages of events streams write; a page is at most streamPageBytes
-// and one event.
-var buffers = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
 
 // Streams holds one instance's open streams, by user.
 type Streams struct {
@@ -78,7 +74,7 @@ const (
 	// that in memory while its client takes it. Reads are the feed's reader's, which no
 	// write to a slow client holds up.
 	streamPage      = 100
-	streamPageBytes = 32 << 10
+	streamPageBytes = web.PartSize
 )
 
 func NewStreams(feed *Feed, log *slog.Logger, maxPerUser, maxTotal int) *Streams {
@@ -211,8 +207,8 @@ func (e *Streams) unsubscribe(s *stream) {
 //
 // Why take the connection: left to net/http, an idle stream holds the handler's goroutine
 // (its stack grown by the middleware and the token check), a background reader, 10 KiB
-// of buffers and the request. 10,000 idle streams held 326 MiB that way, 148 MiB taken
-// over (make bench-live; docs/performance.md, "Live updates"). The access log therefore
+// of buffers and the request: twice the memory per idle stream (make bench-live;
+// docs/performance.md, "Live updates"). The access log therefore
 // has a stream's line when it opens, not when it ends.
 func (e *Streams) Serve(w http.ResponseWriter, userID string, from *Cursor, expires time.Time) error {
 	s, err := e.subscribe(userID)
@@ -246,11 +242,11 @@ func (e *Streams) Serve(w http.ResponseWriter, userID string, from *Cursor, expi
 }
 
 // send writes the stream until it ends, then closes its connection and gives its place
-// back. It reads the feed at once (the catch-up), when woken, and every pollEvery or so.
+// back. It reads the feed at once (the catch-up), when woken, and every PollEvery or so.
 // A stream from now (cur is nil) takes its cursor with its first read, not in its
 // handler: 10,000 streams opened at once then wait for a reading place, not for a pooled
-// connection on the handler's grown stack (RSS 180-187 MiB so, 305-392 MiB that way;
-// docs/performance.md, "Live updates").
+// connection on the handler's grown stack, which held far more memory
+// (docs/performance.md, "Live updates").
 func (s *stream) send(cur *Cursor, expires time.Time) {
 	graceful := false
 	defer func() {
@@ -261,17 +257,8 @@ func (s *stream) send(cur *Cursor, expires time.Time) {
 		s.events.unsubscribe(s)
 	}()
 	web.Bound(s.conn, 2*s.events.Heartbeat) // a client gone without a FIN is noticed at the next heartbeats
-	// The answer said Connection: close, so the client has nothing more to send: its
-	// closing the connection, or any byte it sends anyway, ends the stream, and the read
-	// the stream may be waiting for.
-	ctx := s.ctx
+	ctx, left := s.ctx, s.watch()
 	defer s.cancel()
-	left := make(chan struct{})
-	go func() {
-		s.conn.Read(make([]byte, 1)) //nolint:errcheck // any outcome means the same
-		close(left)
-		s.cancel()
-	}()
 	beat, poll, expiry := time.NewTicker(s.events.Heartbeat), time.NewTimer(0), time.NewTimer(time.Until(expires))
 	defer beat.Stop()
 	defer poll.Stop()
@@ -313,6 +300,19 @@ func (s *stream) send(cur *Cursor, expires time.Time) {
 	}
 }
 
+// watch is closed when the client closes the connection or sends anything: the answer
+// said Connection: close, so it has nothing more to send. That ends the stream, and the
+// read the stream may be waiting for.
+func (s *stream) watch() <-chan struct{} {
+	left := make(chan struct{})
+	go func() {
+		s.conn.Read(make([]byte, 1)) //nolint:errcheck // any outcome means the same
+		close(left)
+		s.cancel()
+	}()
+	return left
+}
+
 // sendChanges reads the feed after cur, a page at a time, writing each page's events at
 // once, and returns where it got; from now, when cur is nil, it only reads where now is.
 // A page is at most streamPage changes and stops at about streamPageBytes of events: a
@@ -329,7 +329,7 @@ func (s *stream) sendChanges(ctx context.Context, cur *Cursor) (Cursor, error) {
 		}
 		var more bool
 		next, more = page.Next, page.More
-		buf := buffers.Get().(*[]byte)
+		buf := web.GetBuffer()
 		for i := range page.Changes {
 			c := &page.Changes[i]
 			if *buf = appendChangeEvent(*buf, c, s.userID); len(*buf) >= streamPageBytes && i < len(page.Changes)-1 {
@@ -338,10 +338,7 @@ func (s *stream) sendChanges(ctx context.Context, cur *Cursor) (Cursor, error) {
 			}
 		}
 		sent := len(*buf) == 0 || s.write(*buf)
-		if cap(*buf) <= 2*streamPageBytes { // one huge page must not pin its buffer
-			*buf = (*buf)[:0]
-			buffers.Put(buf)
-		}
+		web.PutBuffer(buf)
 		switch {
 		case !sent:
 			return next, errClientGone
@@ -353,7 +350,7 @@ func (s *stream) sendChanges(ctx context.Context, cur *Cursor) (Cursor, error) {
 
 var errClientGone = errors.New("the client stopped taking events")
 
-// write sends a frame within writeTimeout.
+// write sends a frame within WriteTimeout.
 func (s *stream) write(frame []byte) bool {
 	s.conn.SetWriteDeadline(time.Now().Add(s.events.WriteTimeout)) //nolint:errcheck // fails only on a closed connection, as the write then does
 	_, err := s.conn.Write(frame)

@@ -43,7 +43,7 @@ type Wakeups struct {
 	Linger   time.Duration // the listener's connection outlives the last stream by this much
 	// notifyEvery spaces this instance's notifications: at most 100 a second, each for
 	// every user written since the last went out, however fast the writes come. Sent back
-	// to back, they took update/64 to 0.77 of this (make bench, docs/performance.md).
+	// to back, they slowed busy writes (docs/performance.md, "Wake-ups").
 	notifyEvery time.Duration
 
 	mu      sync.Mutex
