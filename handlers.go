@@ -119,9 +119,9 @@ func handleOpenAPI() handlerFunc {
 
 // handleListTasks reads a list from the database in one of its user's turns (package
 // fair), then sends it: a client that reads slowly, or not at all, holds no connection
-// and no turn. Past its first part (web.PartSize bytes), only the tasks' ids are kept from the list's
-// statement; their rows are read again a part at a time, each in a turn, as the client
-// takes the answer, so that memory stays bounded however long the list. The headers and
+// and no turn. Past its first part (web.PartSize bytes), only the tasks' ids are kept
+// from the list's statement; their rows are read again a part at a time, each in a turn,
+// as the client takes the answer, so that memory stays bounded however long the list. The headers and
 // the order come from the statement's snapshot; a task read again shows its state then,
 // and one deleted meanwhile is left out: that change is in the feed after X-Cursor.
 func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler {
@@ -130,8 +130,7 @@ func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler 
 		if err != nil {
 			return err
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), waitForTurn)
-		defer cancel()
+		ctx := r.Context()
 		// The incarnation before the statement's snapshot: a crash between them makes
 		// the cursor one of an older incarnation, which is read with care, never the
 		// other way round (internal/feed).
@@ -139,25 +138,9 @@ func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler 
 		if err != nil {
 			return err
 		}
-		// The first part is encoded as the rows come; past it, only the ids are kept.
-		buf, rest := web.GetBuffer(), []int64(nil)
+		buf := web.GetBuffer()
 		*buf = append(*buf, '[')
-		var head ListHead
-		err = users.Do(ctx, who.userID, func() error {
-			var err error
-			head, err = store.ListTasks(ctx, who.userID, q, func(t *task.Task) error {
-				switch {
-				case len(*buf) >= web.PartSize:
-					rest = append(rest, t.ID)
-					return nil
-				case len(*buf) > 1:
-					*buf = append(*buf, ',')
-				}
-				*buf = task.AppendJSON(*buf, t)
-				return nil
-			})
-			return err
-		})
+		head, rest, err := readList(ctx, store, users, who.userID, q, buf)
 		if err != nil {
 			web.PutBuffer(buf)
 			return err
@@ -183,7 +166,7 @@ func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler 
 		for len(rest) > 0 {
 			ids := rest[:min(len(rest), listPartTasks)]
 			rest, part = rest[len(ids):], part[:0]
-			if err := users.Do(ctx, who.userID, func() error { return store.TasksByID(ctx, who.userID, ids, &part) }); err != nil {
+			if err := inTurn(ctx, users, who.userID, func() error { return store.TasksByID(ctx, who.userID, ids, &part) }); err != nil {
 				return list.End("", err)
 			}
 			for i := range part {
@@ -196,30 +179,70 @@ func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler 
 	}
 }
 
-const (
-	// listPartTasks is how many tasks past a list's first part are read again at once.
-	listPartTasks = 100
-	// waitForTurn bounds how long a request waits for its user's turn (package fair)
-	// before it is a 503: a user whose own requests keep the database that busy.
-	waitForTurn = 10 * time.Second
-)
+// readList reads a list in one of its user's turns: its head, its first part encoded
+// into buf as the rows come, and only the ids of the tasks past it.
+func readList(ctx context.Context, store *Store, users *fair.Users, userID string, q ListQuery, buf *[]byte) (head ListHead, rest []int64, err error) {
+	err = inTurn(ctx, users, userID, func() error {
+		var err error
+		head, err = store.ListTasks(ctx, userID, q, func(t *task.Task) error {
+			switch {
+			case len(*buf) >= web.PartSize:
+				rest = append(rest, t.ID)
+				return nil
+			case len(*buf) > 1:
+				*buf = append(*buf, ',')
+			}
+			*buf = task.AppendJSON(*buf, t)
+			return nil
+		})
+		return err
+	})
+	return head, rest, err
+}
+
+// listPartTasks is how many tasks past a list's first part are read again at once.
+const listPartTasks = 100
+
+// waitForTurn bounds each wait of a request for its user's turn (package fair), after
+// which it is a 503: a user whose own requests keep the database that busy. It bounds the
+// wait only: neither the statement after it nor the answer's writing. (A variable for
+// the tests.)
+var waitForTurn = 10 * time.Second
+
+// inTurn runs f in one of the user's turns, once it comes within waitForTurn.
+func inTurn(ctx context.Context, users *fair.Users, userID string, f func() error) error {
+	wait, cancel := context.WithTimeout(ctx, waitForTurn)
+	defer cancel()
+	return users.Do(wait, userID, f)
+}
 
 // admit lets a write of the user's through within MAX_WRITES_PER_USER. Past it, the
 // write is refused with a 429, unless it is a keyed retry of a write already made: that
-// one is a replay, which writes nothing, and goes through to get its first answer.
-// (Finding out costs a read by primary key, as a GET does; reads have no rate.)
-func admit(ctx context.Context, rate *fair.Rate, store *Store, userID string, key *IdempotencyKey) error {
+// one is answered with its first answer (replayed), and nothing is written. (Finding out
+// costs a read by primary key, as a GET does; reads have no rate.)
+func admit(ctx context.Context, rate *fair.Rate, store *Store, userID string, key *IdempotencyKey) (first task.Task, replayed bool, err error) {
 	if rate.Allow(userID, time.Now()) {
-		return nil
+		return first, false, nil
 	}
 	if key == nil {
-		return errTooManyWrites
+		return first, false, errTooManyWrites
 	}
-	_, err := store.Replay(ctx, userID, key)
+	first, err = store.Replay(ctx, userID, key)
 	if errors.Is(err, ErrNotFound) {
-		return errTooManyWrites
+		return first, false, errTooManyWrites
 	}
-	return err // nil for a replay; else a key reused for another request, or no database
+	return first, err == nil, err // else a key reused for another request, or no database
+}
+
+// wake wakes the user's streams after a write that was made, or may have been, and
+// returns the write's error. A replay wakes them too: its first try may have committed
+// and lost its answer, and with it the wake-up. Wake-ups are hints, so one too many
+// costs a read.
+func wake(wakeups *feed.Wakeups, userID string, err error) error {
+	if err == nil || errors.Is(err, ErrOutcomeUnknown) {
+		wakeups.Changed(userID)
+	}
+	return err
 }
 
 func handleCreateTask(store *Store, rate *fair.Rate, wakeups *feed.Wakeups) userHandler {
@@ -235,15 +258,12 @@ func handleCreateTask(store *Store, rate *fair.Rate, wakeups *feed.Wakeups) user
 		if err != nil {
 			return err
 		}
-		if err := admit(r.Context(), rate, store, who.userID, key); err != nil {
-			return err
+		t, replayed, err := admit(r.Context(), rate, store, who.userID, key)
+		if err == nil && !replayed {
+			t, replayed, err = store.CreateTask(r.Context(), who.userID, *in.Title, in.Description, key)
 		}
-		t, replayed, err := store.CreateTask(r.Context(), who.userID, *in.Title, in.Description, key)
-		if err != nil {
+		if err := wake(wakeups, who.userID, err); err != nil {
 			return err
-		}
-		if !replayed {
-			wakeups.Changed(who.userID)
 		}
 		// A path, not an absolute URL (RFC 9110 10.2.2 allows either): a client resolves
 		// it against its request's URL, so a proxy in front need rewrite nothing.
@@ -295,14 +315,13 @@ func handleUpdateTask(store *Store, rate *fair.Rate, wakeups *feed.Wakeups) user
 		if err != nil {
 			return err
 		}
-		if err := admit(r.Context(), rate, store, who.userID, nil); err != nil {
+		if _, _, err := admit(r.Context(), rate, store, who.userID, nil); err != nil {
 			return err
 		}
 		t, err := store.UpdateTask(r.Context(), who.userID, id, patch, cond)
-		if err != nil {
+		if err := wake(wakeups, who.userID, err); err != nil {
 			return err
 		}
-		wakeups.Changed(who.userID)
 		writeTask(w, http.StatusOK, t, false)
 		return nil
 	}
@@ -314,13 +333,12 @@ func handleDeleteTask(store *Store, rate *fair.Rate, wakeups *feed.Wakeups) user
 		if err != nil {
 			return err
 		}
-		if err := admit(r.Context(), rate, store, who.userID, nil); err != nil {
+		if _, _, err := admit(r.Context(), rate, store, who.userID, nil); err != nil {
 			return err
 		}
-		if err := store.DeleteTask(r.Context(), who.userID, id, cond); err != nil {
+		if err := wake(wakeups, who.userID, store.DeleteTask(r.Context(), who.userID, id, cond)); err != nil {
 			return err
 		}
-		wakeups.Changed(who.userID)
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
@@ -336,15 +354,12 @@ func handleToggleTask(store *Store, rate *fair.Rate, wakeups *feed.Wakeups) user
 		if err != nil {
 			return err
 		}
-		if err := admit(r.Context(), rate, store, who.userID, key); err != nil {
-			return err
+		t, replayed, err := admit(r.Context(), rate, store, who.userID, key)
+		if err == nil && !replayed {
+			t, replayed, err = store.ToggleTask(r.Context(), who.userID, id, cond, key)
 		}
-		t, replayed, err := store.ToggleTask(r.Context(), who.userID, id, cond, key)
-		if err != nil {
+		if err := wake(wakeups, who.userID, err); err != nil {
 			return err
-		}
-		if !replayed {
-			wakeups.Changed(who.userID)
 		}
 		writeTask(w, http.StatusOK, t, replayed)
 		return nil
@@ -360,14 +375,14 @@ func handleChanges(f *feed.Feed) userHandler {
 		if err != nil {
 			return err
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), waitForTurn)
-		defer cancel()
 		page, buf := web.NewJSONStream(w, r, f.Timeout()), web.GetBuffer()
 		*buf = append(*buf, `{"changes":[`...)
 		page.Begin(nil, buf)
 		n, next, more := 0, from, true
 		for more && n < limit {
-			part, err := f.Read(ctx, who.userID, next, min(limit-n, listPartTasks))
+			wait, cancel := context.WithTimeout(r.Context(), waitForTurn)
+			part, err := f.Read(wait, who.userID, next, min(limit-n, listPartTasks))
+			cancel()
 			if err != nil {
 				return page.End("", err)
 			}

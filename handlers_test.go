@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"runtime"
 	"strings"
@@ -15,6 +17,7 @@ import (
 	"time"
 
 	"taskflow/internal/testkit"
+	"taskflow/internal/web"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -389,6 +392,40 @@ func TestAUsersUnreadListsHoldNothing(t *testing.T) {
 	}
 	for _, path := range []string{"/api/{me}/tasks", "/api/{me}/changes"} {
 		other.do(t, "GET", path, "").wantStatus(http.StatusOK)
+	}
+}
+
+// TestEachWaitForATurnIsBoundedAlone: waitForTurn bounds each of a list's waits for its
+// user's turn, not the list: a part read after the list has run longer than that, whose
+// user's budget is spent meanwhile, waits for it and comes. Not parallel: it shortens
+// waitForTurn, before the parallel tests start.
+func TestEachWaitForATurnIsBoundedAlone(t *testing.T) {
+	defer func(w time.Duration) { waitForTurn = w }(waitForTurn)
+	waitForTurn = time.Second
+	svc := newTestService(testStore(t), slogTo(io.Discard))
+	srv := httptest.NewUnstartedServer(newHandler(slogTo(io.Discard), svc, []string{testOrigin}))
+	srv.Listener.Close()
+	srv.Listener = web.BoundedListener(testkit.ListenLoopback(t), 5*time.Second) // as main's: 32 KiB sent ahead
+	srv.Start()
+	defer srv.Close()
+	me := testkit.NewUserID()
+	insertBigTasks(t, me, 300) // 1.2 MB in parts of 100 tasks: more than the sockets hold
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.(*net.TCPConn).SetReadBuffer(64 << 10)
+	fmt.Fprintf(conn, "GET /api/%s/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", me, testkit.Token(t, me))
+	time.Sleep(waitForTurn + waitForTurn/5)
+	svc.users.Charge(me, time.Second+waitForTurn/10) // the next part waits about 0.4 s
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tasks []json.RawMessage
+	if err := json.NewDecoder(res.Body).Decode(&tasks); err != nil || len(tasks) != 300 {
+		t.Errorf("%d tasks, %v; want all 300", len(tasks), err)
 	}
 }
 
