@@ -32,9 +32,9 @@ var version = "dev"
 
 func main() {
 	// The live heap of a busy instance is a few MiB, which the default GOGC collects so
-	// often that lists lost 11 % of their throughput and a fifth of their p99 to it
-	// (docs/performance.md). The limit keeps an instance holding 10,000 streams about
-	// the size it was. Either set in the environment wins.
+	// often that lists lose throughput and p99 to it (docs/performance.md, "Garbage
+	// collection"). The limit keeps an instance holding many streams about the size it
+	// was. Either set in the environment wins.
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}

@@ -9,4 +9,4 @@ command -v wrk >/dev/null || { echo "bench: installing wrk" >&2; apt_install wrk
 command -v taskset >/dev/null || apt_install util-linux
 use_testdb
 export PATH="$TASKFLOW_PGBIN:$PATH" # pgbench ships with the server
-go test -tags bench -run "${BENCH_RUN:-^TestBench\$}" -count=1 -timeout 90m -v ./load | grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok '
+go test -tags bench -run "${BENCH_RUN:?make bench-live or make bench-capture}" -count=1 -timeout 90m -v ./load | grep -v -e '^=== ' -e '^--- PASS' -e '^PASS' -e '^ok '

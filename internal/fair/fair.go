@@ -12,7 +12,7 @@
 //   - A turn is held only while the database works. A request writing its answer to a
 //     slow client holds none (the callers read first, then write).
 //
-// Cheap requests (a task by its id, a write, which Writes limits by rate) are not
+// Cheap requests (a task by its id, a write, which Rate limits by count) are not
 // counted: they cost about what their HTTP request does.
 package fair
 

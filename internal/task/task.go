@@ -36,7 +36,7 @@ func Scan(row pgx.Row, t *Task, extra ...any) error {
 const timeLayout = "2006-01-02T15:04:05.000000Z07:00" // Z07:00 prints Z for UTC
 
 // AppendJSON encodes t as the contract's Task object: by hand, because encoding/json made
-// a 50-task list 40-60% slower to serve (docs/performance.md, "The task encoder").
+// lists much slower to serve (docs/performance.md, "The task encoder").
 // TestAppendJSONIsTheContractsTask and FuzzAppendString hold it to the contract and to
 // encoding/json's escaping.
 func AppendJSON(b []byte, t *Task) []byte {

@@ -8,9 +8,9 @@ import (
 
 // SendBuffer caps the kernel's send buffer of every connection (Linux doubles it for its
 // own bookkeeping): what a client that stops reading can make the kernel hold for it.
-// Left to autotuning, 100 unread lists of one account held 107 MB, 1.09 MB each. The
-// price: a connection carries at most about twice this per round trip, 128 MB/s at 0.5 ms
-// (a balancer beside the service), 1.3 MB/s at 50 ms.
+// Left to autotuning, unread lists of one account held about a megabyte each
+// (docs/operations.md). The price: a connection carries at most about twice this per
+// round trip, which is plenty beside the service and slow across an ocean.
 const SendBuffer = 32 << 10
 
 // BoundedListener accepts connections whose sockets Bound bounds with timeout.
