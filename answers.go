@@ -57,19 +57,6 @@ var (
 	errInternal      = &apiError{status: http.StatusInternalServerError, detail: "internal server error"}
 )
 
-// The store's errors (test with errors.Is); it wraps the driver's error in them for the log.
-var (
-	ErrNotFound  = errors.New("task not found")
-	ErrTaskLimit = errors.New("the user owns MAX_TASKS_PER_USER tasks")
-	// ErrPrecondition: the task exists, but not in a version the write's conditions allow.
-	ErrPrecondition = errors.New("the task has changed")
-	// ErrKeyReused: an Idempotency-Key came back with another request than its first.
-	ErrKeyReused = errors.New("idempotency key reused with another request")
-	// ErrOutcomeUnknown: a write failed for want of the database, so it may have been
-	// committed or not; it wraps pg.ErrUnavailable.
-	ErrOutcomeUnknown = errors.New("the write may or may not have been made")
-)
-
 // storeErrors maps the errors of the store and of the packages below it to what the
 // client sees; the first that matches wins.
 var storeErrors = []struct {

@@ -161,22 +161,36 @@ func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler 
 		list := web.NewJSONStream(w, r, store.db.Timeout)
 		list.Begin(http.Header{"Etag": {etag}, "X-Total-Count": {strconv.FormatInt(head.Total, 10)},
 			"X-Cursor": {at.Encode(who.userID)}}, buf)
-		// Any rest follows a full first part, so each of its tasks comes after a comma.
-		var part []task.Task
-		for len(rest) > 0 {
-			ids := rest[:min(len(rest), listPartTasks)]
-			rest, part = rest[len(ids):], part[:0]
-			if err := inTurn(ctx, users, who.userID, func() error { return store.TasksByID(ctx, who.userID, ids, &part) }); err != nil {
-				return list.End("", err)
-			}
-			for i := range part {
-				if err := list.Add(false, func(b []byte) []byte { return task.AppendJSON(b, &part[i]) }); err != nil {
-					return list.End("", err)
-				}
+		return list.End("]\n", sendRest(ctx, list, store, users, who.userID, rest))
+	}
+}
+
+// sendRest sends the tasks past a list's first part, each after a comma, read again a
+// part at a time, each in a turn. Encoding a long list costs the server about what
+// reading it costs the database, and its time is charged to the user's budget too.
+func sendRest(ctx context.Context, list *web.JSONStream, store *Store, users *fair.Users, userID string, rest []int64) error {
+	var part []task.Task
+	for len(rest) > 0 {
+		ids := rest[:min(len(rest), listPartTasks)]
+		rest, part = rest[len(ids):], part[:0]
+		if err := inTurn(ctx, users, userID, func() error { return store.TasksByID(ctx, userID, ids, &part) }); err != nil {
+			return err
+		}
+		var encoding time.Duration
+		for i := range part {
+			err := list.Add(false, func(b []byte) []byte {
+				start := time.Now()
+				b = task.AppendJSON(b, &part[i])
+				encoding += time.Since(start)
+				return b
+			})
+			if err != nil {
+				return err
 			}
 		}
-		return list.End("]\n", nil)
+		users.Charge(userID, encoding)
 	}
+	return nil
 }
 
 // readList reads a list in one of its user's turns: its head, its first part encoded
@@ -293,16 +307,6 @@ func handleGetTask(store *Store) userHandler {
 		writeTask(w, http.StatusOK, t, false)
 		return nil
 	}
-}
-
-// readTarget reads the task a write is for and the conditions it is made on.
-func readTarget(r *http.Request) (int64, Condition, error) {
-	id, err := taskID(r)
-	if err != nil {
-		return 0, Condition{}, err
-	}
-	cond, err := readCondition(r)
-	return id, cond, err
 }
 
 func handleUpdateTask(store *Store, rate *fair.Rate, wakeups *feed.Wakeups) userHandler {

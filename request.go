@@ -245,3 +245,13 @@ func tagVersion(tag string) (int64, bool) {
 	v, err := strconv.ParseInt(strings.Trim(tag, `"`), 10, 64)
 	return v, err == nil && taskETag(v) == tag
 }
+
+// readTarget reads the task a write is for and the conditions it is made on.
+func readTarget(r *http.Request) (int64, Condition, error) {
+	id, err := taskID(r)
+	if err != nil {
+		return 0, Condition{}, err
+	}
+	cond, err := readCondition(r)
+	return id, cond, err
+}

@@ -216,9 +216,8 @@ func (r *reader) take() ([]*read, time.Duration) {
 	return batch, later
 }
 
-// run reads a batch, hands each read its page, and charges each user's budget with
-// their share of the time it took, by how many tasks each user has (what a read of
-// theirs may look through). It returns the time the statement took, or 0 if it failed.
+// run reads a batch and settles its reads. It returns the time the statement took, or 0
+// if it failed.
 func (r *reader) run(batch []*read) time.Duration {
 	pages := make([]pageReader, len(batch))
 	for i, rd := range batch {
@@ -242,15 +241,30 @@ func (r *reader) run(batch []*read) time.Duration {
 		return nil
 	}, sqlRead, readArgs(batch)...)
 	took := time.Since(start)
-	if err != nil && len(batch) > 1 && !errors.Is(err, pg.ErrUnavailable) {
-		// A read the database refused must not fail the others it was batched with:
-		// each goes again alone.
-		took = 0
-		for _, rd := range batch {
-			took += r.run([]*read{rd})
+	if err != nil {
+		if len(batch) > 1 && !errors.Is(err, pg.ErrUnavailable) {
+			// A read the database refused must not fail the others it was batched
+			// with: each goes again alone.
+			took = 0
+			for _, rd := range batch {
+				took += r.run([]*read{rd})
+			}
+			return took
 		}
-		return took
+		for _, rd := range batch {
+			rd.err = err
+			close(rd.done)
+		}
+		return 0
 	}
+	r.settle(batch, pages, took)
+	return took
+}
+
+// settle hands each read of a batch read in took its page, and charges each user's
+// budget with their share of took, by how many tasks each has (what a read of theirs
+// may look through). After a crash it makes the new incarnation.
+func (r *reader) settle(batch []*read, pages []pageReader, took time.Duration) {
 	var weight int64
 	crashed := false
 	for i := range pages {
@@ -260,27 +274,19 @@ func (r *reader) run(batch []*read) time.Duration {
 		crashed = crashed || pages[i].began && !pages[i].at.Incarnated()
 	}
 	for i, rd := range batch {
-		if err != nil {
-			rd.err = err
-		} else {
-			rd.page, rd.err = pages[i].finish()
-		}
+		rd.page, rd.err = pages[i].finish()
 		if rd.key.limit > 0 && weight > 0 {
 			r.users.Charge(rd.key.userID, took*time.Duration(pages[i].tasks+1)/time.Duration(weight))
 		}
 		close(rd.done)
 	}
-	if err == nil && (crashed || time.Since(r.marked) >= markEvery) {
+	if crashed || time.Since(r.marked) >= markEvery {
 		// The first reader after a crash makes the new incarnation; the pages just
 		// read have none, which the next read does not trust.
 		if r.incarnate(context.Background()) == nil {
 			r.marked = time.Now()
 		}
 	}
-	if err != nil {
-		return 0
-	}
-	return took
 }
 
 // readArgs are sqlRead's arguments for batch: an array of each of a read's parts.
