@@ -166,8 +166,7 @@ func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler 
 }
 
 // sendRest sends the tasks past a list's first part, each after a comma, read again a
-// part at a time, each in a turn. Encoding a long list costs the server about what
-// reading it costs the database, and its time is charged to the user's budget too.
+// part at a time, each in a turn.
 func sendRest(ctx context.Context, list *web.JSONStream, store *Store, users *fair.Users, userID string, rest []int64) error {
 	var part []task.Task
 	for len(rest) > 0 {
@@ -176,19 +175,11 @@ func sendRest(ctx context.Context, list *web.JSONStream, store *Store, users *fa
 		if err := inTurn(ctx, users, userID, func() error { return store.TasksByID(ctx, userID, ids, &part) }); err != nil {
 			return err
 		}
-		var encoding time.Duration
 		for i := range part {
-			err := list.Add(false, func(b []byte) []byte {
-				start := time.Now()
-				b = task.AppendJSON(b, &part[i])
-				encoding += time.Since(start)
-				return b
-			})
-			if err != nil {
+			if err := list.Add(false, func(b []byte) []byte { return task.AppendJSON(b, &part[i]) }); err != nil {
 				return err
 			}
 		}
-		users.Charge(userID, encoding)
 	}
 	return nil
 }
