@@ -33,8 +33,9 @@ var version = "dev"
 func main() {
 	// The live heap of a busy instance is a few MiB, which the default GOGC collects so
 	// often that lists lose throughput and p99 to it (docs/performance.md, "Garbage
-	// collection"). The limit keeps an instance holding many streams about the size it
-	// was. Either set in the environment wins.
+	// collection"). The soft limit has the collector work harder before an instance
+	// holding thousands of streams grows past it; set lower than what those streams
+	// hold live, it would collect without end. Either set in the environment wins.
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
