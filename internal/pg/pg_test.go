@@ -181,8 +181,8 @@ func TestAWriteWhoseRowCannotBeReadIsMadeOnce(t *testing.T) {
 
 // TestAWriteWaitsToBeSentNoLongerThanTimeout: while the database hangs (a lock, here),
 // maxInFlight batches of maxBatch writes hang with it and the other writes queue. Each
-// gives up in the queue within the deadline, so none takes more than twice it, instead
-// of waiting for one generation of hung batches after another.
+// gives up in the queue within the deadline, so none takes more than about twice it,
+// instead of waiting for one generation of hung batches after another (four times it).
 func TestAWriteWaitsToBeSentNoLongerThanTimeout(t *testing.T) {
 	t.Parallel()
 	testDB(t) // the table
@@ -214,13 +214,12 @@ func TestAWriteWaitsToBeSentNoLongerThanTimeout(t *testing.T) {
 			took <- time.Since(start)
 		}()
 	}
-	time.AfterFunc(4*timeout, func() { lock.Rollback(context.Background()) })
 	var longest time.Duration
 	for range n {
 		longest = max(longest, <-took)
 	}
-	if longest > 2*timeout+timeout/2 {
-		t.Errorf("a write took %v; want at most twice the %v deadline", longest, timeout)
+	if longest > 3*timeout { // twice the deadline, and room for a busy machine
+		t.Errorf("a write took %v; want at most about twice the %v deadline", longest, timeout)
 	}
 }
 
