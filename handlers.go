@@ -165,8 +165,7 @@ func handleListTasks(store *Store, f *feed.Feed, users *fair.Users) userHandler 
 	}
 }
 
-// sendRest sends the tasks past a list's first part, each after a comma, read again a
-// part at a time, each in a turn.
+// sendRest sends a list's tasks past its first part, read again a part at a time.
 func sendRest(ctx context.Context, list *web.JSONStream, store *Store, users *fair.Users, userID string, rest []int64) error {
 	var part []task.Task
 	for len(rest) > 0 {
@@ -425,6 +424,25 @@ func handleEvents(events *feed.Streams) userHandler {
 		}
 		return events.Serve(w, who.userID, from, who.expires)
 	}
+}
+
+// parseStreamStart reads where an event stream starts: the Last-Event-ID an EventSource
+// sends when it reconnects by itself, else the since parameter, else now (nil).
+func parseStreamStart(r *http.Request, userID string) (*feed.Cursor, error) {
+	text := r.Header.Get("Last-Event-ID")
+	if text == "" {
+		v, err := queryValues(r.URL.RawQuery, "since")
+		since, ok := v["since"]
+		if err != nil || !ok {
+			return nil, err
+		}
+		text = since
+	}
+	from, err := feed.DecodeCursor(userID, text)
+	if err != nil {
+		return nil, err
+	}
+	return &from, nil
 }
 
 func taskPath(userID string, id int64) string {

@@ -141,25 +141,6 @@ func parseChangesQuery(rawQuery, userID string) (from feed.Cursor, limit int, er
 	return from, limit, nil
 }
 
-// parseStreamStart reads where an event stream starts: the Last-Event-ID an EventSource
-// sends when it reconnects by itself, else the since parameter, else now (nil).
-func parseStreamStart(r *http.Request, userID string) (*feed.Cursor, error) {
-	text := r.Header.Get("Last-Event-ID")
-	if text == "" {
-		v, err := queryValues(r.URL.RawQuery, "since")
-		since, ok := v["since"]
-		if err != nil || !ok {
-			return nil, err
-		}
-		text = since
-	}
-	from, err := feed.DecodeCursor(userID, text)
-	if err != nil {
-		return nil, err
-	}
-	return &from, nil
-}
-
 // decimal accepts an integer in [lo, hi] written in plain decimal digits: no sign, space,
 // or other base.
 func decimal(s string, lo, hi int) (int, bool) {
