@@ -109,6 +109,23 @@ func readAll(t *testing.T, f *Feed, userID string, c Cursor, limit int) ([]Chang
 	}
 }
 
+// holdReads locks changes_durable, which every read of the feed reads: the reader's
+// next statement waits until release (or the test's end).
+func holdReads(t *testing.T) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	lock, err := testDB.Pool().Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release = func() { lock.Rollback(ctx) }
+	t.Cleanup(release)
+	if _, err := lock.Exec(ctx, `LOCK TABLE changes_durable IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	return release
+}
+
 func titles(changes []Change) []string {
 	var got []string
 	for _, c := range changes {
@@ -220,14 +237,7 @@ func TestReadsOfOneCursorAreShared(t *testing.T) {
 	}
 	create(t, me, "one")
 	// A read held up by a lock keeps the reader busy while the others queue behind it.
-	lock, err := testDB.Pool().Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Rollback(ctx)
-	if _, err := lock.Exec(ctx, `LOCK TABLE changes_durable IN ACCESS EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	release := holdReads(t)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); f.Now(ctx) }()
@@ -246,7 +256,7 @@ func TestReadsOfOneCursorAreShared(t *testing.T) {
 		rd := f.reader.waiting[readKey{me, from.Encode(me), 100}]
 		return rd != nil && rd.waiters == 16
 	})
-	lock.Rollback(ctx)
+	release()
 	wg.Wait()
 	for _, p := range pages {
 		if !reflect.DeepEqual(p, pages[0]) || len(p.Changes) != 1 {
@@ -268,18 +278,11 @@ func TestASlowReadHoldsTheFeedBackASecondAtMost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lock, err := testDB.Pool().Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Rollback(ctx)
-	if _, err := lock.Exec(ctx, `LOCK TABLE changes_durable IN ACCESS EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	release := holdReads(t)
 	slow := make(chan error)
 	go func() { _, err := f.Now(ctx); slow <- err }()
 	time.Sleep(2 * time.Second)
-	lock.Rollback(ctx)
+	release()
 	if err := <-slow; err != nil {
 		t.Fatal(err)
 	}
@@ -305,14 +308,7 @@ func TestAReadTheDatabaseRefusesFailsAlone(t *testing.T) {
 	}
 	create(t, me, "mine")
 	bad := from.within(from.since, place{created: -9e18, id: 1})
-	lock, err := testDB.Pool().Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Rollback(ctx)
-	if _, err := lock.Exec(ctx, `LOCK TABLE changes_durable IN ACCESS EXCLUSIVE MODE`); err != nil {
-		t.Fatal(err)
-	}
+	release := holdReads(t)
 	held := make(chan error)
 	go func() { _, err := f.Now(ctx); held <- err }() // keeps the reader busy while the two queue
 	testkit.WaitFor(t, "the reader to be busy", func() bool { return f.reader.statements.Load() == 2 })
@@ -325,7 +321,7 @@ func TestAReadTheDatabaseRefusesFailsAlone(t *testing.T) {
 		defer f.reader.mu.Unlock()
 		return len(f.reader.waiting) == 2
 	})
-	lock.Rollback(ctx)
+	release()
 	if err := <-held; err != nil {
 		t.Fatal(err)
 	}

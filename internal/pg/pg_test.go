@@ -96,9 +96,7 @@ func TestWritesShareACommit(t *testing.T) {
 	for _, x := range xids {
 		transactions[x] = true
 	}
-	var n int
-	d.Pool().QueryRow(context.Background(), `SELECT count(*) FROM written WHERE v LIKE $1 || '%'`, prefix).Scan(&n)
-	if n != 200 || len(transactions) >= 200 {
+	if n := rowsOf(d, prefix); n != 200 || len(transactions) >= 200 {
 		t.Errorf("%d rows written in %d transactions; want 200 in fewer", n, len(transactions))
 	}
 }
@@ -112,30 +110,20 @@ func TestAFailingWriteUndoesOnlyItself(t *testing.T) {
 	if _, err := insert(d, prefix+"taken"); err != nil {
 		t.Fatal(err)
 	}
-	for round := range 20 {
-		var wg sync.WaitGroup
-		errs := make([]error, 10)
-		for i := range errs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				v := fmt.Sprint(prefix, round, "-", i)
-				if i == 5 {
-					v = prefix + "taken"
-				}
-				_, errs[i] = insert(d, v)
-			}()
+	writeRounds(prefix, func(v string, i int) error {
+		if i == 5 {
+			v = prefix + "taken"
 		}
-		wg.Wait()
+		_, err := insert(d, v)
+		return err
+	}, func(round int, errs []error) {
 		for i, err := range errs {
 			if i == 5 && !Violates(err, "written_pkey") || i != 5 && err != nil {
 				t.Fatalf("round %d, write %d: %v", round, i, err)
 			}
 		}
-	}
-	var n int
-	d.Pool().QueryRow(context.Background(), `SELECT count(*) FROM written WHERE v LIKE $1 || '%'`, prefix).Scan(&n)
-	if n != 1+20*9 {
+	})
+	if n := rowsOf(d, prefix); n != 1+20*9 {
 		t.Errorf("%d rows, want %d", n, 1+20*9)
 	}
 }
@@ -148,35 +136,44 @@ func TestAWriteWhoseRowCannotBeReadIsMadeOnce(t *testing.T) {
 	t.Parallel()
 	d := testDB(t)
 	prefix := testkit.NewUserID()
-	for round := range 20 {
-		var wg sync.WaitGroup
-		errs := make([]error, 10)
-		for i := range errs {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				v := fmt.Sprint(prefix, round, "-", i)
-				if i != 5 {
-					_, errs[i] = insert(d, v)
-					return
-				}
-				var n int // a text into an int: the client cannot read it
-				errs[i] = d.Write(context.Background(), v, func(r pgx.Row) error { return r.Scan(&n) },
-					`INSERT INTO written (v) VALUES ($1) RETURNING v`, v)
-			}()
+	writeRounds(prefix, func(v string, i int) error {
+		if i != 5 {
+			_, err := insert(d, v)
+			return err
 		}
-		wg.Wait()
+		var n int // a text into an int: the client cannot read it
+		return d.Write(context.Background(), v, func(r pgx.Row) error { return r.Scan(&n) },
+			`INSERT INTO written (v) VALUES ($1) RETURNING v`, v)
+	}, func(round int, errs []error) {
 		for i, err := range errs {
 			if i == 5 && err == nil || err != nil && i != 5 && !errors.Is(err, ErrUnavailable) {
 				t.Fatalf("round %d, write %d: %v", round, i, err)
 			}
 		}
-	}
-	var n int
-	d.Pool().QueryRow(context.Background(), `SELECT count(*) FROM written WHERE v LIKE $1 || '%'`, prefix).Scan(&n)
-	if n != 20*10 {
+	})
+	if n := rowsOf(d, prefix); n != 20*10 {
 		t.Errorf("%d rows, want %d", n, 20*10)
 	}
+}
+
+// writeRounds makes 20 rounds of 10 writes at once, each write(v, i) with a value of its
+// own, and hands each round's errors to check.
+func writeRounds(prefix string, write func(v string, i int) error, check func(round int, errs []error)) {
+	for round := range 20 {
+		var wg sync.WaitGroup
+		errs := make([]error, 10)
+		for i := range errs {
+			wg.Go(func() { errs[i] = write(fmt.Sprint(prefix, round, "-", i), i) })
+		}
+		wg.Wait()
+		check(round, errs)
+	}
+}
+
+// rowsOf counts the rows written whose value starts with prefix.
+func rowsOf(d *DB, prefix string) (n int) {
+	d.Pool().QueryRow(context.Background(), `SELECT count(*) FROM written WHERE v LIKE $1 || '%'`, prefix).Scan(&n)
+	return n
 }
 
 // TestAWriteWaitsToBeSentNoLongerThanTimeout: while the database hangs (a lock, here),
